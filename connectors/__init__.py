@@ -1,0 +1,1 @@
+"""Adapters between Touchpoint and the outside: Kafka topics, producers, registry client."""

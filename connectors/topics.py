@@ -1,0 +1,72 @@
+"""The topics Touchpoint owns, created with explicit configs.
+
+Keys: channel event topics are keyed by the event's strongest identifier
+(see :func:`streams.ingest.partition_key`), so one person's events from one
+channel stay in order; customer-level topics are keyed by customer id, so all
+of one customer's events reach one worker in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from touchpoint.errors import StackError
+from touchpoint.settings import Settings
+
+CHANNELS = ("branch", "phone", "email", "web", "sms")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic and the configs it is created with."""
+
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def event_topic(settings: Settings, channel: str) -> str:
+    """The raw events topic of one channel."""
+    return settings.topic(f"events.{channel}")
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic of the backbone with its configs."""
+    keep_forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
+    specs = [TopicSpec(event_topic(settings, ch), settings.topic_partitions, keep_forever) for ch in CHANNELS]
+    specs += [
+        TopicSpec(settings.topic("dlq"), settings.topic_partitions, keep_forever),
+        TopicSpec(settings.topic("customer-events"), settings.topic_partitions, keep_forever),
+        # Identity decisions are the log of who-is-who: never deleted.
+        TopicSpec(settings.topic("identity"), settings.topic_partitions, keep_forever),
+        TopicSpec(settings.topic("alerts.dormancy"), settings.topic_partitions, keep_forever),
+        TopicSpec(settings.topic("alerts.churn"), settings.topic_partitions, keep_forever),
+    ]
+    return specs
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+    """Create the missing topics; returns the names created (existing ones are left as they are)."""
+    specs = topic_specs(settings) if specs is None else specs
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-topics",
+                                 request_timeout_ms=10000)
+    except (KafkaError, OSError) as exc:
+        raise StackError(f"kafka: cannot reach {settings.kafka_bootstrap} to create topics: {exc}") from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        created = []
+        for spec in missing:
+            try:
+                admin.create_topics([NewTopic(spec.name, spec.partitions, settings.topic_replication_factor,
+                                              topic_configs=spec.configs)])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # Another process created it between our list and create.
+        return created
+    finally:
+        admin.close()

@@ -1,0 +1,116 @@
+"""The ``touchpoint`` command line: one entry point for every verb.
+
+Each command builds the settings once, hands them to the composition root
+and reports in plain words what it did and where to look. Errors of ours
+(:class:`~touchpoint.errors.TouchpointError`) end the command with their
+message and exit code 1, not a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from touchpoint.errors import TouchpointError
+from touchpoint.settings import Settings, load_settings
+
+app = typer.Typer(help="Touchpoint: omnichannel customer-interaction backbone.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="The local default stack: Kafka (KRaft), PostgreSQL, schema registry.",
+                        no_args_is_help=True)
+db_app = typer.Typer(help="The PostgreSQL read model.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Install what is missing and start Kafka, PostgreSQL and the registry (idempotent)."""
+    from touchpoint.stack import stack
+
+    stack.up(_settings())
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the processes `stack up` started (and only those)."""
+    from touchpoint.stack import stack
+
+    stack.down(_settings())
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each component; exit code 0 only when all are ready."""
+    from touchpoint.stack import stack
+
+    if not stack.status(_settings()):
+        raise typer.Exit(3)
+
+
+@stack_app.command("logs")
+def stack_logs(
+    component: Annotated[str | None, typer.Argument(help="kafka, postgres or registry; all if omitted")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 40,
+) -> None:
+    """Print the last lines of the stack's logs."""
+    from touchpoint.stack import stack
+
+    stack.logs(_settings(), component, lines)
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the read model's SQL migrations in order (a rerun is a no-op)."""
+    from projections.migrate import migrate
+
+    applied = migrate(_settings())
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
+
+
+@app.command("topics")
+def topics() -> None:
+    """Create Touchpoint's topics with their configs (existing ones are kept)."""
+    from connectors.topics import ensure_topics
+
+    created = ensure_topics(_settings())
+    print(f"created {len(created)} topic(s): {', '.join(created) or 'all existed'}")
+
+
+@app.command("worker")
+def worker(loglevel: Annotated[str, typer.Option()] = "info") -> None:
+    """Run the Faust stream processors (until Ctrl-C)."""
+    from streams.app import run_worker
+
+    run_worker(_settings(), loglevel)
+
+
+@app.command("project")
+def project() -> None:
+    """Run the projection writers into PostgreSQL (until Ctrl-C)."""
+    from projections.run import run_projections
+
+    run_projections(_settings())
+
+
+@app.command("demo")
+def demo() -> None:
+    """Bring the stack up and run events end to end; prints what happened and where to look."""
+    from touchpoint.demo import run_demo
+
+    run_demo(_settings())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except TouchpointError as exc:
+        print(f"touchpoint: {exc}", file=sys.stderr)
+        sys.exit(1)

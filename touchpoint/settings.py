@@ -1,0 +1,79 @@
+"""One frozen settings object for the whole process.
+
+Built once at the entry point (CLI, worker, API) from ``TOUCHPOINT_*``
+environment variables and passed to whatever needs it; nothing else reads the
+environment. Defaults describe the local default stack started by
+``touchpoint stack up``, on ports chosen not to collide with a system Kafka or
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Touchpoint has; see the README for what each does."""
+
+    model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_", frozen=True, extra="forbid")
+
+    # Where the local stack keeps its downloads, data, logs and pid files.
+    home: Path = Field(default=Path(".touchpoint"))
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    # Topic defaults; replication factor 1 suits the single local broker.
+    topic_partitions: int = 3
+    topic_replication_factor: int = 1
+    topic_prefix: str = "touchpoint"
+
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 55432
+    pg_user: str = "touchpoint"
+    pg_password: SecretStr = SecretStr("touchpoint")
+    pg_database: str = "touchpoint"
+
+    registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+
+    log_level: str = "INFO"
+    log_json: bool = True
+    # Empty: spans go to the console exporter (if tracing is on); else OTLP/HTTP.
+    otlp_endpoint: str = ""
+    tracing: bool = False
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        """The first bootstrap server as (host, port)."""
+        host, _, port = self.kafka_bootstrap.split(",")[0].rpartition(":")
+        return host, int(port)
+
+    @property
+    def registry_host_port(self) -> tuple[str, int]:
+        """Host and port the registry URL points at."""
+        rest = self.registry_url.split("://", 1)[-1].split("/", 1)[0]
+        host, _, port = rest.rpartition(":")
+        return host, int(port)
+
+    def pg_conninfo(self, database: str | None = None) -> str:
+        """A libpq connection string (the password included: never log it)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.pg_host,
+            port=self.pg_port,
+            user=self.pg_user,
+            password=self.pg_password.get_secret_value(),
+            dbname=database or self.pg_database,
+        )
+
+    def topic(self, name: str) -> str:
+        """A Touchpoint topic name, e.g. ``topic("dlq")`` -> ``touchpoint.dlq``."""
+        return f"{self.topic_prefix}.{name}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,176 @@
+"""The Apache Kafka broker of the local stack: one KRaft node, broker and controller.
+
+Its jars come from Maven Central through the machine's Maven (version pinned
+in ``kafka-pom.xml``, fetched once into the stack's home and reused while the
+pom is unchanged); it runs on the machine's Java 17. The storage is formatted
+once with a cluster id kept beside it. Replication factor 1 and few
+partitions for the internal topics suit a single node: with the defaults (3
+replicas) transactions and consumer groups would hang.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+import uuid
+from importlib import resources
+from pathlib import Path
+
+from touchpoint.errors import StackError
+from touchpoint.settings import Settings
+from touchpoint.stack.process import Component, port_open
+
+JAVA_HEAP = "-Xmx768m"
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise StackError(f"kafka: `{tool}` not found on PATH; {hint}")
+    return path
+
+
+def kafka_component(settings: Settings) -> Component:
+    """The broker as a stack component."""
+    home = settings.home.resolve()
+    base = home / "kafka"
+    libs = base / "libs"
+    data = base / "data"
+    props = base / "server.properties"
+    host, port = settings.kafka_host_port
+    controller_port = settings.kafka_controller_port
+
+    def fetch_jars() -> None:
+        pom_text = resources.files("touchpoint.stack").joinpath("kafka-pom.xml").read_text()
+        stamp = libs / ".pom-sha256"
+        digest = hashlib.sha256(pom_text.encode()).hexdigest()
+        if stamp.exists() and stamp.read_text() == digest:
+            return
+        mvn = _require("mvn", "install Maven (Debian package `maven`) so the broker's jars can be fetched")
+        _require("java", "install a Java 17 runtime (Debian package `openjdk-17-jre-headless`)")
+        base.mkdir(parents=True, exist_ok=True)
+        pom = base / "pom.xml"
+        pom.write_text(pom_text)
+        if libs.exists():
+            shutil.rmtree(libs)
+        print("kafka: fetching the broker's jars from Maven Central (first run only)...", flush=True)
+        result = subprocess.run(  # noqa: S603
+            [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+             f"-DoutputDirectory={libs}", "-DincludeScope=runtime"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise StackError(
+                "kafka: Maven could not fetch the broker's jars from Maven Central "
+                f"(exit {result.returncode}); is Maven Central reachable?\n{(result.stdout + result.stderr)[-2000:]}"
+            )
+        stamp.write_text(digest)
+
+    def write_config() -> None:
+        props.write_text(
+            "\n".join(
+                [
+                    "# Written by `touchpoint stack up`; edits are overwritten.",
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{host}:{controller_port}",
+                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+                    f"advertised.listeners=PLAINTEXT://{host}:{port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data}",
+                    f"num.partitions={settings.topic_partitions}",
+                    # The project creates its topics with explicit configs.
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=6",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "transaction.state.log.num.partitions=6",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.hours=-1",
+                    "",
+                ]
+            )
+        )
+
+    def format_storage() -> None:
+        if (data / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        result = subprocess.run(  # noqa: S603
+            [_require("java", "install Java 17"), "-cp", f"{libs}/*", "kafka.tools.StorageTool",
+             "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            raise StackError(f"kafka: formatting the storage failed:\n{(result.stdout + result.stderr)[-2000:]}")
+
+    def prepare() -> None:
+        fetch_jars()
+        data.mkdir(parents=True, exist_ok=True)
+        write_config()
+        format_storage()
+
+    def argv() -> list[str]:
+        return [
+            _require("java", "install Java 17"),
+            JAVA_HEAP,
+            "-Xms256m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            # slf4j-simple: INFO and up, with timestamps.
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(props),
+        ]
+
+    def ready() -> bool:
+        if not port_open(host, port):
+            return False
+        return broker_answers(settings.kafka_bootstrap)
+
+    return Component(
+        name="kafka",
+        home=home,
+        host=host,
+        ports=(port, controller_port),
+        marker=str(props),
+        prepare=prepare,
+        argv=argv,
+        ready=ready,
+        describe=f"bootstrap {settings.kafka_bootstrap}",
+    )
+
+
+def broker_answers(bootstrap: str) -> bool:
+    """True when an admin client can list topics (the broker has finished starting)."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="touchpoint-stack")
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+
+
+def data_dir(settings: Settings) -> Path:
+    """Where the broker keeps its log segments."""
+    return settings.home.resolve() / "kafka" / "data"
