@@ -20,6 +20,10 @@ from pathlib import Path
 
 from touchpoint.errors import StackError
 
+# Children started by this process, kept so that they are reaped when we stop
+# them (and not reported as leaked while they are meant to outlive a call).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
@@ -108,6 +112,7 @@ class Component:
                 env={**os.environ, **self.env},
                 user=self.run_as,
             )
+        _children[proc.pid] = proc
         self.pid_file.write_text(str(proc.pid))
         self._wait_ready(proc.pid, proc)
         took = time.monotonic() - started
@@ -117,6 +122,7 @@ class Component:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
+                _children.pop(proc.pid, None)
                 self.pid_file.unlink(missing_ok=True)
                 raise StackError(
                     f"{self.name}: exited with code {proc.returncode} while starting; "
@@ -133,6 +139,7 @@ class Component:
         if pid is None:
             return f"{self.name}: not running"
         _signal_group(pid, self.stop_signal)
+        child = _children.pop(pid, None)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)
@@ -141,6 +148,8 @@ class Component:
             outcome = "killed after not stopping in time"
         else:
             outcome = "stopped"
+        if child is not None:
+            child.wait()
         self.pid_file.unlink(missing_ok=True)
         return f"{self.name}: {outcome} (pid {pid})"
 

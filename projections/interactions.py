@@ -1,0 +1,49 @@
+"""The interactions projection: every accepted event as one row, keyed by its event id.
+
+The front line's cross-channel timeline reads from it. Duplicates (a
+re-delivered or re-published event) hit the primary key and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from projections.writer import Record
+from touchpoint.settings import Settings
+
+
+def interaction_row(record: Record) -> tuple[object, ...]:
+    """One row of ``interactions`` from one customer-events record."""
+    event = json.loads(record.value)
+    return (
+        event["event_id"],
+        (record.key or b"").decode(),
+        event["type"],
+        event["channel"],
+        event["occurred_at"],
+        Jsonb(event["payload"]),
+        record.topic,
+        record.partition,
+        record.offset,
+    )
+
+
+class InteractionsProjection:
+    """Writes ``interactions`` from ``touchpoint.customer-events``."""
+
+    name = "interactions"
+
+    def __init__(self, settings: Settings) -> None:
+        self.topics = [settings.topic("customer-events")]
+
+    def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
+        cur.executemany(
+            "INSERT INTO interactions (event_id, customer_key, type, channel, occurred_at, payload, "
+            "source_topic, source_partition, source_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            [interaction_row(r) for r in records],
+        )

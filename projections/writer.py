@@ -1,0 +1,136 @@
+"""The projection writer: consume a batch, upsert its rows and offsets in one transaction.
+
+Kafka offsets are never committed to Kafka: the position of a projection
+lives in ``projection_offsets`` beside its rows and moves in the same
+transaction, so a crash between the two is impossible and a restart resumes
+from the last committed batch. On (re)assignment each partition is sought
+to its stored position, or to the beginning for a fresh read model; this is
+also how a rebuild replays the log. Mappers make rows idempotent by key, so
+re-reading a batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+
+from touchpoint.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed Kafka message, as a mapper sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class Projection(Protocol):
+    """A read model fed from topics: a name, its topics and how to write a batch."""
+
+    name: str
+    topics: Sequence[str]
+
+    def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
+        """Map the records to rows and upsert them through ``cur`` (inside the batch transaction)."""
+
+
+def stored_offsets(conn: psycopg.Connection, projection: str) -> dict[tuple[str, int], int]:
+    """The next offset to read per (topic, partition) for one projection."""
+    rows = conn.execute(
+        "SELECT topic, partition, next_offset FROM projection_offsets WHERE projection = %s", (projection,)
+    ).fetchall()
+    return {(topic, partition): next_offset for topic, partition, next_offset in rows}
+
+
+def write_batch(conn: psycopg.Connection, projection: Projection, records: Sequence[Record]) -> None:
+    """Upsert the batch's rows and its offsets in one transaction."""
+    next_offsets: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+    with conn.transaction(), conn.cursor() as cur:
+        projection.write(cur, records)
+        cur.executemany(
+            "INSERT INTO projection_offsets (projection, topic, partition, next_offset) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (projection, topic, partition) DO UPDATE "
+            "SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+            [(projection.name, topic, partition, offset) for (topic, partition), offset in next_offsets.items()],
+        )
+
+
+class _SeekToStored(ConsumerRebalanceListener):
+    def __init__(self, consumer: KafkaConsumer, conninfo: str, projection: str) -> None:
+        self._consumer = consumer
+        self._conninfo = conninfo
+        self._projection = projection
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass  # Nothing to flush: every batch is committed before the next poll.
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        with psycopg.connect(self._conninfo) as conn:
+            offsets = stored_offsets(conn, self._projection)
+        for tp in assigned:
+            position = offsets.get((tp.topic, tp.partition))
+            if position is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, position)
+
+
+def run_projection(settings: Settings, projection: Projection, stop: threading.Event,
+                   batch_size: int = 1000, poll_ms: int = 200) -> None:
+    """Feed one projection until ``stop`` is set; PostgreSQL outages are retried with backoff."""
+    conninfo = settings.pg_conninfo()
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.topic_prefix}-projection-{projection.name}",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        client_id=f"touchpoint-projection-{projection.name}",
+    )
+    consumer.subscribe(list(projection.topics), listener=_SeekToStored(consumer, conninfo, projection.name))
+    conn: psycopg.Connection | None = None
+    backoff = 0.5
+    try:
+        while not stop.is_set():
+            polled = consumer.poll(timeout_ms=poll_ms, max_records=batch_size)
+            records = [
+                Record(m.topic, m.partition, m.offset, m.key, m.value)
+                for messages in polled.values()
+                for m in messages
+            ]
+            while records and not stop.is_set():
+                try:
+                    if conn is None or conn.closed:
+                        conn = psycopg.connect(conninfo)
+                    write_batch(conn, projection, records)
+                    backoff = 0.5
+                    break
+                except psycopg.OperationalError as exc:
+                    log.warning("projection write failed; retrying", extra={"projection": projection.name,
+                                                                             "error": str(exc), "backoff_s": backoff})
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+    finally:
+        consumer.close()
+        if conn is not None:
+            conn.close()

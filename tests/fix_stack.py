@@ -1,0 +1,95 @@
+"""Pytest plugin: the real local stack for integration and end-to-end tests.
+
+The stack (Kafka, PostgreSQL, registry) is the project's own, started by
+``touchpoint stack up`` (idempotent, so a running stack is reused). Every
+test session gets a unique topic prefix and a fresh database, so reruns
+never see old data; the database is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from touchpoint.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    """The local stack's settings, as ``touchpoint stack up`` uses them."""
+    return load_settings(home=REPO / ".touchpoint")
+
+
+@pytest.fixture(scope="session")
+def stack_up(base_settings: Settings) -> Settings:
+    """Start the stack if it is not running (no-op when it is)."""
+    from touchpoint.stack import stack
+
+    stack.up(base_settings, report=lambda line: None)
+    return base_settings
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def settings(stack_up: Settings, run_id: str) -> Iterator[Settings]:
+    """Settings for this test session: unique topics, a fresh database, migrated and with topics created."""
+    from connectors.topics import ensure_topics
+    from projections.migrate import migrate
+
+    database = f"touchpoint_test_{run_id}"
+    admin = stack_up.pg_conninfo("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    scoped = stack_up.model_copy(update={"topic_prefix": f"test-{run_id}", "pg_database": database})
+    ensure_topics(scoped)
+    migrate(scoped)
+    yield scoped
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child ``touchpoint`` process use these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHPOINT_")}
+    env.update({
+        "TOUCHPOINT_HOME": str(settings.home),
+        "TOUCHPOINT_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TOUCHPOINT_TOPIC_PREFIX": settings.topic_prefix,
+        "TOUCHPOINT_PG_PORT": str(settings.pg_port),
+        "TOUCHPOINT_PG_DATABASE": settings.pg_database,
+        "TOUCHPOINT_REGISTRY_URL": settings.registry_url,
+    })
+    return env
+
+
+def spawn_touchpoint(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m touchpoint ARGS`` with these settings, output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "touchpoint", *args], env=settings_env(settings), stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    """Terminate a child and wait for it; kill if it does not stop in time."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
