@@ -6,26 +6,26 @@ re-delivered or re-published event) hit the primary key and change nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from connectors.serde import EventSerde
 from projections.writer import Record
 from touchpoint.settings import Settings
 
 
-def interaction_row(record: Record) -> tuple[object, ...]:
-    """One row of ``interactions`` from one customer-events record."""
-    event = json.loads(record.value)
+def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
+    """One row of ``interactions`` from one customer-events record (already validated upstream)."""
+    event = serde.deserialize(record.value)
     return (
-        event["event_id"],
+        event.event_id,
         (record.key or b"").decode(),
-        event["type"],
-        event["channel"],
-        event["occurred_at"],
-        Jsonb(event["payload"]),
+        event.type,
+        event.channel,
+        event.occurred_at,
+        Jsonb(event.payload.model_dump(mode="json")),
         record.topic,
         record.partition,
         record.offset,
@@ -37,13 +37,14 @@ class InteractionsProjection:
 
     name = "interactions"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, serde: EventSerde) -> None:
         self.topics = [settings.topic("customer-events")]
+        self._serde = serde
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
         cur.executemany(
             "INSERT INTO interactions (event_id, customer_key, type, channel, occurred_at, payload, "
             "source_topic, source_partition, source_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (event_id) DO NOTHING",
-            [interaction_row(r) for r in records],
+            [interaction_row(self._serde, r) for r in records],
         )

@@ -5,29 +5,35 @@ from __future__ import annotations
 import signal
 import threading
 
+from connectors.registry import RegistryClient
+from connectors.serde import EventSerde
 from projections.interactions import InteractionsProjection
 from projections.migrate import migrate
 from projections.writer import Projection, run_projection
+from touchpoint.logs import configure_logging
 from touchpoint.settings import Settings
 
 
 def all_projections(settings: Settings) -> list[Projection]:
     """Every read model the front line uses."""
-    return [InteractionsProjection(settings)]
+    serde = EventSerde(RegistryClient(settings.registry_url))
+    return [InteractionsProjection(settings, serde)]
 
 
 def run_projections(settings: Settings) -> None:
     """Migrate, then feed every projection until SIGINT or SIGTERM."""
+    configure_logging(settings.log_level, settings.log_json)
     migrate(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    projections = all_projections(settings)
     threads = [
         threading.Thread(target=run_projection, args=(settings, p, stop), name=f"projection-{p.name}")
-        for p in all_projections(settings)
+        for p in projections
     ]
     for thread in threads:
         thread.start()
-    print(f"projections running: {', '.join(p.name for p in all_projections(settings))}", flush=True)
+    print(f"projections running: {', '.join(p.name for p in projections)}", flush=True)
     for thread in threads:
         thread.join()

@@ -3,7 +3,8 @@
 Kafka offsets are never committed to Kafka: the position of a projection
 lives in ``projection_offsets`` beside its rows and moves in the same
 transaction, so a crash between the two is impossible and a restart resumes
-from the last committed batch. On (re)assignment each partition is sought
+from the last committed batch. A PostgreSQL or registry outage is waited out
+with capped backoff, the batch retried whole. On (re)assignment each partition is sought
 to its stored position, or to the beginning for a fresh read model; this is
 also how a rebuild replays the log. Mappers make rows idempotent by key, so
 re-reading a batch changes nothing.
@@ -22,6 +23,7 @@ import psycopg
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
+from touchpoint.errors import RegistryError
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class _SeekToStored(ConsumerRebalanceListener):
                 self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, position)
+        log.info("partitions assigned", extra={"projection": self._projection,
+                                               "positions": {f"{tp.topic}/{tp.partition}": offsets.get(
+                                                   (tp.topic, tp.partition), 0) for tp in assigned}})
 
 
 def run_projection(settings: Settings, projection: Projection, stop: threading.Event,
@@ -120,9 +125,10 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
                     if conn is None or conn.closed:
                         conn = psycopg.connect(conninfo)
                     write_batch(conn, projection, records)
+                    log.debug("batch written", extra={"projection": projection.name, "records": len(records)})
                     backoff = 0.5
                     break
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, RegistryError) as exc:
                     log.warning("projection write failed; retrying", extra={"projection": projection.name,
                                                                              "error": str(exc), "backoff_s": backoff})
                     if conn is not None:

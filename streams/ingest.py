@@ -1,26 +1,64 @@
 """The ingest agent: events from every channel topic, checked, then routed.
 
-A valid event goes on to ``touchpoint.customer-events``; an invalid one goes
-to ``touchpoint.dlq`` with its original bytes and headers holding the
-reason and its source topic, partition and offset. Nothing is dropped and
-nothing bad stops the agent.
+A message that decodes (Confluent-framed Avro, writer schema from the
+registry) and honours the contract goes on to ``touchpoint.customer-events``;
+anything else goes to ``touchpoint.dlq`` with its original bytes and headers,
+plus headers holding the reason and its source topic, partition and offset.
+Nothing is dropped and nothing bad stops the agent.
 
-Until identity resolution exists, an accepted event is keyed by its
-strongest identifier (kind:value), so one person's events stay in order per
-partition.
+"Now" for the future-time check is the message's own timestamp, not the wall
+clock, so a replay judges every message exactly as the first run did. An
+unreachable registry is not the message's fault: the agent waits and
+retries instead of dead-lettering good events.
+
+Until identity resolution exists, accepted events keep the producer's
+partition key (a keyed hash of the strongest identifier).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import faust
 
+from connectors.producer import partition_key
+from connectors.registry import RegistryClient
+from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, event_topic
-from touchpoint.core.envelope import Accepted, check_json_event, strongest_identifier
+from touchpoint.contract.models import ContractViolation, Event
+from touchpoint.errors import RegistryError, SerializationError
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event: Event
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+
+
+def judge(serde: EventSerde, raw: bytes | None, now: datetime) -> Accepted | Rejected:
+    """Decode and check one message; the verdict carries a reason a person can act on.
+
+    :raises RegistryError: the registry could not be asked (retry later).
+    """
+    if raw is None:
+        return Rejected("undecodable: empty message (tombstone)")
+    try:
+        return Accepted(serde.deserialize(raw, now))
+    except SerializationError as exc:
+        return Rejected(f"undecodable: {exc}")
+    except ContractViolation as exc:
+        return Rejected(f"contract: {exc}")
 
 
 def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
@@ -39,18 +77,41 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
                         key_serializer="raw", value_serializer="raw")
     accepted_topic = app.topic(settings.topic("customer-events"), key_serializer="raw", value_serializer="raw")
     dlq_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
+    serde = EventSerde(RegistryClient(settings.registry_url))
+    secret = settings.identifier_key.get_secret_value().encode()
 
     @app.agent(sources, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
-            verdict = check_json_event(message.value)
+            now = datetime.fromtimestamp(message.timestamp, UTC)
+            verdict = await _judge_patiently(serde, message.value, now)
             if isinstance(verdict, Accepted):
-                kind, value = strongest_identifier(verdict.event["identifiers"])
-                await accepted_topic.send(key=f"{kind}:{value}".encode(), value=message.value)
+                await accepted_topic.send(key=partition_key(verdict.event, secret), value=message.value)
             else:
                 log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
                                                  "offset": message.offset, "reason": verdict.reason})
-                await dlq_topic.send(key=message.key, value=message.value,
-                                     headers=dlq_headers(verdict.reason, message.topic, message.partition,
-                                                         message.offset))
+                headers = [*_header_list(message.headers),
+                           *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
+                await dlq_topic.send(key=message.key, value=message.value, headers=headers)
+
+
+def _header_list(headers: object) -> list[tuple[str, bytes]]:
+    """Faust hands headers over as a mapping or a list of pairs; we send a list."""
+    if not headers:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)  # type: ignore[call-overload]
+
+
+async def _judge_patiently(serde: EventSerde, raw: bytes | None, now: datetime) -> Accepted | Rejected:
+    """``judge``, waiting out registry outages with capped backoff."""
+    backoff = 0.5
+    while True:
+        try:
+            return judge(serde, raw, now)
+        except RegistryError as exc:
+            log.warning("registry unavailable; retrying", extra={"error": str(exc), "backoff_s": backoff})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 15.0)

@@ -10,7 +10,6 @@ the stack keeps running for a look around.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -21,6 +20,9 @@ from datetime import UTC, datetime
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 
+from connectors.producer import Delivered, EventProducer
+from connectors.registry import RegistryClient
+from connectors.serde import EventSerde
 from connectors.topics import ensure_topics, event_topic
 from projections.migrate import migrate
 from touchpoint.errors import TouchpointError
@@ -29,11 +31,11 @@ from touchpoint.stack import stack
 
 
 def sample_events(run_id: str, now: datetime) -> list[dict[str, object]]:
-    """A handful of events: one per channel, plus one that must be dead-lettered."""
+    """One event per channel for one person, in the contract's JSON form."""
     at = now.isoformat(timespec="milliseconds")
     ids = {"customer_no": "C00000042", "email": "ann@example.com"}
-    good = [
-        ("web", "web", {"session_id": "s-1", "action": "login"}),
+    by_channel = [
+        ("web", "web", {"session_id": f"s-{run_id}", "action": "login"}),
         ("branch", "purchase", {"transaction_id": f"t-{run_id}", "location_id": "station-7",
                                 "lines": [{"sku": "unleaded", "category": "fuel", "quantity": 1, "amount_minor": 4200},
                                           {"sku": "coffee", "category": "shop", "quantity": 1, "amount_minor": 350}],
@@ -42,14 +44,15 @@ def sample_events(run_id: str, now: datetime) -> list[dict[str, object]]:
         ("email", "email", {"message_id": f"m-{run_id}", "action": "opened"}),
         ("sms", "sms", {"message_id": f"sms-{run_id}", "action": "delivered"}),
     ]
-    events: list[dict[str, object]] = [
+    return [
         {"event_id": f"demo-{run_id}-{n}", "type": type_, "channel": channel, "occurred_at": at,
          "identifiers": ids, "payload": payload}
-        for n, (channel, type_, payload) in enumerate(good)
+        for n, (channel, type_, payload) in enumerate(by_channel)
     ]
-    events.append({"event_id": f"demo-{run_id}-bad", "type": "web", "channel": "web", "occurred_at": at,
-                   "identifiers": {}, "payload": {"session_id": "s-2", "action": "page_view"}})
-    return events
+
+
+BAD_BYTES = b"\x00\x00\x00\x00\x07 truncated: not an Avro event"
+"""What a broken channel system might write straight to a topic."""
 
 
 def _spawn(settings: Settings, verb: str, stack_: ExitStack) -> subprocess.Popen[bytes]:
@@ -85,19 +88,22 @@ def run_demo(settings: Settings, timeout_s: float = 120.0) -> None:
     events = sample_events(run_id, datetime.now(UTC))
     with ExitStack() as children:
         procs = [_spawn(settings, "worker", children), _spawn(settings, "project", children)]
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-                                 client_id="touchpoint-demo")
+        with EventProducer(settings) as producer:
+            results = producer.publish(events, datetime.now(UTC))
+        delivered = [r for r in results if isinstance(r, Delivered)]
+        if len(delivered) != len(events):
+            raise TouchpointError(f"the producer library did not deliver every sample event: {results}")
+        print(f"published {len(events)} events through the producer library (Avro, schema id "
+              f"{_schema_id(settings)}) to {settings.topic('events.<channel>')}", flush=True)
+        raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id="touchpoint-demo")
         try:
-            for event in events:
-                producer.send(event_topic(settings, str(event["channel"])), key=str(event["event_id"]).encode(),
-                              value=json.dumps(event).encode()).get(timeout=30)
+            bad_offset = raw.send(event_topic(settings, "web"), value=BAD_BYTES).get(timeout=30).offset
         finally:
-            producer.close()
-        print(f"published {len(events)} events ({len(events) - 1} good, 1 bad) to "
-              f"{settings.topic('events.<channel>')}", flush=True)
-        good_ids = [str(e["event_id"]) for e in events[:-1]]
+            raw.close()
+        print(f"wrote {len(BAD_BYTES)} broken bytes straight to {event_topic(settings, 'web')}", flush=True)
+        good_ids = [str(e["event_id"]) for e in events]
         _wait_for_rows(settings, good_ids, procs, started + timeout_s)
-        reason = _wait_for_dead_letter(settings, str(events[-1]["event_id"]), started + timeout_s)
+        reason = _wait_for_dead_letter(settings, event_topic(settings, "web"), bad_offset, started + timeout_s)
     print(
         "\nend to end in {:.1f}s:\n"
         "  {} events became rows in PostgreSQL table `interactions`\n"
@@ -128,15 +134,22 @@ def _wait_for_rows(settings: Settings, event_ids: list[str], procs: list[subproc
             time.sleep(0.3)
 
 
-def _wait_for_dead_letter(settings: Settings, event_id: str, deadline: float) -> str:
+def _schema_id(settings: Settings) -> int:
+    with RegistryClient(settings.registry_url) as registry:
+        return EventSerde(registry).writer_id
+
+
+def _wait_for_dead_letter(settings: Settings, source_topic: str, source_offset: int, deadline: float) -> str:
     consumer = KafkaConsumer(settings.topic("dlq"), bootstrap_servers=settings.kafka_bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=1000)
     try:
         while time.monotonic() < deadline:
             for message in consumer:
-                if json.loads(message.value).get("event_id") == event_id:
-                    return dict(message.headers)["touchpoint.dlq.reason"].decode()
+                headers = dict(message.headers)
+                if (headers.get("touchpoint.dlq.topic") == source_topic.encode()
+                        and headers.get("touchpoint.dlq.offset") == str(source_offset).encode()):
+                    return headers["touchpoint.dlq.reason"].decode()
         raise TouchpointError("the bad event did not reach the dead-letter topic in time")
     finally:
         consumer.close()

@@ -28,3 +28,11 @@ class SerializationError(TouchpointError):
 
 class RegistryError(TouchpointError):
     """The schema registry refused a request or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PublishError(TouchpointError):
+    """Kafka did not acknowledge an event in time (broker down or unreachable)."""

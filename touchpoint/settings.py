@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
 
+    # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
+    identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
+
     log_level: str = "INFO"
     log_json: bool = True
     # Empty: spans go to the console exporter (if tracing is on); else OTLP/HTTP.
