@@ -99,6 +99,33 @@ def project() -> None:
     run_projections(_settings())
 
 
+@app.command("generate")
+def generate_cmd(
+    customers: Annotated[int, typer.Option(min=1, help="people in the population")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="length of the history")] = 365,
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 1,
+    bad_share: Annotated[float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad events")] = 0.02,
+    out: Annotated[str, typer.Option(help="JSON-lines file to write, - for stdout")] = "-",
+    publish: Annotated[bool, typer.Option(help="publish to Kafka through the producer library instead")] = False,
+) -> None:
+    """Generate a synthetic population's events (JSON lines, or straight to Kafka)."""
+    from touchpoint.generate import generate, write_jsonl
+
+    events = generate(customers, days, seed, bad_share=bad_share)
+    if publish:
+        from connectors.producer import publish_all
+
+        summary = publish_all(_settings(), events)
+        print(summary)
+        return
+    if out == "-":
+        count = write_jsonl(events, sys.stdout)
+    else:
+        with open(out, "w", encoding="utf-8") as fh:
+            count = write_jsonl(events, fh)
+    print(f"wrote {count} events to {out if out != '-' else 'stdout'}", file=sys.stderr)
+
+
 @app.command("demo")
 def demo() -> None:
     """Bring the stack up and run events end to end; prints what happened and where to look."""
