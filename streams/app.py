@@ -20,7 +20,8 @@ def create_app(settings: Settings) -> faust.App:
     """
     app = faust.App(
         settings.topic_prefix,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        # streams.transport: aiokafka reading only committed records.
+        broker=";".join(f"touchpoint://{server}" for server in settings.kafka_bootstrap.split(",")),
         store="memory://",
         web_enabled=False,
         topic_replication_factor=settings.topic_replication_factor,

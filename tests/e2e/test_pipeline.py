@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from subprocess import Popen
 from typing import TypeVar
 
 import psycopg
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 
 from connectors.producer import Delivered, EventProducer
@@ -47,7 +47,45 @@ def dead_letters(settings: Settings) -> list[tuple[bytes, dict[str, bytes]]]:
         consumer.close()
 
 
-def test_good_events_become_rows_bad_ones_dead_lettered(settings: Settings, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Popen[bytes], ...]]:
+    """A Faust worker and the projection writer, as child processes."""
+    logs = tmp_path_factory.mktemp("pipeline")
+    worker = spawn_touchpoint(settings, "worker", log=logs / "worker.log")
+    writer = spawn_touchpoint(settings, "project", log=logs / "project.log")
+    yield worker, writer
+    assert stop_process(writer) == 0, (logs / "project.log").read_text()[-3000:]
+    stop_process(worker)
+
+
+def interaction_ids(settings: Settings) -> set[str]:
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        return {row[0] for row in conn.execute("SELECT event_id FROM interactions")}
+
+
+async def test_aborted_transactions_are_never_processed(settings: Settings,
+                                                        pipeline: tuple[Popen[bytes], ...]) -> None:
+    now = datetime.now(UTC)
+    aborted, committed = (sample_events(tag, now)[0] for tag in ("aborted", "committed"))
+    with RegistryClient(settings.registry_url) as registry:
+        serde = EventSerde(registry)
+        payloads = [serde.serialize(validate_event(e, now)) for e in (aborted, committed)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id="e2e-aborter")
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        await producer.send_and_wait(event_topic(settings, "web"), payloads[0])
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send_and_wait(event_topic(settings, "web"), payloads[1])
+    finally:
+        await producer.stop()
+    wait_until(lambda: committed["event_id"] in interaction_ids(settings), 90, "the committed event", pipeline)
+    assert aborted["event_id"] not in interaction_ids(settings)
+
+
+def test_good_events_become_rows_bad_ones_dead_lettered(settings: Settings,
+                                                        pipeline: tuple[Popen[bytes], ...]) -> None:
     now = datetime.now(UTC)
     events = sample_events("e2e", now)
     # Valid Avro that breaks the contract: written by a system that skipped validation.
@@ -57,31 +95,25 @@ def test_good_events_become_rows_bad_ones_dead_lettered(settings: Settings, tmp_
         record["payload"][1]["total_minor"] = -5
         negative_total = encode(serde.writer_id, record)
 
-    worker = spawn_touchpoint(settings, "worker", log=tmp_path / "worker.log")
-    writer = spawn_touchpoint(settings, "project", log=tmp_path / "project.log")
-    try:
-        with EventProducer(settings) as producer:
-            results = producer.publish(events, now)
-            assert all(isinstance(r, Delivered) for r in results), results
-            # The same events published twice change nothing downstream.
-            assert all(isinstance(r, Delivered) for r in producer.publish(events, now))
-        raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-        for value in (BAD_BYTES, negative_total, b"", BAD_BYTES[:3]):
-            raw.send(event_topic(settings, "branch"), value=value).get(30)
-        raw.close()
+    with EventProducer(settings) as producer:
+        results = producer.publish(events, now)
+        assert all(isinstance(r, Delivered) for r in results), results
+        # The same events published twice change nothing downstream.
+        assert all(isinstance(r, Delivered) for r in producer.publish(events, now))
+    raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    for value in (BAD_BYTES, negative_total, b"", BAD_BYTES[:3]):
+        raw.send(event_topic(settings, "branch"), value=value).get(30)
+    raw.close()
 
-        def rows() -> list[tuple[str, str, str]]:
-            with psycopg.connect(settings.pg_conninfo()) as conn:
-                return conn.execute("SELECT event_id, type, channel FROM interactions ORDER BY event_id").fetchall()
+    def rows() -> list[tuple[str, str, str]]:  # each event once: the primary key guarantees no doubles
+        with psycopg.connect(settings.pg_conninfo()) as conn:
+            return conn.execute("SELECT event_id, type, channel FROM interactions ORDER BY event_id").fetchall()
 
-        found = wait_until(lambda: len(rows()) >= len(events) and rows(), 90, "rows", (worker, writer))
-        assert [r[0] for r in found] == sorted(str(e["event_id"]) for e in events)
-        assert {r[2] for r in found} == {"web", "branch", "phone", "email", "sms"}
-        dead = wait_until(lambda: len(dead_letters(settings)) >= 4 and dead_letters(settings), 60, "dead letters",
-                          (worker, writer))
-    finally:
-        assert stop_process(writer) == 0, (tmp_path / "project.log").read_text()[-3000:]
-        stop_process(worker)
+    ids = {str(e["event_id"]) for e in events}
+    found = wait_until(lambda: ids <= {r[0] for r in rows()} and rows(), 90, "rows", pipeline)
+    assert {r[2] for r in found if r[0] in ids} == {"web", "branch", "phone", "email", "sms"}
+    dead = wait_until(lambda: len(dead_letters(settings)) >= 4 and dead_letters(settings), 60, "dead letters",
+                      pipeline)
 
     reasons = {value: headers["touchpoint.dlq.reason"].decode() for value, headers in dead}
     assert len(dead) == 4, reasons  # nothing silently dropped, nothing twice
