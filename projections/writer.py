@@ -21,9 +21,8 @@ from typing import Protocol
 
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
-from touchpoint.errors import RegistryError
+from touchpoint.errors import RegistryError, StackError
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,27 +73,28 @@ def write_batch(conn: psycopg.Connection, projection: Projection, records: Seque
         )
 
 
-class _SeekToStored(ConsumerRebalanceListener):
-    def __init__(self, consumer: KafkaConsumer, conninfo: str, projection: str) -> None:
-        self._consumer = consumer
-        self._conninfo = conninfo
-        self._projection = projection
-
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        pass  # Nothing to flush: every batch is committed before the next poll.
-
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        with psycopg.connect(self._conninfo) as conn:
-            offsets = stored_offsets(conn, self._projection)
-        for tp in assigned:
-            position = offsets.get((tp.topic, tp.partition))
-            if position is None:
-                self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, position)
-        log.info("partitions assigned", extra={"projection": self._projection,
-                                               "positions": {f"{tp.topic}/{tp.partition}": offsets.get(
-                                                   (tp.topic, tp.partition), 0) for tp in assigned}})
+def _assign_from_stored(consumer: KafkaConsumer, topics: Sequence[str], conninfo: str, projection: str,
+                        timeout_s: float = 60.0) -> None:
+    """Assign every partition of ``topics`` and seek each to its stored position (or the beginning)."""
+    deadline = time.monotonic() + timeout_s
+    partitions: list[TopicPartition] = []
+    for topic in topics:
+        while (ids := consumer.partitions_for_topic(topic)) is None:
+            if time.monotonic() > deadline:
+                raise StackError(f"projection {projection}: topic {topic} has no partitions (does it exist?)")
+            time.sleep(0.2)
+        partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+    consumer.assign(partitions)
+    with psycopg.connect(conninfo) as conn:
+        offsets = stored_offsets(conn, projection)
+    for tp in partitions:
+        position = offsets.get((tp.topic, tp.partition))
+        if position is None:
+            consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, position)
+    log.info("partitions assigned", extra={"projection": projection, "positions": {
+        f"{tp.topic}/{tp.partition}": offsets.get((tp.topic, tp.partition), 0) for tp in partitions}})
 
 
 def run_projection(settings: Settings, projection: Projection, stop: threading.Event,
@@ -103,13 +103,13 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
     conninfo = settings.pg_conninfo()
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=f"{settings.topic_prefix}-projection-{projection.name}",
+        group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
         auto_offset_reset="earliest",
         client_id=f"touchpoint-projection-{projection.name}",
     )
-    consumer.subscribe(list(projection.topics), listener=_SeekToStored(consumer, conninfo, projection.name))
+    _assign_from_stored(consumer, projection.topics, conninfo, projection.name)
     conn: psycopg.Connection | None = None
     backoff = 0.5
     try:

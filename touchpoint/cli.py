@@ -91,6 +91,14 @@ def worker(loglevel: Annotated[str, typer.Option()] = "info") -> None:
     run_worker(_settings(), loglevel)
 
 
+@app.command("gateway")
+def gateway() -> None:
+    """Run the HTTP ingest gateway (POST /v1/events; OpenAPI at /docs) until Ctrl-C."""
+    from connectors.gateway import serve_gateway
+
+    serve_gateway(_settings())
+
+
 @app.command("project")
 def project() -> None:
     """Run the projection writers into PostgreSQL (until Ctrl-C)."""

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
 
     registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
 
+    # HTTP ingest gateway (touchpoint gateway).
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 18080
+    gateway_max_body_bytes: int = 1_048_576
+    gateway_max_events: int = 1000
+
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
 

@@ -39,7 +39,7 @@ def test_compose_pins_match_the_local_stack() -> None:
     assert "image: postgres:15" in COMPOSE
 
 
-@pytest.mark.parametrize("service", ["kafka", "postgres", "registry", "worker", "projections"])
+@pytest.mark.parametrize("service", ["kafka", "postgres", "registry", "worker", "projections", "gateway"])
 def test_every_long_running_service_has_a_healthcheck(service: str) -> None:
     block = _service_block(service)
     assert "healthcheck:" in block

@@ -181,3 +181,23 @@ def test_messages_speak_the_contract() -> None:
     assert caught.value.problems == [
         ("payload.total_minor", "money must be an integer number of minor units, not float")
     ]
+
+
+@pytest.mark.parametrize(
+    ("type_", "path", "value", "field"),
+    [
+        ("purchase", ("payload", "total_minor"), 2**63, "payload.total_minor"),
+        ("purchase", ("payload", "lines", 0, "quantity"), 2**31, "payload.lines.0.quantity"),
+        ("call", ("payload", "duration_s"), 2**31, "payload.duration_s"),
+    ],
+)
+def test_integers_beyond_their_avro_type_are_refused(type_: str, path: tuple[object, ...], value: int,
+                                                      field: str) -> None:
+    doc = sample(type_)
+    target: Any = doc
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(ContractViolation) as raised:
+        validate_event(doc, NOW)
+    assert field in [p for p, _ in raised.value.problems]

@@ -75,12 +75,18 @@ class ContractViolation(TouchpointError):
         super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
 
 
+AVRO_INT_MAX = 2**31 - 1
+AVRO_LONG_MAX = 2**63 - 1
+
+
 def _money(value: object) -> object:
     # Runs before pydantic's int parsing, which in lax mode accepts 10.0, "10" and True.
     if type(value) is not int:
         raise ValueError(f"money must be an integer number of minor units, not {type(value).__name__}")
     if value < 0:
         raise ValueError("money must not be negative")
+    if value > AVRO_LONG_MAX:
+        raise ValueError(f"money must be at most {AVRO_LONG_MAX} minor units (Avro long)")
     return value
 
 
@@ -117,8 +123,9 @@ Text = Annotated[str, Field(strict=True, min_length=1)]
 Money = Annotated[int, BeforeValidator(_money)]
 Currency = Annotated[str, Field(strict=True), AfterValidator(_currency)]
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
-Count = Annotated[int, Field(strict=True, ge=0)]
-Positive = Annotated[int, Field(strict=True, ge=1)]
+# Bounded to the Avro types they travel as: the models may not accept what the wire cannot hold.
+Count = Annotated[int, Field(strict=True, ge=0, le=AVRO_INT_MAX)]
+Positive = Annotated[int, Field(strict=True, ge=1, le=AVRO_INT_MAX)]
 
 
 @with_config(ConfigDict(extra="forbid"))
