@@ -134,6 +134,35 @@ def generate_cmd(
     print(f"wrote {count} events to {out if out != '-' else 'stdout'}", file=sys.stderr)
 
 
+@app.command("fold")
+def fold_cmd(
+    events: Annotated[str, typer.Argument(help="events in the contract's JSON form, one per line")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="render views as of this ISO-8601 instant")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="JSON file: identity limits, shared "
+                                                                 "identifiers, segment thresholds")] = None,
+) -> None:
+    """Fold events through the pure core offline (the workers' code) and print the views as JSON."""
+    from datetime import datetime
+
+    from touchpoint.core.fold import FoldConfig, fold_to_json
+    from touchpoint.errors import ConfigError
+
+    settings = _settings()
+    fold_config = FoldConfig.load(config) if config else FoldConfig(region=settings.phone_region)
+    instant = None
+    if as_of:
+        try:
+            instant = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError(f"--as-of: {as_of!r} is not an ISO-8601 instant") from exc
+        if instant.tzinfo is None:
+            raise ConfigError("--as-of: give a time zone, e.g. 2026-01-31T00:00:00Z")
+    with open(events, encoding="utf-8") as fh:
+        out = fold_to_json(fh, as_of=instant, config=fold_config,
+                           secret=settings.identifier_key.get_secret_value().encode())
+    sys.stdout.write(out + "\n")
+
+
 @app.command("ingest")
 def ingest(
     path: Annotated[str, typer.Argument(help="events as JSON lines (.jsonl/.ndjson) or CSV (.csv)")],

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = 1_048_576
     gateway_max_events: int = 1000
 
+    # Phone numbers written nationally are read as numbers of this region (ISO 3166 code).
+    phone_region: str = "GB"
+
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
 

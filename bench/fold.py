@@ -1,0 +1,145 @@
+"""Benchmark of the offline fold (``touchpoint fold``): events/s and where the time goes.
+
+Generates a population with ``touchpoint.generate`` into a temporary JSONL
+file, folds it end to end with :func:`touchpoint.core.fold.fold_to_json`
+(reading the file line by line, as the CLI does) and prints events/s (wall
+and CPU), the peak resident memory and the machine's size. Then, unless
+``--no-split``, it times each stage on its own pass over the same lines:
+JSON parsing alone (for reference: validation parses too), contract
+validation, normalisation, identity (resolve + apply + view merges), profile
+(evolve), and rendering. CPU time is printed next to wall time because on a
+shared machine the wall clock also measures the neighbours.
+
+    python -m bench.fold --customers 15000 --days 365
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.machine import machine_line
+from touchpoint.contract.models import Event
+from touchpoint.core.fold import Folder, fold_to_json
+from touchpoint.core.identity import Merged, Minted, apply, resolve
+from touchpoint.core.normalise import InvalidIdentifier
+from touchpoint.core.profile import CustomerView, epoch_ms, evolve, merge_views
+from touchpoint.generate import generate, write_jsonl
+
+SECRET = b"bench-identifier-key"
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(fn: Callable[[], object]) -> tuple[float, float, object]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def _split(path: Path) -> None:
+    """Each stage on its own pass; identity and profile timed per event inside one loop."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    n = len(lines)
+    gc.disable()  # as the fold does; with a million live objects the collector would dominate
+    wall, cpu, _ = _timed(lambda: [json.loads(line) for line in lines])
+    print(f"  parse JSON (reference)  {wall:6.2f}s wall {cpu:6.2f}s cpu  {cpu / n * 1e6:5.1f} us/event")
+
+    context = {"now": None, "pseudonymised": False}
+
+    def validate() -> list[Event]:
+        events = []
+        for line in lines:
+            try:
+                events.append(Event.model_validate_json(line, context=context))
+            except ValueError:
+                pass
+        return events
+
+    wall, cpu, out = _timed(validate)
+    events: list[Event] = out  # type: ignore[assignment]
+    print(f"  validate (parse incl.)  {wall:6.2f}s wall {cpu:6.2f}s cpu  {cpu / n * 1e6:5.1f} us/event")
+
+    folder = Folder(secret=SECRET)
+    clock = time.process_time
+    t_norm = t_ident = t_evolve = 0.0
+    for event in events:
+        a = clock()
+        try:
+            idents = [folder._normalised.get(pair) or folder._normalise(pair) for pair in event.identifiers.items()]
+        except InvalidIdentifier:
+            continue
+        b = clock()
+        res = resolve(folder.state, idents, event.event_id, folder.identity)
+        for decision in res.decisions:
+            apply(folder.state, decision)
+            if isinstance(decision, Minted):
+                folder.views[decision.customer_id] = CustomerView(decision.customer_id, decision.shared)
+            elif isinstance(decision, Merged):
+                merge_views(folder.views[decision.survivor], folder.views.pop(decision.merged))
+        c = clock()
+        ms = epoch_ms(event.occurred_at)
+        evolve(folder.views[res.customer_id], event, res.identifiers, ms=ms)
+        folder.latest_ms = max(folder.latest_ms or ms, ms)
+        t_norm, t_ident, t_evolve = t_norm + b - a, t_ident + c - b, t_evolve + clock() - c
+    for name, spent in (("normalise", t_norm), ("identity", t_ident), ("evolve", t_evolve)):
+        print(f"  {name:<23} {'':>12} {spent:6.2f}s cpu  {spent / n * 1e6:5.1f} us/event")
+    wall, cpu, _ = _timed(folder.result)
+    print(f"  render {len(folder.views)} customers {wall:6.2f}s wall {cpu:6.2f}s cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fold", description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=15_000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--events", help="fold this JSONL file instead of generating one")
+    parser.add_argument("--no-split", action="store_true", help="skip the per-stage passes")
+    args = parser.parse_args(argv)
+    print(machine_line())
+
+    with tempfile.TemporaryDirectory(prefix="bench-fold-") as tmp:
+        if args.events:
+            path = Path(args.events)
+        else:
+            path = Path(tmp) / "events.jsonl"
+            began = time.perf_counter()
+            with path.open("w", encoding="utf-8") as fh:
+                count = write_jsonl(generate(args.customers, args.days, args.seed), fh)
+            print(f"generated {count} events ({args.customers} customers x {args.days} days, seed {args.seed}) "
+                  f"in {time.perf_counter() - began:.1f}s -> {path.stat().st_size / 1e6:.0f} MB")
+        rss_before = _peak_rss_mib()
+
+        def run() -> str:
+            with path.open(encoding="utf-8") as fh:
+                return fold_to_json(fh, secret=SECRET)
+
+        gc.collect()
+        wall, cpu, out = _timed(run)
+        doc = json.loads(out)  # type: ignore[arg-type]
+        with path.open(encoding="utf-8") as fh:
+            events = sum(1 for line in fh if line.strip())
+        print(f"fold: {events} events in {wall:.1f}s wall ({events / wall:,.0f} events/s), "
+              f"{cpu:.1f}s cpu ({events / cpu:,.0f} events/s cpu)")
+        print(f"  {len(doc['customers'])} customers, {len(doc['identity_decisions'])} identity decisions, "
+              f"{len(doc['rejected'])} rejected, output {len(out) / 1e6:.0f} MB")  # type: ignore[arg-type]
+        print(f"  peak RSS {_peak_rss_mib():.0f} MiB (before the fold {rss_before:.0f} MiB); "
+              f"load average {os.getloadavg()[0]:.2f}")
+        del out, doc
+        if not args.no_split:
+            print("split per stage (separate passes; identity = resolve + apply + view merges):")
+            _split(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

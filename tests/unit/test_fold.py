@@ -1,0 +1,290 @@
+"""The offline fold: config, rejections, merges of views, determinism, the generated population."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from touchpoint.core.fold import Folder, FoldConfig, fold, fold_to_json
+from touchpoint.core.identity import customer_id_for
+from touchpoint.core.normalise import normalise
+from touchpoint.core.profile import SegmentConfig
+from touchpoint.errors import ConfigError
+from touchpoint.generate import generate, population, write_jsonl
+
+SECRET = b"test-secret"
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+def event(event_id: str, ids: dict[str, str], typ: str = "web", minutes: int = 0, **payload: Any) -> str:
+    channel, default = {
+        "web": ("web", {"session_id": "S1", "action": "page_view"}),
+        "purchase": ("branch", {"transaction_id": "T1", "location_id": "FS-1", "total_minor": 1000, "currency": "GBP",
+                                "lines": [{"sku": "F", "category": "fuel", "quantity": 1, "amount_minor": 1000}]}),
+        "refund": ("branch", {"refund_id": "R1", "transaction_id": "T1", "amount_minor": 100, "currency": "GBP"}),
+        "call": ("phone", {"call_id": "K1", "direction": "inbound", "phase": "started"}),
+    }[typ]  # fmt: skip
+    at = (T0 + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+    doc = {"event_id": event_id, "type": typ, "channel": channel, "occurred_at": at, "identifiers": ids,
+           "payload": {**default, **payload}}  # fmt: skip
+    return json.dumps(doc)
+
+
+def run(lines: list[str], **kwargs: Any) -> dict[str, Any]:
+    return fold(lines, secret=SECRET, **kwargs)
+
+
+def by_id(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["customer_id"]: c for c in doc["customers"]}
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+def test_config_defaults() -> None:
+    config = FoldConfig()
+    assert config.limits == {"customer_no": 1, "card": 10, "email": 5, "phone": 5, "device": 20, "cookie": 200}
+    assert config.segment == SegmentConfig() and config.region == "GB" and config.shared == frozenset()
+
+
+def test_config_loads_from_json(tmp_path: Path) -> None:
+    path = tmp_path / "fold.json"
+    path.write_text(json.dumps({"limits": {"email": 2}, "shared": ["phone:abc"], "region": "US",
+                                "segment": {"high_current_minor": 5000}}))  # fmt: skip
+    config = FoldConfig.load(path)
+    assert config.limits["email"] == 2 and config.limits["card"] == 10
+    assert config.shared == frozenset({"phone:abc"}) and config.region == "US"
+    assert config.segment == SegmentConfig(high_current_minor=5000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "invalid"),
+        ('{"limits": {"email": 0}}', "limits: limit for email must be an integer of at least 1"),
+        ('{"limits": {"passport": 1}}', "unknown identifier kind 'passport'"),
+        ('{"colour": "red"}', "colour: Extra inputs are not permitted"),
+        ('{"segment": {"window_days": 0}}', "window_days must be at least 1"),
+        ('{"shared_identifiers": {"shoe": ["x"]}}', "unknown identifier kind 'shoe'"),
+        ('{"max_ahead_days": 0}', "max_ahead_days"),
+    ],
+)
+def test_config_errors_are_clear(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "fold.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="fold config .* is invalid") as info:
+        FoldConfig.load(path)
+    assert message in str(info.value)
+
+
+def test_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read fold config"):
+        FoldConfig.load(tmp_path / "nope.json")
+
+
+def test_fold_needs_a_secret() -> None:
+    with pytest.raises(ConfigError, match="identifier key"):
+        fold([], secret=b"")
+
+
+# -- rejections -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "rejected"),
+    [
+        ("not JSON", ["{oops"], [("line 1", "not JSON")]),
+        ("contract violation", [event("e1", {})], [("e1", "identifiers: at least one identifier is required")]),
+        ("unknown type", [json.dumps({"event_id": "e1", "type": "x"})], [("e1", "unknown event type 'x'")]),
+        ("invalid card", [event("e1", {"card": "4111111111111112"})], [("e1", "identifiers.card: card number fails the Luhn check")]),
+        ("invalid phone", [event("e1", {"phone": "+1 212 555 01"})], [("e1", "identifiers.phone: not a possible phone number")]),
+        ("refund of an unknown purchase",
+         [event("e1", {"customer_no": "C1"}, "refund", transaction_id="T9")],
+         [("e1", "refund of T9, not a purchase of this customer")]),
+        ("refund of another customer's purchase",
+         [event("e1", {"customer_no": "C1"}, "purchase"), event("e2", {"customer_no": "C2"}, "refund", 5)],
+         [("e2", "refund of T1, not a purchase of this customer")]),
+        ("refunds above the purchase",
+         [event("e1", {"customer_no": "C1"}, "purchase"),
+          event("e2", {"customer_no": "C1"}, "refund", 5, refund_id="R1", amount_minor=600),
+          event("e3", {"customer_no": "C1"}, "refund", 6, refund_id="R2", amount_minor=401)],
+         [("e3", "refunds of T1 would total 1001, above its total_minor 1000")]),
+        ("too far ahead of the log",
+         [event("e1", {"cookie": "k"}), event("e2", {"cookie": "k"}, minutes=60 * 24 * 3650)],
+         [("e2", "occurred_at: is 3650.0 days after the latest event before it")]),
+    ],
+)  # fmt: skip
+def test_rejected_with_reasons(name: str, lines: list[str], rejected: list[tuple[str, str]]) -> None:
+    doc = run(lines)
+    assert [r["event_id"] for r in doc["rejected"]] == [e for e, _ in rejected], name
+    for got, (_, reason) in zip(doc["rejected"], rejected, strict=True):
+        assert reason in got["reason"], name
+
+
+def test_rejected_event_changes_nothing() -> None:
+    good = [event("e1", {"customer_no": "C1"}, "purchase")]
+    bad = [event("e2", {"customer_no": "C1", "email": "x@example.com"}, "refund", 5, transaction_id="T9")]
+    assert run(good + bad)["customers"] == run(good)["customers"]
+    assert run(good + bad)["identity_decisions"] == run(good)["identity_decisions"]
+
+
+def test_now_judges_event_time_like_ingest() -> None:
+    lines = [event("e1", {"cookie": "k"}, minutes=60 * 25)]
+    doc = run(lines, now_for_validation=T0)
+    assert doc["rejected"][0]["event_id"] == "e1" and "after now" in doc["rejected"][0]["reason"]
+    assert not run(lines)["rejected"]
+
+
+# -- the folded document -------------------------------------------------------------------------
+
+
+def test_merge_in_identity_merges_views() -> None:
+    doc = run([
+        event("e1", {"cookie": "k1"}, minutes=1),
+        event("e2", {"customer_no": "C1"}, "purchase", minutes=2),
+        event("e3", {"customer_no": "C1", "cookie": "k1"}, minutes=3),
+    ])  # fmt: skip
+    (card,) = doc["customers"]
+    survivor = customer_id_for(normalise("cookie", "k1", secret=SECRET).key)
+    assert card["customer_id"] == survivor
+    assert card["aliases"] == [customer_id_for(normalise("customer_no", "C1", secret=SECRET).key)]
+    assert card["identifiers"] == {"cookie": ["k1"], "customer_no": ["C1"]}
+    assert [t["event_id"] for t in card["timeline"]] == ["e1", "e2", "e3"]
+    assert card["rfm"] == {"frequency": 1, "monetary_minor": 1000, "recency_days": 0}
+    assert [d["decision"] for d in doc["identity_decisions"]] == ["minted", "minted", "merged"]
+
+
+def test_card_never_in_clear_anywhere() -> None:
+    lines = [event("e1", {"card": "4111 1111 1111 1111", "customer_no": "C1"}, "purchase"),
+             event("e2", {"card": "4000-0000-0000-0002"}, minutes=1)]  # fmt: skip
+    out = fold_to_json(lines, secret=SECRET)
+    for clear in ("4111111111111111", "4111 1111", "4000000000000002", "4000-0000", "41111111", "111111111111"):
+        assert clear not in out
+    assert '"card":["…0002"]' in out and '"card":["…1111"]' in out
+
+
+def test_as_of_defaults_to_the_latest_event() -> None:
+    lines = [event("e1", {"customer_no": "C1"}, "purchase"), event("e2", {"customer_no": "C1"}, minutes=60 * 24 * 10)]
+    assert run(lines)["customers"][0]["rfm"]["recency_days"] == 10
+    assert run(lines, as_of=T0 + timedelta(days=30))["customers"][0]["rfm"]["recency_days"] == 30
+
+
+def test_shared_landline_gets_a_pseudo_customer_and_unmerge_by_refold() -> None:
+    lines = [
+        event("e1", {"customer_no": "C1"}, minutes=1),
+        event("e2", {"email": "b@example.com"}, minutes=2),
+        event("e3", {"customer_no": "C1", "phone": "020 7946 0001"}, "call", 3),
+        event("e4", {"email": "b@example.com", "phone": "+442079460001"}, "call", 4),  # wrongly joins C1 and b
+        event("e5", {"phone": "+442079460001"}, "call", 5),
+    ]
+    joined = run(lines)
+    assert len(joined["customers"]) == 1
+    config = FoldConfig(shared_identifiers={"phone": ["+44 20 7946 0001"]})
+    split = run(lines, config=config)
+    cards = by_id(split)
+    assert len(cards) == 3 and not [d for d in split["identity_decisions"] if d["decision"] == "merged"]
+    shop = cards[customer_id_for(normalise("phone", "+442079460001", secret=SECRET).key)]
+    assert shop["pseudo"] is True and shop["identifiers"] == {"phone": ["+442079460001"]}
+    assert [t["event_id"] for t in shop["timeline"]] == ["e5"]
+    refused = [d for d in split["identity_decisions"] if d["decision"] == "link_refused"]
+    assert [(d["event_id"], d["reason"]) for d in refused] == [("e3", "marked shared"), ("e4", "marked shared")]
+    # The same by key, as an operator copies it from a decision.
+    assert run(lines, config=FoldConfig(shared=frozenset({refused[0]["key"]}))) == split
+
+
+def test_fold_to_json_is_compact_sorted_and_has_three_keys() -> None:
+    out = fold_to_json([event("e1", {"cookie": "k"})], secret=SECRET)
+    doc = json.loads(out)
+    assert list(doc) == ["customers", "identity_decisions", "rejected"]
+    assert out == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_folder_in_batches_equals_one_pass() -> None:
+    lines = [event(f"e{n}", {"cookie": f"k{n % 3}", "device": f"d{n % 2}"}, minutes=n) for n in range(20)]
+    folder = Folder(secret=SECRET)
+    for batch in (lines[:7], lines[7:8], lines[8:]):
+        for line in batch:
+            folder.add_json(line)
+    assert folder.result() == run(lines)
+
+
+_IDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "customer_no": st.sampled_from(["C1", "C2", "C3"]),
+        "email": st.sampled_from(["a@example.com", "B@example.com", "fam@example.net"]),
+        "phone": st.sampled_from(["07700 900001", "+447700900002", "020 7946 0001"]),
+        "cookie": st.sampled_from(["k1", "k2", "k3", "k4"]),
+    },
+).filter(bool)
+
+
+@settings(max_examples=60, deadline=None)
+@given(log=st.lists(st.tuples(_IDS, st.sampled_from(["web", "purchase", "call"])), max_size=25))
+def test_folding_is_deterministic(log: list[tuple[dict[str, str], str]]) -> None:
+    lines = [event(f"e{n}", ids, typ, n, transaction_id=f"T{n}") if typ == "purchase" else event(f"e{n}", ids, typ, n)
+             for n, (ids, typ) in enumerate(log)]  # fmt: skip
+    first = fold_to_json(lines, secret=SECRET)
+    assert first == fold_to_json(list(lines), secret=SECRET)
+    doc = json.loads(first)
+    for card in doc["customers"]:
+        assert len(card["identifiers"].get("customer_no", [])) <= 1
+        assert all(len(v) <= 5 for v in card["identifiers"].values())
+
+
+# -- the generated population ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated() -> tuple[list[str], str]:
+    buf = io.StringIO()
+    write_jsonl(generate(customers=300, days=365, seed=3), buf)
+    lines = buf.getvalue().splitlines()
+    return lines, fold_to_json(lines, secret=SECRET)
+
+
+def test_generated_every_customer_no_on_exactly_one_customer(generated: tuple[list[str], str]) -> None:
+    _, out = generated
+    doc = json.loads(out)
+    owners = Counter(no for c in doc["customers"] for no in c["identifiers"].get("customer_no", []))
+    assert set(owners) == set(population(300, 365, 3).customer_no)
+    assert set(owners.values()) == {1}
+    assert all(len(c["identifiers"].get("customer_no", [])) <= 1 for c in doc["customers"])
+
+
+def test_generated_households_are_not_merged(generated: tuple[list[str], str]) -> None:
+    _, out = generated
+    doc = json.loads(out)
+    pop = population(300, 365, 3)
+    shared = {e for e, n in Counter(e for e in pop.email if e).items() if n > 1}
+    assert shared, "the population should have family emails"
+    customer_of = {no: c["customer_id"] for c in doc["customers"] for no in c["identifiers"].get("customer_no", [])}
+    for email in shared:
+        members = [pop.customer_no[i] for i, e in enumerate(pop.email) if e == email]
+        assert len({customer_of[no] for no in members}) == len(members), email
+    refusals = [d for d in doc["identity_decisions"] if d["decision"] == "link_refused"]
+    assert refusals and all("customer_no (limit 1)" in d["reason"] for d in refusals)
+
+
+def test_generated_bad_events_are_rejected_with_reasons(generated: tuple[list[str], str]) -> None:
+    lines, out = generated
+    doc = json.loads(out)
+    bad = {json.loads(line)["event_id"] for line in lines if '"bad-' in line}
+    assert {r["event_id"] for r in doc["rejected"]} == bad
+    assert all(r["reason"] for r in doc["rejected"])
+    kinds = Counter(r["event_id"].split("-")[1] for r in doc["rejected"])
+    assert set(kinds) == {"missing_identifiers", "unknown_type", "negative_amount", "float_money", "future_time",
+                          "malformed_email", "unknown_refund"}  # fmt: skip
+
+
+def test_generated_two_folds_are_byte_identical(generated: tuple[list[str], str]) -> None:
+    lines, out = generated
+    assert fold_to_json(lines, secret=SECRET).encode() == out.encode()

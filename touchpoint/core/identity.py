@@ -1,0 +1,411 @@
+"""Identity resolution: which customer an event's identifiers belong to.
+
+The event-sourcing split. :func:`resolve` is the *decide* step: pure, it reads
+an :class:`IdentityState` and an event's normalised identifiers and returns a
+:class:`Resolution` (the customer id and the decisions taken). :func:`apply`
+is the *evolve* step: it folds one decision into the state **in place**. The
+state is mutable on purpose: a fold of a million events cannot copy a map of
+every identifier per event (that would be O(n²)); nothing but :func:`apply`
+writes to it, and every decision is data (``to_json``) published on
+``touchpoint.identity``, so the state can be rebuilt from the decisions or
+from the log.
+
+Rules (all derived from the log: no counters, no clocks, so a replay or a
+redelivery decides the same)
+
+* **Mint.** An event none of whose identifiers is known mints a customer
+  ``"cus_" + sha256(key of its strongest identifier)[:16]`` and links the rest.
+  The state remembers the mint order (position in the log), which decides
+  merges.
+* **Link.** Every identifier on one event belongs to one customer: unknown
+  identifiers are linked to the customer the event resolves to.
+* **Merge.** When an event's identifiers are owned by two or more customers,
+  they merge. The **survivor is the customer minted earliest in the log**; the
+  others become aliases of it (path-compressed: an alias always points at the
+  current survivor, also after merges of merges), so an old id still resolves.
+* **Guardrails.** Per-kind limits per customer (:class:`IdentityConfig`).
+  Identifiers are taken strongest first (``IDENTIFIER_KINDS``); the event is
+  always attributed to the owner of its strongest identifier (or a new mint
+  from it); a weaker identifier whose link or merge would push that customer
+  past a limit is not linked and a :class:`LinkRefused` names the reason
+  ("would give cus_x 2 customer_no (limit 1)"). So two people with different
+  customer numbers never merge through a family e-mail or a shop's landline:
+  the identifier stays with whoever had it first. A refusal is recorded once
+  per (customer, key), not on every event that repeats it.
+* **Shared identifiers** (``IdentityConfig.shared``, keys flagged by an
+  operator) never link. An event that also carries unshared identifiers
+  resolves through those and the shared one is refused ("marked shared"). An
+  event carrying *only* shared identifiers is attributed to a pseudo-customer
+  minted from its strongest shared key (``Minted(shared=True)``): the shop's
+  landline becomes one "customer" that stands for the shop, never merged with
+  anyone, so its calls are not lost and no person gets them.
+* **Unmerge** = add the wrongly-joining key to ``shared`` and re-fold the log:
+  the key then joins nothing and the customers it had merged stay apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from touchpoint.core.identifiers import IDENTIFIER_KINDS
+from touchpoint.core.normalise import Identifier
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Decision",
+    "IdentityConfig",
+    "IdentityState",
+    "LinkRefused",
+    "Linked",
+    "Merged",
+    "Minted",
+    "Resolution",
+    "apply",
+    "customer_id_for",
+    "resolve",
+]
+
+DEFAULT_LIMITS: Mapping[str, int] = MappingProxyType(
+    {"customer_no": 1, "card": 10, "email": 5, "phone": 5, "device": 20, "cookie": 200}
+)
+"""Default per-kind limit of identifiers one customer may hold."""
+
+def customer_id_for(key: str) -> str:
+    """The customer id minted from an identifier key: ``"cus_" + sha256(key)[:16]``."""
+    return "cus_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Guardrails of identity resolution.
+
+    :param limits: kind -> most identifiers of that kind one customer may hold
+        (at least 1); kinds not given keep :data:`DEFAULT_LIMITS`.
+    :param priority: kinds strongest first (``IDENTIFIER_KINDS``).
+    :param shared: identifier *keys* marked shared: they never link anyone.
+    """
+
+    limits: Mapping[str, int] = field(default_factory=lambda: DEFAULT_LIMITS)
+    priority: tuple[str, ...] = IDENTIFIER_KINDS
+    shared: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        merged = {**DEFAULT_LIMITS, **self.limits}
+        for kind, limit in merged.items():
+            if kind not in IDENTIFIER_KINDS:
+                raise ValueError(f"unknown identifier kind {kind!r} in limits; known: {', '.join(IDENTIFIER_KINDS)}")
+            if type(limit) is not int or limit < 1:
+                raise ValueError(f"limit for {kind} must be an integer of at least 1, got {limit!r}")
+        if sorted(self.priority) != sorted(IDENTIFIER_KINDS):
+            raise ValueError(f"priority must order exactly the kinds {', '.join(IDENTIFIER_KINDS)}")
+        object.__setattr__(self, "limits", MappingProxyType(merged))
+        object.__setattr__(self, "shared", frozenset(self.shared))
+        object.__setattr__(self, "rank", MappingProxyType({kind: i for i, kind in enumerate(self.priority)}))
+
+    rank: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    """Kind -> position in ``priority`` (derived)."""
+
+
+# -- decisions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    """A new customer id, minted from ``key`` (``shared``: a pseudo-customer of a shared key)."""
+
+    event_id: str
+    customer_id: str
+    key: str
+    kind: str
+    shared: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as a JSON object."""
+        return {
+            "decision": "minted",
+            "event_id": self.event_id,
+            "customer_id": self.customer_id,
+            "key": self.key,
+            "kind": self.kind,
+            "shared": self.shared,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """``key`` now belongs to ``customer_id``."""
+
+    event_id: str
+    customer_id: str
+    key: str
+    kind: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as a JSON object."""
+        return {
+            "decision": "linked",
+            "event_id": self.event_id,
+            "customer_id": self.customer_id,
+            "key": self.key,
+            "kind": self.kind,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """``merged`` became an alias of ``survivor`` because the event carried ``via_key`` of it."""
+
+    event_id: str
+    survivor: str
+    merged: str
+    via_key: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as a JSON object."""
+        return {
+            "decision": "merged",
+            "event_id": self.event_id,
+            "survivor": self.survivor,
+            "merged": self.merged,
+            "via_key": self.via_key,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRefused:
+    """``key`` was not linked to ``customer_id`` (``other_customer_id``: who holds it, if anyone)."""
+
+    event_id: str
+    customer_id: str
+    key: str
+    kind: str
+    other_customer_id: str | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as a JSON object."""
+        return {
+            "decision": "link_refused",
+            "event_id": self.event_id,
+            "customer_id": self.customer_id,
+            "key": self.key,
+            "kind": self.kind,
+            "other_customer_id": self.other_customer_id,
+            "reason": self.reason,
+        }
+
+
+Decision = Minted | Linked | Merged | LinkRefused
+
+
+class Resolution(NamedTuple):
+    """Where an event belongs: its customer, the decisions taken, the identifiers attributed to it.
+
+    A named tuple rather than a frozen dataclass: one is built per event and
+    tuple construction is several times cheaper.
+    """
+
+    customer_id: str
+    decisions: tuple[Decision, ...]
+    identifiers: tuple[Identifier, ...]
+
+
+# -- state --------------------------------------------------------------------
+
+
+class IdentityState:
+    """Who owns which identifier key. Mutable: only :func:`apply` writes to it.
+
+    ``owner`` maps a key to the *current* customer (re-pointed on merges);
+    ``keys`` holds each live customer's keys per kind (insertion-ordered
+    dicts, so iteration never depends on hash seeds); ``alias`` maps every
+    merged id straight to its survivor; ``aliases`` is the inverse; ``seq`` is
+    the mint position of every id ever minted; ``refused`` the (customer, key)
+    refusals already recorded.
+    """
+
+    __slots__ = ("alias", "aliases", "keys", "owner", "refused", "seq")
+
+    def __init__(self) -> None:
+        self.owner: dict[str, str] = {}
+        self.keys: dict[str, dict[str, dict[str, None]]] = {}
+        self.alias: dict[str, str] = {}
+        self.aliases: dict[str, list[str]] = {}
+        self.seq: dict[str, int] = {}
+        self.refused: set[tuple[str, str]] = set()
+
+    def canonical(self, customer_id: str) -> str:
+        """The live id ``customer_id`` resolves to (itself unless merged)."""
+        return self.alias.get(customer_id, customer_id)
+
+    def lookup(self, key: str) -> str | None:
+        """The customer that owns ``key``, or None."""
+        return self.owner.get(key)
+
+    def count(self, customer_id: str, kind: str) -> int:
+        """How many identifiers of ``kind`` the customer holds."""
+        return len(self.keys.get(customer_id, {}).get(kind, ()))
+
+    def customers(self) -> list[str]:
+        """Live customer ids (not aliases), in mint order."""
+        return sorted((c for c in self.seq if c not in self.alias), key=self.seq.__getitem__)
+
+
+def _describe(kind: str) -> str:
+    return kind.replace("_", " ")
+
+
+def resolve(
+    state: IdentityState, identifiers: Sequence[Identifier], event_id: str, config: IdentityConfig
+) -> Resolution:
+    """Decide which customer an event belongs to. Pure: ``state`` is not changed.
+
+    :param state: the identity state before this event.
+    :param identifiers: the event's normalised identifiers (at least one).
+    :param event_id: the causing event, recorded on every decision.
+    :param config: limits, priority and shared keys.
+    :returns: the customer id, the decisions to :func:`apply` in order, and the
+        identifiers attributed to the customer (refused ones left out).
+    """
+    if not identifiers:
+        raise ValueError("an event needs at least one identifier")
+    owner = state.owner
+    shared = config.shared
+    # Fast path: every identifier known, one owner, nothing shared (most events).
+    first = owner.get(identifiers[0].key)
+    if first is not None:
+        for ident in identifiers:
+            if owner.get(ident.key) != first or ident.key in shared:
+                break
+        else:
+            return Resolution(first, (), identifiers if isinstance(identifiers, tuple) else tuple(identifiers))
+
+    rank = config.rank
+    ordered: list[Identifier] = []
+    seen: set[str] = set()
+    for ident in sorted(identifiers, key=lambda i: rank[i.kind]):
+        if ident.key not in seen:
+            seen.add(ident.key)
+            ordered.append(ident)
+    live = [i for i in ordered if i.key not in shared]
+    marked = [i for i in ordered if i.key in shared]
+
+    if not live:  # only shared identifiers: the pseudo-customer of the strongest
+        anchor = marked[0]
+        cid = customer_id_for(anchor.key)
+        mint: tuple[Decision, ...] = ()
+        if cid not in state.seq:
+            mint = (Minted(event_id, cid, anchor.key, anchor.kind, shared=True),)
+        return Resolution(state.canonical(cid), mint, tuple(ordered))
+
+    limits = config.limits
+    group: list[str] = []  # customers this event joins, in the order met
+    counts: dict[str, int] = {}  # identifiers per kind of the group plus accepted new keys
+    new: list[Identifier] = []
+    accepted: list[Identifier] = []
+    via: dict[str, str] = {}
+    refusals: list[tuple[Identifier, str | None, str]] = []  # identifier, holder, reason
+    for ident in live:
+        holder = owner.get(ident.key)
+        if holder is None:
+            if counts.get(ident.kind, 0) + 1 > limits[ident.kind] and (group or new):
+                refusals.append((ident, None, f"would give {{cid}} {counts.get(ident.kind, 0) + 1} "
+                                 f"{ident.kind} (limit {limits[ident.kind]})"))
+                continue
+            new.append(ident)
+            accepted.append(ident)
+            counts[ident.kind] = counts.get(ident.kind, 0) + 1
+        elif holder in group:
+            accepted.append(ident)
+        else:
+            theirs = state.keys.get(holder, {})
+            over = [
+                (kind, counts.get(kind, 0) + len(keys))
+                for kind, keys in theirs.items()
+                if counts.get(kind, 0) + len(keys) > limits[kind]
+            ]
+            if over and (group or new):
+                kind, total = min(over, key=lambda o: rank[o[0]])
+                refusals.append((ident, holder, f"would give {{cid}} {total} {kind} (limit {limits[kind]})"))
+                continue
+            group.append(holder)
+            via[holder] = ident.key
+            accepted.append(ident)
+            for kind, keys in theirs.items():
+                counts[kind] = counts.get(kind, 0) + len(keys)
+
+    decisions: list[Decision] = []
+    if group:
+        seq = state.seq
+        survivor = min(group, key=seq.__getitem__)
+        for other in sorted(group, key=seq.__getitem__):
+            if other != survivor:
+                reason = f"one event carries identifiers of both {survivor} and {other}"
+                decisions.append(Merged(event_id, survivor, other, via[other], reason))
+    else:
+        anchor = new[0]
+        survivor = state.canonical(customer_id_for(anchor.key))
+        if survivor not in state.seq:
+            decisions.append(Minted(event_id, survivor, anchor.key, anchor.kind))
+            new = new[1:]
+    for ident in new:
+        decisions.append(Linked(event_id, survivor, ident.key, ident.kind))
+    for ident in marked:
+        if (survivor, ident.key) not in state.refused:
+            holder = owner.get(ident.key)
+            decisions.append(LinkRefused(event_id, survivor, ident.key, ident.kind, holder, "marked shared"))
+    for ident, holder, reason in refusals:
+        if (survivor, ident.key) not in state.refused:
+            decisions.append(
+                LinkRefused(event_id, survivor, ident.key, ident.kind, holder, reason.format(cid=survivor))
+            )
+    return Resolution(survivor, tuple(decisions), tuple(accepted))
+
+
+def apply(state: IdentityState, decision: Decision) -> None:
+    """Fold one decision into ``state`` in place (the evolve step)."""
+    if isinstance(decision, Linked):
+        cid = state.canonical(decision.customer_id)
+        state.owner[decision.key] = cid
+        state.keys.setdefault(cid, {}).setdefault(decision.kind, {})[decision.key] = None
+    elif isinstance(decision, Merged):
+        survivor = state.canonical(decision.survivor)
+        merged = state.canonical(decision.merged)
+        if survivor == merged:
+            return  # already one customer (a replayed decision)
+        into = state.keys.setdefault(survivor, {})
+        owner = state.owner
+        for kind, keys in state.keys.pop(merged, {}).items():
+            target = into.setdefault(kind, {})
+            for key in keys:
+                target[key] = None
+                owner[key] = survivor
+        moved = state.aliases.pop(merged, [])
+        moved.append(merged)
+        for alias in moved:
+            state.alias[alias] = survivor
+        state.aliases.setdefault(survivor, []).extend(moved)
+    elif isinstance(decision, Minted):
+        cid = decision.customer_id
+        if cid not in state.seq:
+            state.seq[cid] = len(state.seq)
+        state.keys.setdefault(cid, {})
+        if not decision.shared:
+            state.owner[decision.key] = cid
+            state.keys[cid].setdefault(decision.kind, {})[decision.key] = None
+    elif isinstance(decision, LinkRefused):
+        state.refused.add((state.canonical(decision.customer_id), decision.key))
+    else:  # pragma: no cover - the union is closed
+        raise TypeError(f"not an identity decision: {decision!r}")
+
+
+def apply_all(state: IdentityState, decisions: Iterable[Decision]) -> None:
+    """:func:`apply` each decision in order."""
+    for decision in decisions:
+        apply(state, decision)

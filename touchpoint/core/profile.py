@@ -1,0 +1,348 @@
+"""The unified customer view: facts folded from events, aggregates derived at read time.
+
+Split. :func:`evolve` folds one event into a :class:`CustomerView` **in
+place** and :func:`merge_views` folds one view into another in place (an
+identity merge); :func:`render` derives the JSON card as of an instant. The
+view is mutable on purpose (a fold of a million events cannot copy it per
+event); only these functions write to it.
+
+Order-insensitive by construction. The streaming version may see a merged
+view arrive after later events of the survivor, events of one customer on two
+partitions, redeliveries. So the view keeps *facts keyed by id* and every
+combination is commutative and associative:
+
+* purchases ``transaction_id -> (time, total)``, refunds ``refund_id ->
+  (time, amount, transaction_id)``, case actions ``case_id -> latest``,
+  consent ``(purpose, channel) -> latest``, where "latest" is the maximum of
+  ``(occurred_at, event_id)`` (the event id breaks ties, so no arrival order
+  leaks in);
+* last contact per channel is a maximum; identifiers and aliases are sets;
+* the timeline is the top :data:`TIMELINE` events by ``(occurred_at,
+  event_id)``, counts per channel and per type are sums;
+* RFM and the value segment are computed by :func:`render` from the
+  purchases and refunds, for the ``as_of`` it is given.
+
+Duplicates. At-least-once delivery redelivers an event close to the first
+copy, so a view remembers the ids of its newest :data:`DEDUPE_WINDOW` events
+(by ``(occurred_at, event_id)``, so the window too is order-insensitive) and
+ignores an event it remembers. Keyed facts are idempotent anyway; only the
+counts could be inflated, by a copy of an event older than the customer's 512
+newest, which redelivery does not produce.
+
+Consent. A ``consent`` event sets ``(purpose, channel)``; an SMS ``opt_out``
+withdraws marketing consent on ``sms`` and an e-mail ``unsubscribed`` on
+``email``, as of that event.
+
+Value segment (:class:`SegmentConfig`): *current value* is high when the
+net spend over the window (purchases minus their refunds) reaches
+``high_current_minor``; *potential value* is high when the customer buys
+often (``frequency >= high_potential_frequency`` in the window) and recently
+(``recency_days <= high_potential_recency_days``). ``platinum`` = high current
+and high potential, ``gold`` = high current, low potential (spent a lot but
+is slowing down), ``iron`` = low current, high potential (frequent small
+baskets: the ones to grow), ``lead`` = low and low.
+
+Left out for now: pruning purchases older than the window (the view keeps
+them; a fold re-derives everything, a long-lived worker view should prune
+before the window once ``as_of`` only moves forward).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from touchpoint.contract.models import Event
+from touchpoint.core.normalise import Identifier
+
+__all__ = [
+    "DEDUPE_WINDOW",
+    "TIMELINE",
+    "CustomerView",
+    "SegmentConfig",
+    "epoch_ms",
+    "evolve",
+    "iso_ms",
+    "merge_views",
+    "render",
+]
+
+TIMELINE = 50
+"""Interactions kept on the timeline (the newest by ``(occurred_at, event_id)``)."""
+DEDUPE_WINDOW = 512
+"""Newest event ids a view remembers to ignore redeliveries."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_DAY_MS = 86_400_000
+
+
+def epoch_ms(instant: datetime) -> int:
+    """An aware datetime as integer milliseconds since the epoch."""
+    return (instant - _EPOCH) // _MS
+
+
+_DAY_PREFIX: dict[int, str] = {}
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    # Rendering formats ~50 times per customer: cache the date part, do the clock by arithmetic.
+    day, rem = divmod(ms, _DAY_MS)
+    prefix = _DAY_PREFIX.get(day)
+    if prefix is None:
+        if len(_DAY_PREFIX) > 100_000:
+            _DAY_PREFIX.clear()
+        prefix = _DAY_PREFIX[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+    seconds, milli = divmod(rem, 1000)
+    minutes, sec = divmod(seconds, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{prefix}{hour:02d}:{minute:02d}:{sec:02d}.{milli:03d}Z"
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """RFM window and value-segment thresholds (see the module docstring).
+
+    :param window_days: trailing window of frequency and monetary (365).
+    :param high_current_minor: net spend in the window from which current
+        value is high (100000 minor units: 1,000.00).
+    :param high_potential_frequency: purchases in the window from which
+        potential value may be high (12: monthly or more often).
+    :param high_potential_recency_days: and the last purchase at most this
+        many days before ``as_of`` (60).
+    """
+
+    window_days: int = 365
+    high_current_minor: int = 100_000
+    high_potential_frequency: int = 12
+    high_potential_recency_days: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("window_days", "high_current_minor", "high_potential_frequency", "high_potential_recency_days"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.window_days < 1:
+            raise ValueError("window_days must be at least 1")
+
+
+class CustomerView:
+    """Everything known about one customer, as facts keyed by id. Mutable."""
+
+    __slots__ = (
+        "aliases",
+        "by_channel",
+        "by_type",
+        "cases",
+        "consent",
+        "customer_id",
+        "identifiers",
+        "last_contact",
+        "pseudo",
+        "purchases",
+        "refunds",
+        "seen",
+        "seen_heap",
+        "timeline",
+    )
+
+    def __init__(self, customer_id: str, pseudo: bool = False) -> None:
+        self.customer_id = customer_id
+        self.pseudo = pseudo  # a shared identifier's pseudo-customer, not a person
+        self.aliases: dict[str, None] = {}
+        self.identifiers: dict[str, dict[str, None]] = {}
+        self.seen: dict[str, tuple[int, str, str]] = {}  # event_id -> (ms, channel, type)
+        self.seen_heap: list[tuple[int, str]] = []  # (ms, event_id), min first
+        self.timeline: list[tuple[int, str, str, str]] = []  # (ms, event_id, type, channel), min first
+        self.by_channel: dict[str, int] = {}
+        self.by_type: dict[str, int] = {}
+        self.last_contact: dict[str, int] = {}
+        self.purchases: dict[str, tuple[int, int]] = {}
+        self.refunds: dict[str, tuple[int, int, str]] = {}
+        self.cases: dict[str, tuple[int, str, str]] = {}  # case_id -> (ms, event_id, action)
+        self.consent: dict[tuple[str, str], tuple[int, str, bool]] = {}
+
+
+def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
+    old = facts.get(key)
+    if old is None or value > old:
+        facts[key] = value
+
+
+def _add_identifiers(view: CustomerView, identifiers: Iterable[Identifier]) -> None:
+    idents = view.identifiers
+    for ident in identifiers:
+        displays = idents.get(ident.kind)
+        if displays is None:
+            idents[ident.kind] = {ident.display: None}
+        else:
+            displays[ident.display] = None
+
+
+def evolve(
+    view: CustomerView, event: Event, identifiers: Iterable[Identifier] = (), *, ms: int | None = None
+) -> bool:
+    """Fold one event into ``view`` in place.
+
+    :param view: the customer's view.
+    :param event: a validated event attributed to this customer.
+    :param identifiers: its normalised identifiers attributed to the customer
+        (identity leaves refused ones out).
+    :param ms: ``event.occurred_at`` in epoch milliseconds, if the caller has it.
+    :returns: False when the event was a duplicate and changed nothing.
+    """
+    event_id = event.event_id
+    seen = view.seen
+    if event_id in seen:
+        return False
+    if ms is None:
+        ms = epoch_ms(event.occurred_at)
+    channel = event.channel
+    typ = event.type
+    seen[event_id] = (ms, channel, typ)
+    heap = view.seen_heap
+    if len(heap) < DEDUPE_WINDOW:
+        heapq.heappush(heap, (ms, event_id))
+    else:
+        del seen[heapq.heappushpop(heap, (ms, event_id))[1]]
+    timeline = view.timeline
+    if len(timeline) < TIMELINE:
+        heapq.heappush(timeline, (ms, event_id, typ, channel))
+    elif (ms, event_id) > timeline[0][:2]:
+        heapq.heapreplace(timeline, (ms, event_id, typ, channel))
+    view.by_channel[channel] = view.by_channel.get(channel, 0) + 1
+    view.by_type[typ] = view.by_type.get(typ, 0) + 1
+    last = view.last_contact.get(channel)
+    if last is None or ms > last:
+        view.last_contact[channel] = ms
+    _add_identifiers(view, identifiers)
+
+    payload: Any = event.payload
+    if typ == "purchase":
+        _latest(view.purchases, payload.transaction_id, (ms, payload.total_minor))
+    elif typ == "refund":
+        _latest(view.refunds, payload.refund_id, (ms, payload.amount_minor, payload.transaction_id))
+    elif typ == "case":
+        _latest(view.cases, payload.case_id, (ms, event_id, payload.action))
+    elif typ == "consent":
+        _latest(view.consent, (payload.purpose, payload.channel), (ms, event_id, payload.granted))
+    elif typ == "sms" and payload.action == "opt_out":
+        _latest(view.consent, ("marketing", "sms"), (ms, event_id, False))
+    elif typ == "email" and payload.action == "unsubscribed":
+        _latest(view.consent, ("marketing", "email"), (ms, event_id, False))
+    return True
+
+
+def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
+    """Fold ``merged`` into ``survivor`` in place (an identity merge); nothing is lost.
+
+    Commutative and associative up to ``customer_id`` (the survivor's is kept,
+    the merged id and its aliases become aliases).
+    """
+    survivor.aliases[merged.customer_id] = None
+    survivor.aliases.update(merged.aliases)
+    survivor.aliases.pop(survivor.customer_id, None)
+    for kind, displays in merged.identifiers.items():
+        survivor.identifiers.setdefault(kind, {}).update(displays)
+
+    # Events both views counted (a redelivery resolved differently) are counted once.
+    overlap = survivor.seen.keys() & merged.seen.keys()
+    for name in ("by_channel", "by_type"):
+        into: dict[str, int] = getattr(survivor, name)
+        for k, n in getattr(merged, name).items():
+            into[k] = into.get(k, 0) + n
+    for event_id in overlap:
+        _, channel, typ = merged.seen[event_id]
+        survivor.by_channel[channel] -= 1
+        survivor.by_type[typ] -= 1
+    seen = {**merged.seen, **survivor.seen}
+    top = heapq.nlargest(DEDUPE_WINDOW, ((v[0], k) for k, v in seen.items()))
+    survivor.seen = {k: seen[k] for _, k in top}
+    survivor.seen_heap = sorted(top)
+    timeline = {t[1]: t for t in merged.timeline}
+    timeline.update((t[1], t) for t in survivor.timeline)
+    survivor.timeline = sorted(heapq.nlargest(TIMELINE, timeline.values()))
+
+    for channel, ms in merged.last_contact.items():
+        last = survivor.last_contact.get(channel)
+        if last is None or ms > last:
+            survivor.last_contact[channel] = ms
+    for name in ("purchases", "refunds", "cases", "consent"):
+        into_facts = getattr(survivor, name)
+        for key, value in getattr(merged, name).items():
+            _latest(into_facts, key, value)
+
+
+def _rfm(view: CustomerView, as_of_ms: int, config: SegmentConfig) -> tuple[int | None, int, int]:
+    start = as_of_ms - config.window_days * _DAY_MS
+    last: int | None = None
+    frequency = 0
+    totals: dict[str, int] = {}
+    for tid, (ms, total) in view.purchases.items():
+        if ms > as_of_ms:
+            continue
+        if last is None or ms > last:
+            last = ms
+        if ms > start:
+            frequency += 1
+            totals[tid] = total
+    refunded: dict[str, int] = {}
+    for ms, amount, tid in view.refunds.values():
+        if tid in totals and ms <= as_of_ms:
+            refunded[tid] = refunded.get(tid, 0) + amount
+    monetary = sum(total - min(total, refunded.get(tid, 0)) for tid, total in totals.items())
+    recency = None if last is None else (as_of_ms - last) // _DAY_MS
+    return recency, frequency, monetary
+
+
+def segment_of(recency: int | None, frequency: int, monetary: int, config: SegmentConfig) -> str:
+    """``platinum`` / ``gold`` / ``iron`` / ``lead`` from RFM (see the module docstring)."""
+    current = monetary >= config.high_current_minor
+    potential = (
+        recency is not None
+        and frequency >= config.high_potential_frequency
+        and recency <= config.high_potential_recency_days
+    )
+    if current:
+        return "platinum" if potential else "gold"
+    return "iron" if potential else "lead"
+
+
+def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = None) -> dict[str, Any]:
+    """The customer card as JSON values (times ISO-8601 UTC with milliseconds and ``Z``).
+
+    :param view: the customer's view.
+    :param as_of: the instant RFM and the segment are computed for.
+    :param config: segment thresholds; defaults to :class:`SegmentConfig`.
+    """
+    config = config or SegmentConfig()
+    as_of_ms = epoch_ms(as_of)
+    recency, frequency, monetary = _rfm(view, as_of_ms, config)
+    consent: dict[str, dict[str, bool]] = {}
+    for (purpose, channel), (_, _, granted) in sorted(view.consent.items()):
+        consent.setdefault(purpose, {})[channel] = granted
+    # Keys in sorted order at every level, so the card reads the same however it is dumped.
+    return {
+        "aliases": sorted(view.aliases),
+        "consent": consent,
+        "counts": {
+            "by_channel": dict(sorted((k, n) for k, n in view.by_channel.items() if n)),
+            "by_type": dict(sorted((k, n) for k, n in view.by_type.items() if n)),
+            "total": sum(view.by_channel.values()),
+        },
+        "customer_id": view.customer_id,
+        "identifiers": {kind: sorted(displays) for kind, displays in sorted(view.identifiers.items())},
+        "last_contact": {channel: iso_ms(ms) for channel, ms in sorted(view.last_contact.items())},
+        "open_cases": sorted(cid for cid, (_, _, action) in view.cases.items() if action != "closed"),
+        "pseudo": view.pseudo,
+        "rfm": {"frequency": frequency, "monetary_minor": monetary, "recency_days": recency},
+        "timeline": [
+            {"channel": channel, "event_id": event_id, "occurred_at": iso_ms(ms), "type": typ}
+            for ms, event_id, typ, channel in sorted(view.timeline)
+        ],
+        "value_segment": segment_of(recency, frequency, monetary, config),
+    }
