@@ -149,8 +149,16 @@ class Folder:
         against the log's own clock (see the module docstring).
     """
 
-    def __init__(self, config: FoldConfig | None = None, *, secret: bytes, now: datetime | None = None) -> None:
+    def __init__(self, config: FoldConfig | None = None, *, secret: bytes, now: datetime | None = None,
+                 keep_decisions: bool = True) -> None:
         self.config = config = config or FoldConfig()
+        # A long-running worker publishes decisions as they happen instead of keeping them all.
+        self.keep_decisions = keep_decisions
+        # Since the last drain_changes(): customers whose view changed, and customers merged away.
+        self.touched: set[str] = set()
+        self.merged_into: dict[str, str] = {}
+        #: The customer the last added event was attributed to (None when it was rejected).
+        self.last_customer_id: str | None = None
         self.secret = secret
         self.identity = config.identity_config(secret)
         self.state = IdentityState()
@@ -204,11 +212,20 @@ class Folder:
         ahead, refund of an unknown purchase or above it) changes nothing and
         is appended to :attr:`rejected` with its reason.
         """
+        self.last_customer_id = None
         try:
             return self._add(event)
         except Rejected as exc:
             self._reject(event.event_id, str(exc))
             return []
+
+    def drain_changes(self) -> tuple[set[str], dict[str, str]]:
+        """Customers changed and customers merged away since the last call (for the workers' output)."""
+        touched, merged = self.touched, self.merged_into
+        self.touched, self.merged_into = set(), {}
+        for alias in merged:
+            touched.discard(alias)
+        return touched, merged
 
     def _add(self, event: Event) -> list[Decision]:
         ms = epoch_ms(event.occurred_at)
@@ -235,10 +252,16 @@ class Folder:
                 views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
             elif isinstance(decision, Merged):
                 merge_views(views[decision.survivor], views.pop(decision.merged))
+                self.merged_into[decision.merged] = decision.survivor
+                for alias, survivor in self.merged_into.items():  # a merge of a merge
+                    if survivor == decision.merged:
+                        self.merged_into[alias] = decision.survivor
         evolve(views[resolution.customer_id], event, resolution.identifiers, ms=ms)
+        self.touched.add(resolution.customer_id)
+        self.last_customer_id = resolution.customer_id
         if latest is None or ms > latest:
             self.latest_ms = ms
-        if resolution.decisions:
+        if resolution.decisions and self.keep_decisions:
             self.decisions.extend(resolution.decisions)
         return list(resolution.decisions) if resolution.decisions else []
 
