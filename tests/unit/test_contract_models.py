@@ -201,3 +201,11 @@ def test_integers_beyond_their_avro_type_are_refused(type_: str, path: tuple[obj
     with pytest.raises(ContractViolation) as raised:
         validate_event(doc, NOW)
     assert field in [p for p, _ in raised.value.problems]
+
+
+def test_instant_before_year_one_in_utc_is_refused_not_a_crash() -> None:
+    doc = sample("web")
+    doc["occurred_at"] = "0001-01-01T00:00:00+01:00"
+    with pytest.raises(ContractViolation) as raised:
+        validate_event(doc, NOW)
+    assert [p for p, _ in raised.value.problems] == ["occurred_at"]

@@ -288,3 +288,56 @@ def test_generated_bad_events_are_rejected_with_reasons(generated: tuple[list[st
 def test_generated_two_folds_are_byte_identical(generated: tuple[list[str], str]) -> None:
     lines, out = generated
     assert fold_to_json(lines, secret=SECRET).encode() == out.encode()
+
+
+# -- internals kept equal while made faster ---------------------------------------------------
+
+
+def test_merge_of_a_merge_repoints_merged_into() -> None:
+    """A customer merged away, whose survivor is then merged, ends up pointing at the last survivor."""
+    folder = Folder(secret=SECRET)
+    for line in [
+        event("e1", {"cookie": "k1"}, minutes=1),
+        event("e2", {"cookie": "k2"}, minutes=2),
+        event("e3", {"cookie": "k3"}, minutes=3),
+        event("e4", {"cookie": "k2", "device": "d1"}, minutes=4),
+        event("e5", {"cookie": "k3", "device": "d1"}, minutes=5),  # k3 joins k2
+        event("e6", {"cookie": "k1", "device": "d1"}, minutes=6),  # k1 joins them, and is the oldest
+    ]:
+        folder.add_json(line)
+    c1, c2, c3 = (customer_id_for(normalise("cookie", k, secret=SECRET).key) for k in ("k1", "k2", "k3"))
+    touched, merged = folder.drain_changes()
+    assert merged == {c3: c1, c2: c1}
+    assert list(merged) == [c3, c2]  # in the order they were merged away
+    assert touched == {c1}
+    # Drained: the next merge starts from nothing.
+    folder.add_json(event("e7", {"cookie": "k4"}, minutes=7))
+    folder.add_json(event("e8", {"cookie": "k4", "device": "d1"}, minutes=8))
+    c4 = customer_id_for(normalise("cookie", "k4", secret=SECRET).key)
+    assert folder.drain_changes()[1] == {c4: c1}
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2025-03-01T10:00:00.123Z", "2025-03-01T10:00:00.123Z"),
+        ("2025-03-01T10:00:00.123999Z", "2025-03-01T10:00:00.123Z"),  # truncated to the millisecond
+        ("2025-03-01T10:00:00+00:00", "2025-03-01T10:00:00.000Z"),
+        ("2025-03-01T11:30:00.5+01:30", "2025-03-01T10:00:00.500Z"),
+        ("2025-03-01T04:59:59.9999-05:00", "2025-03-01T09:59:59.999Z"),
+    ],
+)
+def test_event_times_in_any_offset_fold_to_utc_milliseconds(written: str, expected: str) -> None:
+    doc = json.loads(event("e1", {"cookie": "k"}))
+    doc["occurred_at"] = written
+    (card,) = run([json.dumps(doc)])["customers"]
+    assert card["timeline"][0]["occurred_at"] == expected
+    assert card["last_contact"] == {"web": expected}
+
+
+def test_blank_lines_are_skipped_but_counted() -> None:
+    lines = ["\n", event("e1", {"cookie": "k"}) + "\n", " \t\n", "\u00a0\n", "{not json\n"]
+    doc = run(lines)
+    assert len(doc["customers"]) == 1
+    assert doc["rejected"] == [{"event_id": "line 5", "reason": doc["rejected"][0]["reason"]}]
+    assert doc["rejected"][0]["reason"].startswith("not JSON")

@@ -281,3 +281,20 @@ def test_merge_views_counts_an_event_seen_by_both_once() -> None:
 @given(order=st.permutations(range(len(HISTORY))))
 def test_any_permutation_renders_the_same(order: list[int]) -> None:
     assert render(fold([HISTORY[i] for i in order]), AS_OF) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    "ms",
+    [0, 1, 999, 1000, 59_999, 60_000, 3_599_999, 86_399_999, 86_400_000, -1, -86_400_000, -86_400_001,
+     1_740_823_200_123, 253_402_300_799_999],
+)
+def test_iso_ms_matches_datetime_formatting(ms: int) -> None:
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert iso_ms(ms) == instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=-62_135_596_800_000, max_value=253_402_300_799_999))
+def test_iso_ms_matches_datetime_formatting_everywhere(ms: int) -> None:
+    instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    assert iso_ms(ms) == instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"

@@ -97,10 +97,18 @@ def _currency(value: str) -> str:
 
 
 def _utc(value: datetime) -> datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
+    if value.tzinfo is None or (offset := value.utcoffset()) is None:
         raise ValueError("time must carry a time zone (an ISO-8601 instant such as 2025-01-31T09:30:00Z)")
     # The wire holds milliseconds (timestamp-millis); truncate now so round trips are exact.
-    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+    if offset or value.fold or type(value) is not datetime:
+        try:
+            return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+        except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValueError("time is outside the range of representable instants") from exc
+    # Already UTC (nearly every event): the same instant, built directly (this runs once per
+    # event, and astimezone + replace cost several times the constructor).
+    return datetime(value.year, value.month, value.day, value.hour, value.minute, value.second,
+                    value.microsecond // 1000 * 1000, UTC)
 
 
 def _pseudonymised(info: ValidationInfo) -> bool:

@@ -150,13 +150,16 @@ class Folder:
     """
 
     def __init__(self, config: FoldConfig | None = None, *, secret: bytes, now: datetime | None = None,
-                 keep_decisions: bool = True) -> None:
+                 keep_decisions: bool = True, log_clock_check: bool = True) -> None:
         self.config = config = config or FoldConfig()
         # A long-running worker publishes decisions as they happen instead of keeping them all.
         self.keep_decisions = keep_decisions
         # Since the last drain_changes(): customers whose view changed, and customers merged away.
         self.touched: set[str] = set()
         self.merged_into: dict[str, str] = {}
+        # survivor -> the aliases in merged_into that point at it (a merge of a merge re-points them
+        # without scanning merged_into, which a fold never drains).
+        self._merged_by: dict[str, list[str]] = {}
         #: The customer the last added event was attributed to (None when it was rejected).
         self.last_customer_id: str | None = None
         self.secret = secret
@@ -168,7 +171,9 @@ class Folder:
         self.now = now
         self.latest_ms: int | None = None
         self._context = {"now": now, "pseudonymised": False}
-        self._ahead_ms = config.max_ahead_days * _DAY_MS
+        # Offline only: a file has no arrival clock. The workers' input was already judged
+        # against its arrival time by the ingest agent, and a quiet month is no error there.
+        self._ahead_ms = config.max_ahead_days * _DAY_MS if log_clock_check else None
         self._lines = 0
         # (kind, clear value) -> Identifier: values recur on most events.
         self._normalised: dict[tuple[str, str], Identifier] = {}
@@ -223,6 +228,7 @@ class Folder:
         """Customers changed and customers merged away since the last call (for the workers' output)."""
         touched, merged = self.touched, self.merged_into
         self.touched, self.merged_into = set(), {}
+        self._merged_by = {}
         for alias in merged:
             touched.discard(alias)
         return touched, merged
@@ -230,7 +236,7 @@ class Folder:
     def _add(self, event: Event) -> list[Decision]:
         ms = epoch_ms(event.occurred_at)
         latest = self.latest_ms
-        if self.now is None and latest is not None and ms > latest + self._ahead_ms:
+        if self.now is None and latest is not None and self._ahead_ms is not None and ms > latest + self._ahead_ms:
             days = (ms - latest) / _DAY_MS
             raise Rejected(
                 f"occurred_at: is {days:.1f} days after the latest event before it; "
@@ -241,29 +247,44 @@ class Folder:
             identifiers = tuple([cache.get(pair) or self._normalise(pair) for pair in event.identifiers.items()])
         except InvalidIdentifier as exc:
             raise Rejected(str(exc)) from exc
-        resolution = resolve(self.state, identifiers, event.event_id, self.identity)
+        customer_id, decisions, attributed = resolve(self.state, identifiers, event.event_id, self.identity)
         if event.type == "refund":
-            self._check_refund(event, resolution.customer_id, resolution.decisions)
+            self._check_refund(event, customer_id, decisions)
 
         views = self.views
-        for decision in resolution.decisions:
-            apply(self.state, decision)
-            if isinstance(decision, Minted):
-                views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
-            elif isinstance(decision, Merged):
-                merge_views(views[decision.survivor], views.pop(decision.merged))
-                self.merged_into[decision.merged] = decision.survivor
-                for alias, survivor in self.merged_into.items():  # a merge of a merge
-                    if survivor == decision.merged:
-                        self.merged_into[alias] = decision.survivor
-        evolve(views[resolution.customer_id], event, resolution.identifiers, ms=ms)
-        self.touched.add(resolution.customer_id)
-        self.last_customer_id = resolution.customer_id
+        if decisions:
+            state = self.state
+            for decision in decisions:
+                apply(state, decision)
+                if isinstance(decision, Minted):
+                    views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
+                elif isinstance(decision, Merged):
+                    merge_views(views[decision.survivor], views.pop(decision.merged))
+                    self._merged(decision.merged, decision.survivor)
+        evolve(views[customer_id], event, attributed, ms=ms)
+        self.touched.add(customer_id)
+        self.last_customer_id = customer_id
         if latest is None or ms > latest:
             self.latest_ms = ms
-        if resolution.decisions and self.keep_decisions:
-            self.decisions.extend(resolution.decisions)
-        return list(resolution.decisions) if resolution.decisions else []
+        if decisions:
+            if self.keep_decisions:
+                self.decisions.extend(decisions)
+            return list(decisions)
+        return []
+
+    def _merged(self, merged: str, survivor: str) -> None:
+        """Record ``merged`` -> ``survivor`` in :attr:`merged_into`, re-pointing aliases of ``merged``."""
+        merged_into, merged_by = self.merged_into, self._merged_by
+        previous = merged_into.get(merged)
+        if previous is not None and merged in merged_by.get(previous, ()):
+            merged_by[previous].remove(merged)
+        merged_into[merged] = survivor
+        into = merged_by.setdefault(survivor, [])
+        into.append(merged)
+        for alias in merged_by.pop(merged, ()):  # a merge of a merge
+            if merged_into.get(alias) == merged:
+                merged_into[alias] = survivor
+                into.append(alias)
 
     def _normalise(self, pair: tuple[str, str]) -> Identifier:
         ident = normalise(pair[0], pair[1], region=self.config.region, secret=self.secret)
@@ -346,7 +367,7 @@ def fold(
     gc.disable()
     try:
         for line in events_json_lines:
-            if line.strip():
+            if line and not line.isspace():  # as ``line.strip()``, without copying the line
                 add(line)
             else:
                 folder._lines += 1

@@ -216,6 +216,8 @@ class Resolution(NamedTuple):
     identifiers: tuple[Identifier, ...]
 
 
+_new_tuple = tuple.__new__
+
 # -- state --------------------------------------------------------------------
 
 
@@ -284,7 +286,9 @@ def resolve(
             if owner.get(ident.key) != first or ident.key in shared:
                 break
         else:
-            return Resolution(first, (), identifiers if isinstance(identifiers, tuple) else tuple(identifiers))
+            # tuple.__new__ directly: the named tuple's own __new__ is a Python function.
+            attributed = identifiers if isinstance(identifiers, tuple) else tuple(identifiers)
+            return _new_tuple(Resolution, (first, (), attributed))
 
     rank = config.rank
     ordered: list[Identifier] = []

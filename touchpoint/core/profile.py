@@ -86,11 +86,15 @@ def epoch_ms(instant: datetime) -> int:
 
 
 _DAY_PREFIX: dict[int, str] = {}
+# The clock part from tables: "HH:MM:" per minute of the day, "SS." per second, "mmmZ" per milli.
+_HOUR_MINUTE = tuple(f"{m // 60:02d}:{m % 60:02d}:" for m in range(24 * 60))
+_SECOND = tuple(f"{s:02d}." for s in range(60))
+_MILLI = tuple(f"{m:03d}Z" for m in range(1000))
 
 
 def iso_ms(ms: int) -> str:
     """Milliseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    # Rendering formats ~50 times per customer: cache the date part, do the clock by arithmetic.
+    # Rendering formats ~50 times per customer: cache the date part, look the clock up in tables.
     day, rem = divmod(ms, _DAY_MS)
     prefix = _DAY_PREFIX.get(day)
     if prefix is None:
@@ -99,8 +103,7 @@ def iso_ms(ms: int) -> str:
         prefix = _DAY_PREFIX[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
     seconds, milli = divmod(rem, 1000)
     minutes, sec = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return f"{prefix}{hour:02d}:{minute:02d}:{sec:02d}.{milli:03d}Z"
+    return f"{prefix}{_HOUR_MINUTE[minutes]}{_SECOND[sec]}{_MILLI[milli]}"
 
 
 @dataclass(frozen=True)
@@ -214,12 +217,21 @@ def evolve(
         heapq.heappush(timeline, (ms, event_id, typ, channel))
     elif (ms, event_id) > timeline[0][:2]:
         heapq.heapreplace(timeline, (ms, event_id, typ, channel))
-    view.by_channel[channel] = view.by_channel.get(channel, 0) + 1
-    view.by_type[typ] = view.by_type.get(typ, 0) + 1
-    last = view.last_contact.get(channel)
+    by_channel = view.by_channel
+    by_channel[channel] = by_channel.get(channel, 0) + 1
+    by_type = view.by_type
+    by_type[typ] = by_type.get(typ, 0) + 1
+    last_contact = view.last_contact
+    last = last_contact.get(channel)
     if last is None or ms > last:
-        view.last_contact[channel] = ms
-    _add_identifiers(view, identifiers)
+        last_contact[channel] = ms
+    idents = view.identifiers  # as _add_identifiers, inline: once per event
+    for ident in identifiers:
+        displays = idents.get(ident.kind)
+        if displays is None:
+            idents[ident.kind] = {ident.display: None}
+        else:
+            displays[ident.display] = None
 
     payload: Any = event.payload
     if typ == "purchase":
