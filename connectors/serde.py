@@ -44,5 +44,11 @@ class EventSerde:
         :raises ContractViolation: they decode but break the contract's checks.
         :raises RegistryError: the registry could not be asked (retry; the message may be fine).
         """
-        _, record = decode(data, self.registry.schema, event_schema())
+        _, record = decode(data, self._writer_schema, event_schema())
         return from_avro_record(record, now)
+
+    def _writer_schema(self, schema_id: int) -> object:
+        """The writer schema by id; our own current schema as the very object readers resolve into."""
+        if schema_id == self.writer_id:
+            return event_schema()
+        return self.registry.schema(schema_id)

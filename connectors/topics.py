@@ -1,9 +1,11 @@
 """The topics Touchpoint owns, created with explicit configs.
 
-Keys: channel event topics are keyed by the event's strongest identifier
-(see :func:`streams.ingest.partition_key`), so one person's events from one
-channel stay in order; customer-level topics are keyed by customer id, so all
-of one customer's events reach one worker in order.
+Keys: channel event topics are keyed by a keyed hash of the event's
+strongest identifier (:func:`connectors.producer.partition_key`), so one
+person's events from one channel stay in order; ``accepted`` has a single
+partition (identity is decided in one order); customer-level topics are
+keyed by customer id, so all of one customer's events reach one worker in
+order.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     specs = [TopicSpec(event_topic(settings, ch), settings.topic_partitions, keep_forever) for ch in CHANNELS]
     specs += [
         TopicSpec(settings.topic("dlq"), settings.topic_partitions, keep_forever),
+        # One partition: identity is decided in one order that every replay repeats.
+        TopicSpec(settings.topic("accepted"), 1, keep_forever),
+        # Latest card per customer: compacted, so a new reader gets every customer once.
+        TopicSpec(settings.topic("customer-views"), settings.topic_partitions,
+                  {"cleanup.policy": "compact", "retention.ms": "-1"}),
         TopicSpec(settings.topic("customer-events"), settings.topic_partitions, keep_forever),
         # Identity decisions are the log of who-is-who: never deleted.
         TopicSpec(settings.topic("identity"), settings.topic_partitions, keep_forever),

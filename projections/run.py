@@ -7,6 +7,7 @@ import threading
 
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
+from projections.customers import CustomersProjection
 from projections.interactions import InteractionsProjection
 from projections.migrate import migrate
 from projections.writer import Projection, run_projection
@@ -17,7 +18,7 @@ from touchpoint.settings import Settings
 def all_projections(settings: Settings) -> list[Projection]:
     """Every read model the front line uses."""
     serde = EventSerde(RegistryClient(settings.registry_url))
-    return [InteractionsProjection(settings, serde)]
+    return [InteractionsProjection(settings, serde), CustomersProjection(settings)]
 
 
 def run_projections(settings: Settings) -> None:

@@ -7,6 +7,8 @@ output is idempotent downstream: events keep their producer-chosen
 
 from __future__ import annotations
 
+import asyncio
+
 import faust
 
 from touchpoint.settings import Settings
@@ -28,11 +30,41 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.topic_partitions,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
+        # A worker killed without leaving its group holds its partitions until the
+        # session times out: 10 s instead of Faust's 60 s bounds the pause after a crash.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        # Faust's default (no linger) sends one produce request per record: a profile of the
+        # worker showed a quarter of its time writing those to the socket. 5 ms batches them.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
     )
+    from streams.customers import register_customers
     from streams.ingest import register_ingest
 
     register_ingest(app, settings)
+    register_customers(app, settings)
     return app
+
+
+Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+"""(topic, key, value, headers) of one record an agent emits."""
+
+
+async def send_batch(app: faust.App, records: list[Outgoing]) -> None:
+    """Send a batch of records and wait until Kafka acknowledged all of them.
+
+    Agents emit through the app's producer rather than ``Topic.send``: per
+    record, Faust's channel machinery cost about as much as the rest of the
+    agent (a bare forwarding agent went from 2.0k to 3.9k records/s here).
+    Waiting before the next batch keeps the guarantee: the source offsets are
+    committed only after the batch's output is acknowledged.
+    """
+    producer = app.producer
+    futures = [await producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
+               for topic, key, value, headers in records]
+    if futures:
+        await asyncio.gather(*futures)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -1,7 +1,8 @@
 """The ingest agent: events from every channel topic, checked, then routed.
 
 A message that decodes (Confluent-framed Avro, writer schema from the
-registry) and honours the contract goes on to ``touchpoint.customer-events``;
+registry) and honours the contract goes on to ``touchpoint.accepted``, the
+single ordered input of identity resolution (:mod:`streams.customers`);
 anything else goes to ``touchpoint.dlq`` with its original bytes and headers,
 plus headers holding the reason and its source topic, partition and offset.
 Nothing is dropped and nothing bad stops the agent.
@@ -11,8 +12,8 @@ clock, so a replay judges every message exactly as the first run did. An
 unreachable registry is not the message's fault: the agent waits and
 retries instead of dead-lettering good events.
 
-Until identity resolution exists, accepted events keep the producer's
-partition key (a keyed hash of the strongest identifier).
+Accepted events keep the producer's partition key (a keyed hash of the
+strongest identifier).
 """
 
 from __future__ import annotations
@@ -31,9 +32,13 @@ from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, event_topic
 from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.errors import RegistryError, SerializationError
+from streams.app import Outgoing, send_batch
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+BATCH_WITHIN_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -75,25 +80,29 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     """Register the ingest agent on ``app``."""
     sources = app.topic(*(event_topic(settings, ch) for ch in CHANNELS), key_type=bytes, value_type=bytes,
                         key_serializer="raw", value_serializer="raw")
-    accepted_topic = app.topic(settings.topic("customer-events"), key_serializer="raw", value_serializer="raw")
-    dlq_topic = app.topic(settings.topic("dlq"), key_serializer="raw", value_serializer="raw")
     serde = EventSerde(RegistryClient(settings.registry_url))
     secret = settings.identifier_key.get_secret_value().encode()
 
+    accepted_name = settings.topic("accepted")
+    dlq_name = settings.topic("dlq")
+
     @app.agent(sources, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            message = event.message
-            now = datetime.fromtimestamp(message.timestamp, UTC)
-            verdict = await _judge_patiently(serde, message.value, now)
-            if isinstance(verdict, Accepted):
-                await accepted_topic.send(key=partition_key(verdict.event, secret), value=message.value)
-            else:
-                log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
-                                                 "offset": message.offset, "reason": verdict.reason})
-                headers = [*_header_list(message.headers),
-                           *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
-                await dlq_topic.send(key=message.key, value=message.value, headers=headers)
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+            out: list[Outgoing] = []
+            for event in events:
+                message = event.message
+                now = datetime.fromtimestamp(message.timestamp, UTC)
+                verdict = await _judge_patiently(serde, message.value, now)
+                if isinstance(verdict, Accepted):
+                    out.append((accepted_name, partition_key(verdict.event, secret), message.value, None))
+                else:
+                    log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
+                                                     "offset": message.offset, "reason": verdict.reason})
+                    headers = [*_header_list(message.headers),
+                               *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
+                    out.append((dlq_name, message.key, message.value, headers))
+            await send_batch(app, out)
 
 
 def _header_list(headers: object) -> list[tuple[str, bytes]]:

@@ -115,5 +115,11 @@ def test_random_bytes_never_raise() -> None:
 
 
 def test_registry_outage_is_not_the_message_fault() -> None:
+    # Written with a schema this reader does not hold itself: the registry must be asked.
+    other_writer = b"\x00\x00\x00\x00\x2b" + GOOD_PURCHASE[5:]
     with pytest.raises(RegistryError):
-        judge(serde(down=True), GOOD_PURCHASE, NOW)
+        judge(serde(down=True), other_writer, NOW)
+
+
+def test_own_schema_needs_no_registry_round_trip() -> None:
+    assert isinstance(judge(serde(down=True), GOOD_PURCHASE, NOW), Accepted)

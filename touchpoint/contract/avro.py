@@ -103,8 +103,10 @@ def decode(data: bytes, schema_for: Callable[[int], Any], reader_schema: Any = N
     except LookupError as exc:
         raise SerializationError(f"unknown schema id {schema_id}") from exc
     body = io.BytesIO(bytes(data[_HEADER.size :]))
+    # Resolving a schema into itself changes nothing but costs several times the plain read.
+    reader = None if writer is reader_schema else reader_schema
     try:
-        record = schemaless_reader(body, writer, reader_schema, return_record_name=True)
+        record = schemaless_reader(body, writer, reader, return_record_name=True)
     except Exception as exc:  # untrusted bytes: every failure of the reader means "bad message"
         raise SerializationError(f"cannot decode body with schema {schema_id}: {exc!r}") from exc
     if trailing := len(data) - _HEADER.size - body.tell():

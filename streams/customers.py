@@ -1,0 +1,151 @@
+"""The customers agent: identity resolution and the customer views, in one ordered place.
+
+Input is ``touchpoint.accepted``: every event the ingest agent accepted, on a
+single partition, so identity decisions (mints, links, merges, refusals) are
+taken in one order that every replay repeats; two workers can never mint two
+ids for one person. The agent runs exactly the pure core that ``touchpoint
+fold`` runs (:class:`~touchpoint.core.fold.Folder`), so the fold of this
+topic is the oracle of what the worker must produce.
+
+Output, per batch:
+
+* ``touchpoint.identity``: every identity decision, as JSON, keyed by customer id;
+* ``touchpoint.customer-events``: the event's original Avro bytes keyed by
+  its customer id (so one customer's events stay in order on one partition);
+* ``touchpoint.customer-views``: the rendered card of every customer the
+  batch changed (compacted, keyed by customer id), and for a customer merged
+  away a record naming its survivor;
+* ``touchpoint.dlq``: events the core refuses once history is known (an
+  invalid identifier, a refund of an unknown purchase or above it), with the
+  reason and source position.
+
+State is event-sourced: on start the agent replays ``touchpoint.accepted``
+from the beginning up to its group's committed offset through the same
+Folder, then continues from there. Faust is at-least-once: events after the
+committed offset may be seen again, and the Folder ignores an event id it
+has already folded, so re-delivery changes nothing. The replay grows with
+the log (snapshots are the next step); the one ordered partition bounds
+throughput to one core (measured in bench/pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from connectors.registry import RegistryClient
+from connectors.serde import EventSerde
+from streams.app import Outgoing, send_batch
+from streams.ingest import dlq_headers
+from touchpoint.core.fold import Folder, FoldConfig
+from touchpoint.core.profile import render
+from touchpoint.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+BATCH_WITHIN_S = 0.05
+
+
+def as_of_of(folder: Folder) -> datetime:
+    """The log's clock: the latest event time folded so far."""
+    return datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
+
+
+class CustomerStage:
+    """The Folder and how the agent feeds and rebuilds it."""
+
+    def __init__(self, settings: Settings, serde: EventSerde) -> None:
+        self.settings = settings
+        self.serde = serde
+        self.folder = Folder(FoldConfig(region=settings.phone_region),
+                             secret=settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
+                             log_clock_check=False)
+
+    def add(self, raw: bytes) -> tuple[str | None, list[Any], str | None]:
+        """Fold one accepted message: (customer id, decisions, rejection reason)."""
+        event = self.serde.deserialize(raw)  # accepted upstream: it decodes and honours the contract
+        rejected_before = len(self.folder.rejected)
+        decisions = self.folder.add(event)
+        reason = None
+        if len(self.folder.rejected) > rejected_before:
+            reason = self.folder.rejected[-1]["reason"]
+            del self.folder.rejected[rejected_before:]  # the DLQ holds them; don't keep them twice
+        return self.folder.last_customer_id, decisions, reason
+
+    async def rebuild(self, topic: str) -> int:
+        """Replay ``topic`` up to the agent's committed offset; returns the events replayed."""
+        tp = TopicPartition(topic, 0)
+        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                 group_id=self.settings.topic_prefix, enable_auto_commit=False)
+        await probe.start()
+        try:
+            committed = await probe.committed(tp) or 0
+        finally:
+            await probe.stop()
+        if committed == 0:
+            log.info("customer state rebuilt", extra={"replayed": 0, "up_to_offset": 0, "customers": 0})
+            return 0
+        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+                                  enable_auto_commit=False, isolation_level="read_committed")
+        await reader.start()
+        replayed = 0
+        try:
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            while await reader.position(tp) < committed:
+                batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
+                for message in batch.get(tp, []):
+                    if message.offset >= committed:
+                        break
+                    self.add(message.value)
+                    replayed += 1
+        finally:
+            await reader.stop()
+        self.folder.drain_changes()  # already published by the run that folded them first
+        log.info("customer state rebuilt", extra={"replayed": replayed, "up_to_offset": committed,
+                                                  "customers": len(self.folder.views)})
+        return replayed
+
+
+def register_customers(app: faust.App, settings: Settings) -> None:
+    """Register the customers agent on ``app``."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    accepted = app.topic(settings.topic("accepted"), key_type=bytes, value_type=bytes, **raw)
+    stage = CustomerStage(settings, EventSerde(RegistryClient(settings.registry_url)))
+    segment = stage.folder.config.segment
+
+    names = {name: settings.topic(name) for name in ("identity", "customer-events", "customer-views", "dlq")}
+
+    @app.agent(accepted, name="customers")
+    async def customers(stream: faust.StreamT[bytes]) -> None:
+        await stage.rebuild(accepted.get_topic_name())
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+            out: list[Outgoing] = []
+            for event in events:
+                message = event.message
+                customer_id, decisions, reason = stage.add(message.value)
+                if reason is not None:
+                    out.append((names["dlq"], message.key, message.value,
+                                dlq_headers(reason, message.topic, message.partition, message.offset)))
+                    continue
+                key = customer_id.encode()  # type: ignore[union-attr]
+                out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
+                out.append((names["customer-events"], key, message.value, None))
+            touched, merged = stage.folder.drain_changes()
+            as_of = as_of_of(stage.folder)
+            stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            for customer_id in sorted(touched):
+                card = render(stage.folder.views[customer_id], as_of, segment)
+                doc = {"customer_id": customer_id, "as_of": stamp, "view": card}
+                out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
+            for alias, survivor in sorted(merged.items()):
+                doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
+                out.append((names["customer-views"], alias.encode(), json.dumps(doc).encode(), None))
+            # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
+            await send_batch(app, out)

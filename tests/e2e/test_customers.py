@@ -1,0 +1,122 @@
+"""A generated population through the real broker and Faust worker equals the fold of its log.
+
+The oracle is the pure core itself: the worker's input log
+(``touchpoint.accepted``) folded offline with the same Folder must give
+exactly the cards and aliases the projection wrote to PostgreSQL, also when
+the worker is killed with SIGKILL mid-stream and restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from connectors.producer import Delivered, EventProducer
+from connectors.registry import RegistryClient
+from connectors.serde import EventSerde
+from streams.customers import CustomerStage
+from tests.e2e.test_pipeline import wait_until
+from tests.fix_stack import spawn_touchpoint, stop_process
+from touchpoint.core.profile import render
+from touchpoint.generate import generate
+from touchpoint.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def end_offset(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
+    finally:
+        consumer.close()
+
+
+def committed(settings: Settings) -> int:
+    """The customers agent's committed offset on ``accepted`` (its group is the app id)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+                             enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(settings.topic("accepted"), 0)) or 0
+    finally:
+        consumer.close()
+
+
+def projected_positions(settings: Settings) -> dict[int, int]:
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        rows = conn.execute("SELECT partition, next_offset FROM projection_offsets WHERE projection = 'customers'")
+        return dict(rows.fetchall())
+
+
+def oracle(settings: Settings) -> CustomerStage:
+    """Fold the worker's whole input log offline, with the worker's own stage."""
+    with RegistryClient(settings.registry_url) as registry:
+        stage = CustomerStage(settings, EventSerde(registry))
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
+                                 enable_auto_commit=False, consumer_timeout_ms=3000)
+        tp = TopicPartition(settings.topic("accepted"), 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        try:
+            for message in consumer:
+                stage.add(message.value)
+                if message.offset + 1 >= end:
+                    break
+        finally:
+            consumer.close()
+    return stage
+
+
+def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_path: Path) -> None:
+    events = [e for e in generate(customers=150, days=60, seed=21) if e["event_id"].startswith("ev-")]
+    half = len(events) // 2
+    worker = spawn_touchpoint(settings, "worker", log=tmp_path / "worker-1.log")
+    writer = spawn_touchpoint(settings, "project", log=tmp_path / "project.log")
+    try:
+        accepted_before = end_offset(settings, settings.topic("accepted"))[0]
+        with EventProducer(settings) as producer:
+            assert all(isinstance(r, Delivered) for r in producer.publish(events[:half], datetime.now(UTC)))
+            # The worker holds the first half in memory only; kill it without a chance to leave.
+            wait_until(lambda: committed(settings) >= accepted_before + half, 90, "the first half", (worker,))
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+            killed_at = committed(settings)
+            assert all(isinstance(r, Delivered) for r in producer.publish(events[half:], datetime.now(UTC)))
+        worker = spawn_touchpoint(settings, "worker", log=tmp_path / "worker-2.log")
+        wait_until(lambda: "customer state rebuilt" in (tmp_path / "worker-2.log").read_text(), 90,
+                   "the restarted worker to rebuild its state", (worker,))
+
+        def caught_up() -> bool:
+            accepted_end = end_offset(settings, settings.topic("accepted"))[0]
+            views_end = end_offset(settings, settings.topic("customer-views"))
+            positions = projected_positions(settings)
+            return committed(settings) >= accepted_end > killed_at and all(
+                positions.get(p, 0) >= offset for p, offset in views_end.items())
+
+        wait_until(caught_up, 180, "the worker and the projection to catch up", (worker, writer))
+    finally:
+        stop_process(worker)
+        stop_process(writer)
+
+    expected = oracle(settings)
+    segment = expected.folder.config.segment
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        rows = {cid: (view, as_of) for cid, view, as_of in conn.execute(
+            "SELECT customer_id, view, as_of FROM customers")}
+        aliases = dict(conn.execute("SELECT alias, survivor FROM customer_aliases").fetchall())
+    assert set(rows) == set(expected.folder.views), "the same customers"
+    for customer_id, (view, as_of) in rows.items():
+        assert view == render(expected.folder.views[customer_id], as_of, segment), customer_id
+    merged = {alias for view in expected.folder.views.values() for alias in view.aliases}
+    assert set(aliases) == merged
+    assert len(rows) > 100 and merged, "the population is big enough to mean something"
+    print(f"killed at committed offset {killed_at}; {len(rows)} customers, {len(merged)} merged")
