@@ -240,6 +240,33 @@ def test_folding_is_deterministic(log: list[tuple[dict[str, str], str]]) -> None
         assert all(len(v) <= 5 for v in card["identifiers"].values())
 
 
+@settings(max_examples=60, deadline=None)
+@given(log=st.lists(st.tuples(_IDS, st.sampled_from(["web", "purchase", "call"])), min_size=1, max_size=25),
+       data=st.data())
+def test_any_batching_with_redelivery_equals_one_pass(log: list[tuple[dict[str, str], str]],
+                                                      data: st.DataObject) -> None:
+    """What the worker does: batches with changes drained between them, and after a
+    crash the events since the last commit folded a second time (at-least-once)."""
+    lines = [event(f"e{n}", ids, typ, n, transaction_id=f"T{n}") if typ == "purchase" else event(f"e{n}", ids, typ, n)
+             for n, (ids, typ) in enumerate(log)]  # fmt: skip
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(lines)), max_size=4)))
+    redelivered = data.draw(st.integers(0, len(lines)))
+    folder = Folder(secret=SECRET)
+    start = 0
+    for cut in [*cuts, len(lines)]:
+        for line in lines[start:cut]:
+            folder.add_json(line)
+        folder.drain_changes()
+        start = max(start, cut)
+    for line in lines[len(lines) - redelivered:]:  # re-delivered after a restart
+        folder.add_json(line)
+    once = Folder(secret=SECRET)
+    for line in lines:
+        once.add_json(line)
+    assert folder.result()["customers"] == once.result()["customers"]
+    assert folder.result()["identity_decisions"] == once.result()["identity_decisions"]
+
+
 # -- the generated population ---------------------------------------------------------------------
 
 
