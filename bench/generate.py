@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import time
 
+from bench.machine import machine_line
 from touchpoint.generate import generate, write_jsonl
 
 
@@ -31,17 +31,6 @@ class _CountingSink:
         return len(text)
 
 
-def _mem_total_gib() -> float:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=15_000)
@@ -51,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the JSON lines to this file instead of a counting sink")
     args = parser.parse_args(argv)
 
-    print(f"machine: {os.cpu_count()} CPUs, {_mem_total_gib():.1f} GiB RAM, Python {sys.version.split()[0]}")
+    print(machine_line())
     print(f"population: {args.customers} customers x {args.days} days, seed {args.seed}")
 
     began, cpu = time.perf_counter(), time.process_time()
