@@ -15,6 +15,10 @@ from touchpoint.logs import configure_logging
 from touchpoint.settings import Settings
 
 
+PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"]}
+"""Each projection's topics (names without the prefix), for lag reports."""
+
+
 def all_projections(settings: Settings) -> list[Projection]:
     """Every read model the front line uses."""
     serde = EventSerde(RegistryClient(settings.registry_url))

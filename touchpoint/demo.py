@@ -1,11 +1,13 @@
 """README command 1: the backbone end to end on the local default stack.
 
 Brings the stack up, creates the topics, migrates the read model, starts a
-Faust worker and the projection writers as child processes, publishes a few
-events (good and bad) to the channel topics and waits until the good ones are
-rows in PostgreSQL and the bad one is on the dead-letter topic. Prints what
-happened and where to look; the children stop when it ends (or on Ctrl-C),
-the stack keeps running for a look around.
+Faust worker and the projection writers as child processes, publishes a
+generated population (its history ending today) plus one known person seen
+on all five channels through the producer library, writes broken bytes
+straight to a channel topic, and waits until every stage has caught up.
+Prints what happened (events in, refused at the edge, dead-lettered, customer
+cards, merges, segments, the known person's card) and where to look; the
+children stop when it ends (or on Ctrl-C), the stack keeps running.
 """
 
 from __future__ import annotations
@@ -15,17 +17,19 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 
-from connectors.producer import Delivered, EventProducer
+from connectors.producer import Delivered, EventProducer, Refused
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import ensure_topics, event_topic
 from projections.migrate import migrate
 from touchpoint.errors import TouchpointError
+from touchpoint.generate import generate
 from touchpoint.settings import Settings
 from touchpoint.stack import stack
 
@@ -77,7 +81,7 @@ def _spawn(settings: Settings, verb: str, stack_: ExitStack) -> subprocess.Popen
     return proc
 
 
-def run_demo(settings: Settings, timeout_s: float = 120.0) -> None:
+def run_demo(settings: Settings, timeout_s: float = 180.0, customers: int = 300, days: int = 120) -> None:
     """Run the demo; raises TouchpointError when an event does not arrive in time."""
     started = time.monotonic()
     stack.up(settings)
@@ -85,53 +89,96 @@ def run_demo(settings: Settings, timeout_s: float = 120.0) -> None:
     print(f"topics: {len(created)} created, the rest already existed", flush=True)
     print(f"read model: {len(migrate(settings))} migration(s) applied", flush=True)
     run_id = uuid.uuid4().hex[:8]
-    events = sample_events(run_id, datetime.now(UTC))
+    now = datetime.now(UTC)
+    ann = sample_events(run_id, now)
+    # A fresh seed per run: event ids are the idempotency key, a rerun must add new events.
+    # The history ends today, so RFM and segments read as they would in production.
+    history_start = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
+    population = list(generate(customers, days, seed=int(run_id, 16) % 1_000_000, start=history_start))
     with ExitStack() as children:
         procs = [_spawn(settings, "worker", children), _spawn(settings, "project", children)]
         with EventProducer(settings) as producer:
-            results = producer.publish(events, datetime.now(UTC))
+            results = producer.publish(ann, now)
+            if not all(isinstance(r, Delivered) for r in results):
+                raise TouchpointError(f"the producer library did not deliver every sample event: {results}")
+            results += producer.publish(population, now)
         delivered = [r for r in results if isinstance(r, Delivered)]
-        if len(delivered) != len(events):
-            raise TouchpointError(f"the producer library did not deliver every sample event: {results}")
-        print(f"published {len(events)} events through the producer library (Avro, schema id "
-              f"{_schema_id(settings)}) to {settings.topic('events.<channel>')}", flush=True)
+        refused = [r for r in results if isinstance(r, Refused)]
+        print(f"published {len(delivered)} events of {customers} generated customers and one known person "
+              f"through the producer library (Avro, schema id {_schema_id(settings)}); "
+              f"{len(refused)} refused at the edge, e.g. {_first_problem(refused)}", flush=True)
         raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id="touchpoint-demo")
         try:
             bad_offset = raw.send(event_topic(settings, "web"), value=BAD_BYTES).get(timeout=30).offset
         finally:
             raw.close()
         print(f"wrote {len(BAD_BYTES)} broken bytes straight to {event_topic(settings, 'web')}", flush=True)
-        good_ids = [str(e["event_id"]) for e in events]
-        _wait_for_rows(settings, good_ids, procs, started + timeout_s)
+        _wait_caught_up(settings, procs, started + timeout_s)
         reason = _wait_for_dead_letter(settings, event_topic(settings, "web"), bad_offset, started + timeout_s)
+        card = _wait_for_card(settings, "C00000042", started + timeout_s)
+        rows = _rows_of(settings, [r.event_id for r in delivered])
+    with psycopg.connect(settings.pg_conninfo(), autocommit=True) as conn:
+        (cards,) = conn.execute("SELECT count(*) FROM customers").fetchone() or (0,)
+        (aliases,) = conn.execute("SELECT count(*) FROM customer_aliases").fetchone() or (0,)
+        segments = dict(conn.execute("SELECT value_segment, count(*) FROM customers GROUP BY 1").fetchall())
     print(
-        "\nend to end in {:.1f}s:\n"
-        "  {} events became rows in PostgreSQL table `interactions`\n"
-        "  1 bad event is on `{}` with reason: {}\n\n"
+        f"\nend to end in {time.monotonic() - started:.1f}s:\n"
+        f"  {rows} events became rows in `interactions`; {len(delivered) - rows} were dead-lettered by the "
+        f"customers stage once history was known (e.g. a refund of an unknown purchase)\n"
+        f"  {cards} customer cards in `customers` (all runs so far), {aliases} ids merged into others "
+        f"(`customer_aliases`); segments {segments}\n"
+        f"  the known person (customer_no C00000042, ann@example.com, five channels) is "
+        f"{card['customer_id']}: {card['counts']['total']} interactions, last contact "
+        f"{card['last_contact']}\n"
+        f"  1 bad message is on `{settings.topic('dlq')}` with reason: {reason}\n\n"
         "look around:\n"
-        "  psql -h {} -p {} -U {} {} -c 'SELECT event_id, type, channel FROM interactions'\n"
-        "  ./run stack status | ./run stack logs | ./run stack down".format(
-            time.monotonic() - started, len(good_ids), settings.topic("dlq"), reason,
-            settings.pg_host, settings.pg_port, settings.pg_user, settings.pg_database,
-        )
+        f"  psql -h {settings.pg_host} -p {settings.pg_port} -U {settings.pg_user} {settings.pg_database} "
+        "-c 'SELECT customer_id, value_segment, view->'\\''rfm'\\'' FROM customers LIMIT 10'\n"
+        "  ./run fold FILE.jsonl   (the same core, offline)   ./run stack status | logs | down"
     )
 
 
-def _wait_for_rows(settings: Settings, event_ids: list[str], procs: list[subprocess.Popen[bytes]],
-                   deadline: float) -> None:
+def _first_problem(refused: list[Refused]) -> str:
+    if not refused:
+        return "none"
+    field, message = refused[0].problems[0]
+    return f"{refused[0].event_id}: {field}: {message}"
+
+
+def _wait_for_card(settings: Settings, customer_no: str, deadline: float) -> dict[str, Any]:
+    """The card of the customer holding this customer number, once projected."""
     with psycopg.connect(settings.pg_conninfo(), autocommit=True) as conn:
-        while True:
-            (found,) = conn.execute(
-                "SELECT count(*) FROM interactions WHERE event_id = ANY(%s)", (event_ids,)
-            ).fetchone() or (0,)
-            if found == len(event_ids):
-                return
-            for proc in procs:
-                if proc.poll() is not None:
-                    raise TouchpointError(f"a child process exited with code {proc.returncode}; see its log")
-            if time.monotonic() > deadline:
-                raise TouchpointError(f"only {found} of {len(event_ids)} events reached PostgreSQL in time")
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT view FROM customers WHERE view->'identifiers'->'customer_no' ? %s", (customer_no,)
+            ).fetchone()
+            if row is not None:
+                return dict(row[0])
             time.sleep(0.3)
+    raise TouchpointError(f"no card for customer_no {customer_no} in time")
+
+
+def _wait_caught_up(settings: Settings, procs: list[subprocess.Popen[bytes]], deadline: float) -> None:
+    """Until every stage has processed everything published so far."""
+    from projections.lag import pipeline_lag
+
+    lag: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise TouchpointError(f"a child process exited with code {proc.returncode}; see its log")
+        lag = pipeline_lag(settings)
+        if not any(lag.values()):
+            return
+        time.sleep(0.5)
+    raise TouchpointError(f"the pipeline did not catch up in time; records behind per stage: {lag}")
+
+
+def _rows_of(settings: Settings, event_ids: list[str]) -> int:
+    with psycopg.connect(settings.pg_conninfo(), autocommit=True) as conn:
+        (found,) = conn.execute(
+            "SELECT count(*) FROM interactions WHERE event_id = ANY(%s)", (event_ids,)).fetchone() or (0,)
+    return int(found)
 
 
 def _schema_id(settings: Settings) -> int:

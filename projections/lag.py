@@ -1,0 +1,46 @@
+"""How far each stage of the pipeline is behind the log, in records.
+
+Stages: ``ingest`` (channel topics, the workers' consumer group), ``customers``
+(``touchpoint.accepted``, same group) and every projection (its stored
+offsets against its topics' end offsets). All zero means every event
+published so far is reflected in PostgreSQL (or dead-lettered with a reason).
+"""
+
+from __future__ import annotations
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+
+from connectors.topics import CHANNELS, event_topic
+from projections.run import PROJECTION_TOPICS
+from projections.writer import stored_offsets
+from touchpoint.settings import Settings
+
+
+def pipeline_lag(settings: Settings) -> dict[str, int]:
+    """Records not yet processed, per stage."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+                             enable_auto_commit=False, client_id="touchpoint-lag")
+    try:
+        def partitions(topics: list[str]) -> list[TopicPartition]:
+            return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+
+        def group_lag(topics: list[str]) -> int:
+            tps = partitions(topics)
+            ends = consumer.end_offsets(tps)
+            return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in tps)
+
+        lag = {
+            "ingest": group_lag([event_topic(settings, ch) for ch in CHANNELS]),
+            "customers": group_lag([settings.topic("accepted")]),
+        }
+        with psycopg.connect(settings.pg_conninfo()) as conn:
+            for name, topic_names in PROJECTION_TOPICS.items():
+                stored = stored_offsets(conn, name)
+                tps = partitions([settings.topic(t) for t in topic_names])
+                ends = consumer.end_offsets(tps)
+                lag[f"projection {name}"] = sum(
+                    max(0, ends[tp] - stored.get((tp.topic, tp.partition), 0)) for tp in tps)
+        return lag
+    finally:
+        consumer.close()
