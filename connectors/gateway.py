@@ -557,8 +557,10 @@ def serve_gateway(settings: Settings) -> None:
     import uvicorn
 
     from touchpoint.logs import configure_logging
+    from touchpoint.telemetry import configure_tracing
 
     configure_logging(settings.log_level, settings.log_json)
+    configure_tracing(settings, "touchpoint-gateway")
     app = create_gateway(settings, max_body_bytes=settings.gateway_max_body_bytes,
                          max_events=settings.gateway_max_events)
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_config=None,

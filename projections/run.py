@@ -12,6 +12,7 @@ from projections.interactions import InteractionsProjection
 from projections.migrate import migrate
 from projections.writer import Projection, run_projection
 from touchpoint.logs import configure_logging
+from touchpoint.telemetry import configure_tracing
 from touchpoint.settings import Settings
 
 
@@ -28,6 +29,7 @@ def all_projections(settings: Settings) -> list[Projection]:
 def run_projections(settings: Settings) -> None:
     """Migrate, then feed every projection until SIGINT or SIGTERM."""
     configure_logging(settings.log_level, settings.log_json)
+    configure_tracing(settings, "touchpoint-projections")
     migrate(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

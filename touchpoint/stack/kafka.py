@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import uuid
 from importlib import resources
-from pathlib import Path
 
 from touchpoint.errors import StackError
 from touchpoint.settings import Settings
@@ -170,7 +169,3 @@ def broker_answers(bootstrap: str) -> bool:
     finally:
         admin.close()
 
-
-def data_dir(settings: Settings) -> Path:
-    """Where the broker keeps its log segments."""
-    return settings.home.resolve() / "kafka" / "data"
