@@ -373,3 +373,9 @@ def test_blank_lines_are_skipped_but_counted() -> None:
     assert len(doc["customers"]) == 1
     assert doc["rejected"] == [{"event_id": "line 5", "reason": doc["rejected"][0]["reason"]}]
     assert doc["rejected"][0]["reason"].startswith("not JSON")
+
+
+def test_fold_json_bytes_equal_the_json_module(generated: tuple[list[str], str]) -> None:
+    """orjson writes the document; the bytes must be what json.dumps would write."""
+    _, out = generated
+    assert out == json.dumps(json.loads(out), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
