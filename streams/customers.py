@@ -63,9 +63,12 @@ class CustomerStage:
     def __init__(self, settings: Settings, serde: EventSerde) -> None:
         self.settings = settings
         self.serde = serde
-        self.folder = Folder(FoldConfig(region=settings.phone_region),
-                             secret=settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
-                             log_clock_check=False)
+        self.folder = self._new_folder()
+
+    def _new_folder(self) -> Folder:
+        return Folder(FoldConfig(region=self.settings.phone_region),
+                      secret=self.settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
+                      log_clock_check=False)
 
     def add(self, raw: bytes) -> tuple[str | None, list[Any], str | None]:
         """Fold one accepted message: (customer id, decisions, rejection reason)."""
@@ -79,7 +82,12 @@ class CustomerStage:
         return self.folder.last_customer_id, decisions, reason
 
     async def rebuild(self, topic: str) -> int:
-        """Replay ``topic`` up to the agent's committed offset; returns the events replayed."""
+        """Replay ``topic`` up to the agent's committed offset; returns the events replayed.
+
+        Starts from an empty Folder: after an agent restart in the same process the old
+        state may hold events past the committed offset, which will be re-delivered.
+        """
+        self.folder = self._new_folder()
         tp = TopicPartition(topic, 0)
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
                                  group_id=self.settings.topic_prefix, enable_auto_commit=False)
