@@ -52,7 +52,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -72,7 +71,7 @@ from starlette.concurrency import run_in_threadpool
 
 from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Refused, Result
 from touchpoint.contract.models import AnyEvent, ContractViolation, validate_event
-from touchpoint.errors import SerializationError, TouchpointError
+from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -309,49 +308,6 @@ def _parse(body: bytes, media: str, max_events: int) -> list[Any]:
 
 # --- publishing and answering ---
 
-_ON_FIELD = re.compile(r"on field (\w+)")
-
-
-def _unencodable(event_id: str | None, exc: SerializationError) -> Refused:
-    # The contract accepted it but Avro cannot hold it (an integer beyond long/int). The codec's message can
-    # quote the value, so only the field name is passed on.
-    found = _ON_FIELD.search(str(exc))
-    where = f" (field {found.group(1)})" if found else ""
-    return Refused(event_id, [("(event)", f"a number is out of the range the Avro contract can hold{where}")])
-
-
-def _publish(producer: EventProducer, docs: list[Any], now: datetime) -> list[Result]:
-    """Publish the batch; if one event cannot be encoded, isolate it by publishing one by one."""
-    try:
-        return producer.publish(docs, now)
-    except SerializationError:
-        pass
-    results: list[Result] = []
-    for doc in docs:
-        try:
-            results.extend(producer.publish([doc], now))
-        except SerializationError as exc:
-            event_id = doc.get("event_id") if isinstance(doc, dict) else None
-            results.append(_unencodable(event_id if isinstance(event_id, str) else None, exc))
-    return results
-
-
-async def _publish_async(producer: AsyncEventProducer, docs: list[Any], now: datetime) -> list[Result]:
-    """As :func:`_publish`, on the serving loop."""
-    try:
-        return await producer.publish(docs, now)
-    except SerializationError:
-        pass
-    results: list[Result] = []
-    for doc in docs:
-        try:
-            results.extend(await producer.publish([doc], now))
-        except SerializationError as exc:
-            event_id = doc.get("event_id") if isinstance(doc, dict) else None
-            results.append(_unencodable(event_id if isinstance(event_id, str) else None, exc))
-    return results
-
-
 def _unsent(docs: list[Any], now: datetime, reason: str) -> list[Result]:
     """Results for a batch that could not be sent: rejected ones say why, the valid ones are Failed."""
     results: list[Result] = []
@@ -405,9 +361,9 @@ class _Gateway:
         else:
             try:
                 if isinstance(producer, AsyncEventProducer):
-                    results = await _publish_async(producer, docs, now)
+                    results = await producer.publish(docs, now)
                 else:
-                    results = await run_in_threadpool(_publish, producer, docs, now)
+                    results = await run_in_threadpool(producer.publish, docs, now)
             except TouchpointError as exc:  # the registry is down (RegistryError) or alike: retry later
                 unavailable = f"not published: {type(exc).__name__}"
                 log.warning("gateway: publish failed", extra={"error": type(exc).__name__, "events": len(docs)})

@@ -25,7 +25,7 @@ import hmac
 import threading
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -229,9 +229,6 @@ def publish_all(settings: Settings, docs: Iterable[dict[str, Any]], batch_size: 
 
     :raises PublishError: Kafka did not acknowledge a batch (rerun: event ids make it idempotent downstream).
     """
-    from datetime import UTC
-    from datetime import datetime as _dt
-
     from tqdm import tqdm
 
     summary = PublishSummary(refusals=[])
@@ -239,7 +236,7 @@ def publish_all(settings: Settings, docs: Iterable[dict[str, Any]], batch_size: 
         batch: list[dict[str, Any]] = []
 
         def flush() -> None:
-            for result in producer.publish(batch, _dt.now(UTC)):
+            for result in producer.publish(batch, datetime.now(UTC)):
                 if isinstance(result, Delivered):
                     summary.delivered += 1
                 elif isinstance(result, Refused):
