@@ -101,7 +101,10 @@ def kafka_component(settings: Settings) -> Component:
     def format_storage() -> None:
         if (data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            # As Kafka's own Uuid.randomUuid: an id starting with "-" reads as an option to the tool.
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         result = subprocess.run(  # noqa: S603
             [_require("java", "install Java 17"), "-cp", f"{libs}/*", "kafka.tools.StorageTool",
              "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
