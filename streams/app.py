@@ -25,6 +25,8 @@ def create_app(settings: Settings) -> faust.App:
         # streams.transport: aiokafka reading only committed records.
         broker=";".join(f"touchpoint://{server}" for server in settings.kafka_bootstrap.split(",")),
         store="memory://",
+        # Faust makes its data directory even with the memory store; keep it with the stack's files.
+        datadir=str(settings.home / "faust" / "{conf.name}-data"),
         web_enabled=False,
         topic_replication_factor=settings.topic_replication_factor,
         topic_partitions=settings.topic_partitions,
