@@ -157,7 +157,9 @@ def fold_cmd(
             raise ConfigError(f"--as-of: {as_of!r} is not an ISO-8601 instant") from exc
         if instant.tzinfo is None:
             raise ConfigError("--as-of: give a time zone, e.g. 2026-01-31T00:00:00Z")
-    with open(events, encoding="utf-8") as fh:
+    # Bytes straight to the validator: pydantic parses UTF-8 itself, decoding each line first
+    # cost a few per cent of the fold.
+    with open(events, "rb") as fh:
         out = fold_to_json(fh, as_of=instant, config=fold_config,
                            secret=settings.identifier_key.get_secret_value().encode())
     sys.stdout.write(out + "\n")

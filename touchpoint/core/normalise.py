@@ -69,8 +69,14 @@ class Identifier:
 
 def identifier_key(kind: str, normalised: str, secret: bytes) -> str:
     """The keyed hash identity matches on: ``"<kind>:" + 32 hex digits``."""
-    digest = hmac.new(secret, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()
-    return f"{kind}:{digest[:32]}"
+    mac = _keyed(secret).copy()  # copying a keyed HMAC skips re-deriving its pads from the key
+    mac.update(f"{kind}:{normalised}".encode())
+    return f"{kind}:{mac.hexdigest()[:32]}"
+
+
+@lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hmac.HMAC:
+    return hmac.new(secret, digestmod=hashlib.sha256)
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
