@@ -23,6 +23,7 @@ from touchpoint.core.loyalty import (
     add_months,
     balance,
     default_rules,
+    epoch_ms,
     earned_12m,
     expire,
     merge,
@@ -33,7 +34,6 @@ from touchpoint.core.loyalty import (
     summary,
     tier_at,
 )
-from touchpoint.core.profile import epoch_ms
 
 RULES = default_rules()
 DAY = 86_400_000

@@ -25,12 +25,12 @@ from touchpoint.core.loyalty import (
     RuleVersion,
     ScoringContext,
     default_rules,
+    epoch_ms,
     load_rules,
     parse_rules,
     rule_type,
     score,
 )
-from touchpoint.core.profile import epoch_ms
 from touchpoint.errors import ConfigError
 
 T0 = epoch_ms(datetime(2025, 1, 1, tzinfo=UTC))

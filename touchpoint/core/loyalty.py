@@ -153,12 +153,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from touchpoint.contract.models import CampaignPayload, PurchasePayload, RefundPayload
-from touchpoint.core.profile import epoch_ms, iso_ms
 from touchpoint.errors import ConfigError, TouchpointError
 
 __all__ = [
-    "RULES_FILE",
-    "RULE_TYPES",
     "BasketThresholdParams",
     "CampaignInvitedParams",
     "CategoriesTogetherParams",
@@ -173,6 +170,8 @@ __all__ = [
     "MultiplierRule",
     "NoRulesInForce",
     "PurchaseFacts",
+    "RULES_FILE",
+    "RULE_TYPES",
     "RefundRejected",
     "RuleType",
     "RuleVersion",
@@ -184,7 +183,9 @@ __all__ = [
     "balance",
     "default_rules",
     "earned_12m",
+    "epoch_ms",
     "expire",
+    "iso_ms",
     "load_rules",
     "merge",
     "on_campaign",
@@ -201,7 +202,19 @@ __all__ = [
 
 _DAY_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 RULES_FILE = "loyalty_rules.yaml"
+
+
+# Local on purpose: importing them from ``profile`` would make a cycle once the view folds loyalty.
+def epoch_ms(instant: datetime) -> int:
+    """An aware datetime as integer milliseconds since the epoch."""
+    return (instant - _EPOCH) // _MS
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 # -- errors -------------------------------------------------------------------
