@@ -30,7 +30,8 @@ from touchpoint.contract.models import Event
 from touchpoint.core.fold import Folder, fold_to_json
 from touchpoint.core.identity import Merged, Minted, apply, resolve
 from touchpoint.core.normalise import InvalidIdentifier
-from touchpoint.core.profile import CustomerView, epoch_ms, evolve, merge_views
+from touchpoint.core.instants import epoch_ms
+from touchpoint.core.profile import CustomerView, evolve, merge_views
 from touchpoint.generate import generate, write_jsonl
 
 SECRET = b"bench-identifier-key"

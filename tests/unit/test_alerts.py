@@ -34,7 +34,7 @@ from touchpoint.core.alerts import (
     next_due_ms,
     retire,
 )
-from touchpoint.core.profile import epoch_ms
+from touchpoint.core.instants import epoch_ms
 
 T0 = epoch_ms(datetime(2025, 1, 1, tzinfo=UTC))
 D = DAY_MS

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from touchpoint.contract.models import Event, validate_event
 from touchpoint.core.normalise import normalise
+from touchpoint.core.instants import iso_ms
 from touchpoint.core.profile import (
     DEDUPE_WINDOW,
     TIMELINE,
     CustomerView,
     SegmentConfig,
     evolve,
-    iso_ms,
     merge_views,
     render,
     segment_of,
@@ -298,3 +298,18 @@ def test_iso_ms_matches_datetime_formatting(ms: int) -> None:
 def test_iso_ms_matches_datetime_formatting_everywhere(ms: int) -> None:
     instant = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
     assert iso_ms(ms) == instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"
+
+
+def test_card_names_likely_call_reasons_as_of_its_instant() -> None:
+    view = fold([ev("c1", "case", 398), ev("w1", "web", 399.5, action="basket_abandon", session_id="S9"),
+                 ev("m1", "email", 100, action="bounced")])
+    reasons = render(view, AS_OF)["likely_reasons"]
+    # The complaint two days old ranks above yesterday's basket; the bounce is too old to matter.
+    assert [r["code"] for r in reasons] == ["open_case", "basket_abandoned"]
+    assert reasons[0]["evidence"]["case_id"] == "X1"
+
+
+def test_merged_views_keep_both_customers_reason_facts() -> None:
+    ann, bob = fold([ev("c1", "case", 398)]), fold([ev("r1", "refund", 399)], "cus_2")
+    merge_views(ann, bob)
+    assert {r["code"] for r in render(ann, AS_OF)["likely_reasons"]} == {"open_case", "refund_in_progress"}

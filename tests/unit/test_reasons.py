@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from touchpoint.contract.models import Event
 from touchpoint.core.alerts import Alert, Reason
-from touchpoint.core.profile import epoch_ms, iso_ms
+from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.core.reasons import (
     CASES_KEPT,
     CODES,

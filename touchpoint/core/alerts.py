@@ -65,7 +65,7 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from touchpoint.core.profile import iso_ms
+from touchpoint.core.instants import iso_ms
 
 __all__ = [
     "KINDS",

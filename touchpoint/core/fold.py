@@ -57,7 +57,8 @@ from touchpoint.core.identity import (
     resolve,
 )
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
-from touchpoint.core.profile import CustomerView, SegmentConfig, epoch_ms, evolve, merge_views, render
+from touchpoint.core.instants import epoch_ms
+from touchpoint.core.profile import CustomerView, SegmentConfig, evolve, merge_views, render
 from touchpoint.errors import ConfigError
 
 __all__ = ["FoldConfig", "Folder", "fold", "fold_to_json"]

@@ -52,20 +52,21 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from touchpoint.contract.models import Event
+from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.core.normalise import Identifier
+from touchpoint.core.reasons import ReasonFacts, likely_reasons, merge_facts
+from touchpoint.core.reasons import evolve as evolve_reasons
 
 __all__ = [
     "DEDUPE_WINDOW",
     "TIMELINE",
     "CustomerView",
     "SegmentConfig",
-    "epoch_ms",
     "evolve",
-    "iso_ms",
     "merge_views",
     "render",
 ]
@@ -75,35 +76,7 @@ TIMELINE = 50
 DEDUPE_WINDOW = 512
 """Newest event ids a view remembers to ignore redeliveries."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 _DAY_MS = 86_400_000
-
-
-def epoch_ms(instant: datetime) -> int:
-    """An aware datetime as integer milliseconds since the epoch."""
-    return (instant - _EPOCH) // _MS
-
-
-_DAY_PREFIX: dict[int, str] = {}
-# The clock part from tables: "HH:MM:" per minute of the day, "SS." per second, "mmmZ" per milli.
-_HOUR_MINUTE = tuple(f"{m // 60:02d}:{m % 60:02d}:" for m in range(24 * 60))
-_SECOND = tuple(f"{s:02d}." for s in range(60))
-_MILLI = tuple(f"{m:03d}Z" for m in range(1000))
-
-
-def iso_ms(ms: int) -> str:
-    """Milliseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    # Rendering formats ~50 times per customer: cache the date part, look the clock up in tables.
-    day, rem = divmod(ms, _DAY_MS)
-    prefix = _DAY_PREFIX.get(day)
-    if prefix is None:
-        if len(_DAY_PREFIX) > 100_000:
-            _DAY_PREFIX.clear()
-        prefix = _DAY_PREFIX[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
-    seconds, milli = divmod(rem, 1000)
-    minutes, sec = divmod(seconds, 60)
-    return f"{prefix}{_HOUR_MINUTE[minutes]}{_SECOND[sec]}{_MILLI[milli]}"
 
 
 @dataclass(frozen=True)
@@ -147,6 +120,7 @@ class CustomerView:
         "last_contact",
         "pseudo",
         "purchases",
+        "reasons",
         "refunds",
         "seen",
         "seen_heap",
@@ -166,8 +140,9 @@ class CustomerView:
         self.last_contact: dict[str, int] = {}
         self.purchases: dict[str, tuple[int, int]] = {}
         self.refunds: dict[str, tuple[int, int, str]] = {}
-        self.cases: dict[str, tuple[int, str, str]] = {}  # case_id -> (ms, event_id, action)
+        self.cases: dict[str, tuple[int, str, str, str]] = {}  # case_id -> (ms, event_id, action, category)
         self.consent: dict[tuple[str, str], tuple[int, str, bool]] = {}
+        self.reasons = ReasonFacts()  # what likely call reasons are judged from
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
@@ -239,13 +214,14 @@ def evolve(
     elif typ == "refund":
         _latest(view.refunds, payload.refund_id, (ms, payload.amount_minor, payload.transaction_id))
     elif typ == "case":
-        _latest(view.cases, payload.case_id, (ms, event_id, payload.action))
+        _latest(view.cases, payload.case_id, (ms, event_id, payload.action, payload.category))
     elif typ == "consent":
         _latest(view.consent, (payload.purpose, payload.channel), (ms, event_id, payload.granted))
     elif typ == "sms" and payload.action == "opt_out":
         _latest(view.consent, ("marketing", "sms"), (ms, event_id, False))
     elif typ == "email" and payload.action == "unsubscribed":
         _latest(view.consent, ("marketing", "email"), (ms, event_id, False))
+    evolve_reasons(view.reasons, event, ms)
     return True
 
 
@@ -287,6 +263,7 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
         into_facts = getattr(survivor, name)
         for key, value in getattr(merged, name).items():
             _latest(into_facts, key, value)
+    merge_facts(survivor.reasons, merged.reasons)
 
 
 def _rfm(view: CustomerView, as_of_ms: int, config: SegmentConfig) -> tuple[int | None, int, int]:
@@ -349,7 +326,8 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
         "customer_id": view.customer_id,
         "identifiers": {kind: sorted(displays) for kind, displays in sorted(view.identifiers.items())},
         "last_contact": {channel: iso_ms(ms) for channel, ms in sorted(view.last_contact.items())},
-        "open_cases": sorted(cid for cid, (_, _, action) in view.cases.items() if action != "closed"),
+        "likely_reasons": likely_reasons(view.reasons, None, (), as_of_ms),
+        "open_cases": sorted(cid for cid, (_, _, action, _) in view.cases.items() if action != "closed"),
         "pseudo": view.pseudo,
         "rfm": {"frequency": frequency, "monetary_minor": monetary, "recency_days": recency},
         "timeline": [

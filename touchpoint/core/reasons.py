@@ -101,7 +101,7 @@ from touchpoint.contract.models import (
     WebEvent,
 )
 from touchpoint.core.alerts import Alert
-from touchpoint.core.profile import epoch_ms, iso_ms
+from touchpoint.core.instants import epoch_ms, iso_ms
 
 __all__ = [
     "CASES_KEPT",
