@@ -49,6 +49,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic("customer-events"), settings.topic_partitions, keep_forever),
         # Identity decisions are the log of who-is-who: never deleted.
         TopicSpec(settings.topic("identity"), settings.topic_partitions, keep_forever),
+        # Loyalty ledger entries, keyed by customer id: money, never deleted.
+        TopicSpec(settings.topic("loyalty"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.dormancy"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.churn"), settings.topic_partitions, keep_forever),
     ]

@@ -9,6 +9,7 @@ from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from projections.customers import CustomersProjection
 from projections.interactions import InteractionsProjection
+from projections.loyalty import LedgerProjection
 from projections.migrate import migrate
 from projections.writer import Projection, run_projection
 from touchpoint.logs import configure_logging
@@ -16,14 +17,14 @@ from touchpoint.telemetry import configure_tracing
 from touchpoint.settings import Settings
 
 
-PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"]}
+PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"], "loyalty": ["loyalty"]}
 """Each projection's topics (names without the prefix), for lag reports."""
 
 
 def all_projections(settings: Settings) -> list[Projection]:
     """Every read model the front line uses."""
     serde = EventSerde(RegistryClient(settings.registry_url))
-    return [InteractionsProjection(settings, serde), CustomersProjection(settings)]
+    return [InteractionsProjection(settings, serde), CustomersProjection(settings), LedgerProjection(settings)]
 
 
 def run_projections(settings: Settings) -> None:

@@ -20,13 +20,15 @@ def create_app(settings: Settings) -> faust.App:
     Its id (consumer group, internal topic prefix) is the topic prefix, so
     two deployments (or two test runs) on one cluster never share state.
     """
+    datadir = settings.home / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.topic_prefix,
         # streams.transport: aiokafka reading only committed records.
         broker=";".join(f"touchpoint://{server}" for server in settings.kafka_bootstrap.split(",")),
         store="memory://",
         # Faust makes its data directory even with the memory store; keep it with the stack's files.
-        datadir=str(settings.home / "faust" / "{conf.name}-data"),
+        datadir=str(datadir / "{conf.name}-data"),
         web_enabled=False,
         topic_replication_factor=settings.topic_replication_factor,
         topic_partitions=settings.topic_partitions,

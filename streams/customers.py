@@ -15,6 +15,10 @@ Output, per batch:
 * ``touchpoint.customer-views``: the rendered card of every customer the
   batch changed (compacted, keyed by customer id), and for a customer merged
   away a record naming its survivor;
+* ``touchpoint.loyalty``: every loyalty ledger entry issued (earn, reversal,
+  expiry) as JSON ``{"customer_id", "entry"}``, keyed by the customer it was
+  issued to; the entry id is derived from the log, so a re-emission after a
+  crash is the same entry and the ledger projection keeps one row;
 * ``touchpoint.dlq``: events the core refuses once history is known (an
   invalid identifier, a refund of an unknown purchase or above it), with the
   reason and source position.
@@ -66,7 +70,7 @@ class CustomerStage:
         self.folder = self._new_folder()
 
     def _new_folder(self) -> Folder:
-        return Folder(FoldConfig(region=self.settings.phone_region),
+        return Folder(FoldConfig(region=self.settings.phone_region, loyalty_rules=self.settings.loyalty_rules),
                       secret=self.settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
                       log_clock_check=False)
 
@@ -116,6 +120,7 @@ class CustomerStage:
         finally:
             await reader.stop()
         self.folder.drain_changes()  # already published by the run that folded them first
+        self.folder.drain_entries()
         log.info("customer state rebuilt", extra={"replayed": replayed, "up_to_offset": committed,
                                                   "customers": len(self.folder.views)})
         return replayed
@@ -128,7 +133,8 @@ def register_customers(app: faust.App, settings: Settings) -> None:
     stage = CustomerStage(settings, EventSerde(RegistryClient(settings.registry_url)))
     segment = stage.folder.config.segment
 
-    names = {name: settings.topic(name) for name in ("identity", "customer-events", "customer-views", "dlq")}
+    names = {name: settings.topic(name)
+             for name in ("identity", "customer-events", "customer-views", "loyalty", "dlq")}
 
     @app.agent(accepted, name="customers")
     async def customers(stream: faust.StreamT[bytes]) -> None:
@@ -145,11 +151,14 @@ def register_customers(app: faust.App, settings: Settings) -> None:
                 key = customer_id.encode()  # type: ignore[union-attr]
                 out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
                 out.append((names["customer-events"], key, message.value, None))
+            for customer_id, entry in stage.folder.drain_entries():
+                doc = {"customer_id": customer_id, "entry": entry.to_json()}
+                out.append((names["loyalty"], customer_id.encode(), json.dumps(doc).encode(), None))
             touched, merged = stage.folder.drain_changes()
             as_of = as_of_of(stage.folder)
             stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             for customer_id in sorted(touched):
-                card = render(stage.folder.views[customer_id], as_of, segment)
+                card = render(stage.folder.views[customer_id], as_of, segment, stage.folder.rules)
                 doc = {"customer_id": customer_id, "as_of": stamp, "view": card}
                 out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
             for alias, survivor in sorted(merged.items()):

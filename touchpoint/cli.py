@@ -8,21 +8,28 @@ message and exit code 1, not a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from touchpoint.core.fold import FoldConfig
+
 app = typer.Typer(help="Touchpoint: omnichannel customer-interaction backbone.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The local default stack: Kafka (KRaft), PostgreSQL, schema registry.",
                         no_args_is_help=True)
 db_app = typer.Typer(help="The PostgreSQL read model.", no_args_is_help=True)
+loyalty_app = typer.Typer(help="Loyalty rules: simulate proposed rules on history.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
+app.add_typer(loyalty_app, name="loyalty")
 
 
 def _settings() -> Settings:
@@ -134,21 +141,66 @@ def generate_cmd(
     print(f"wrote {count} events to {out if out != '-' else 'stdout'}", file=sys.stderr)
 
 
+def _fold_config(settings: Settings, config: str | None, rules: str | None) -> FoldConfig:
+    """The fold's knobs: the --config file or the settings, with --rules on top."""
+    from pathlib import Path
+
+    from touchpoint.core.fold import FoldConfig
+
+    if config:
+        fold_config = FoldConfig.load(config)
+    else:
+        fold_config = FoldConfig(region=settings.phone_region, loyalty_rules=settings.loyalty_rules)
+    if rules:
+        fold_config = fold_config.model_copy(update={"loyalty_rules": Path(rules)})
+    return fold_config
+
+
+@loyalty_app.command("simulate")
+def loyalty_simulate(
+    events: Annotated[str, typer.Argument(help="history: events in the contract's JSON form, one per line")],
+    rules: Annotated[str, typer.Option("--rules", help="the proposed rules file (YAML or JSON)")],
+    current: Annotated[str | None, typer.Option("--current", help="the rules in force (default: "
+                                                                   "TOUCHPOINT_LOYALTY_RULES, else shipped)")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="fold config JSON (identity, segments)")] = None,
+    movers: Annotated[int, typer.Option(min=0, help="biggest movers to list")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Score the same history under the current and the proposed loyalty rules, and compare."""
+    from touchpoint.core.loyalty import default_rules, load_rules
+    from touchpoint.core.loyalty_simulation import format_report, simulate
+
+    settings = _settings()
+    proposed = load_rules(rules)
+    current_path = current or settings.loyalty_rules
+    current_rules = load_rules(current_path) if current_path else default_rules()
+
+    def lines() -> Iterator[bytes]:
+        with open(events, "rb") as fh:
+            yield from fh
+
+    report = simulate(lines, current_rules, proposed, secret=settings.identifier_key.get_secret_value().encode(),
+                      config=_fold_config(settings, config, None), movers=movers)
+    sys.stdout.write((json.dumps(report, indent=2) if as_json else format_report(report)) + "\n")
+
+
 @app.command("fold")
 def fold_cmd(
     events: Annotated[str, typer.Argument(help="events in the contract's JSON form, one per line")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="render views as of this ISO-8601 instant")] = None,
     config: Annotated[str | None, typer.Option("--config", help="JSON file: identity limits, shared "
                                                                  "identifiers, segment thresholds")] = None,
+    rules: Annotated[str | None, typer.Option("--rules", help="loyalty rules file (default: the config's, "
+                                                               "else TOUCHPOINT_LOYALTY_RULES, else shipped)")] = None,
 ) -> None:
     """Fold events through the pure core offline (the workers' code) and print the views as JSON."""
     from datetime import datetime
 
-    from touchpoint.core.fold import FoldConfig, fold_to_json
+    from touchpoint.core.fold import fold_to_json
     from touchpoint.errors import ConfigError
 
     settings = _settings()
-    fold_config = FoldConfig.load(config) if config else FoldConfig(region=settings.phone_region)
+    fold_config = _fold_config(settings, config, rules)
     instant = None
     if as_of:
         try:

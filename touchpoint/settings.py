@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # Phone numbers written nationally are read as numbers of this region (ISO 3166 code).
     phone_region: str = "GB"
 
+    # Loyalty rules file (YAML or JSON, see touchpoint/core/loyalty_rules.yaml); unset: the shipped rules.
+    loyalty_rules: Path | None = None
+
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
 

@@ -2,8 +2,9 @@
 
 The oracle is the pure core itself: the worker's input log
 (``touchpoint.accepted``) folded offline with the same Folder must give
-exactly the cards and aliases the projection wrote to PostgreSQL, also when
-the worker is killed with SIGKILL mid-stream and restarted.
+exactly the cards, aliases and loyalty ledger the projections wrote to
+PostgreSQL, also when the worker is killed with SIGKILL mid-stream and
+restarted (no point lost or doubled).
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def committed(settings: Settings) -> int:
         consumer.close()
 
 
-def projected_positions(settings: Settings) -> dict[int, int]:
+def projected_positions(settings: Settings, projection: str = "customers") -> dict[int, int]:
     with psycopg.connect(settings.pg_conninfo()) as conn:
-        rows = conn.execute("SELECT partition, next_offset FROM projection_offsets WHERE projection = 'customers'")
+        rows = conn.execute("SELECT partition, next_offset FROM projection_offsets WHERE projection = %s",
+                            (projection,))
         return dict(rows.fetchall())
 
 
@@ -97,10 +99,12 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
 
         def caught_up() -> bool:
             accepted_end = end_offset(settings, settings.topic("accepted"))[0]
-            views_end = end_offset(settings, settings.topic("customer-views"))
-            positions = projected_positions(settings)
-            return committed(settings) >= accepted_end > killed_at and all(
-                positions.get(p, 0) >= offset for p, offset in views_end.items())
+            caught = committed(settings) >= accepted_end > killed_at
+            for topic, projection in (("customer-views", "customers"), ("loyalty", "loyalty")):
+                positions = projected_positions(settings, projection)
+                caught = caught and all(positions.get(p, 0) >= offset
+                                        for p, offset in end_offset(settings, settings.topic(topic)).items())
+            return caught
 
         wait_until(caught_up, 180, "the worker and the projection to catch up", (worker, writer))
     finally:
@@ -113,10 +117,29 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
         rows = {cid: (view, as_of) for cid, view, as_of in conn.execute(
             "SELECT customer_id, view, as_of FROM customers")}
         aliases = dict(conn.execute("SELECT alias, survivor FROM customer_aliases").fetchall())
+        ledger = conn.execute("SELECT entry_id, customer_id, points FROM loyalty_ledger").fetchall()
     assert set(rows) == set(expected.folder.views), "the same customers"
     for customer_id, (view, as_of) in rows.items():
         assert view == render(expected.folder.views[customer_id], as_of, segment), customer_id
     merged = {alias for view in expected.folder.views.values() for alias in view.aliases}
     assert set(aliases) == merged
+
+    # The ledger: every entry the oracle issued, once, on the customer (or an alias of it) it belongs to.
+    expected_entries = {entry.id: (customer_id, entry.points) for customer_id, view in expected.folder.views.items()
+                        for entry in view.loyalty.entries.values()}
+    assert len(ledger) == len({entry_id for entry_id, _, _ in ledger}) == len(expected_entries)
+    def survivor(customer_id: str) -> str:
+        while customer_id in aliases:  # a merge of a merge is a chain of aliases
+            customer_id = aliases[customer_id]
+        return customer_id
+
+    for entry_id, customer_id, points in ledger:
+        assert expected_entries[entry_id] == (survivor(customer_id), points), entry_id
+    for customer_id in rows:
+        owned = [points for _, cid, points in ledger if survivor(cid) == customer_id]
+        assert sum(owned) == sum(e.points for e in expected.folder.views[customer_id].loyalty.entries.values())
     assert len(rows) > 100 and merged, "the population is big enough to mean something"
-    print(f"killed at committed offset {killed_at}; {len(rows)} customers, {len(merged)} merged")
+    earned = sum(points for _, _, points in ledger if points > 0)
+    assert earned > 0 and any(points < 0 for _, _, points in ledger), "earns and reversals both happened"
+    print(f"killed at committed offset {killed_at}; {len(rows)} customers, {len(merged)} merged, "
+          f"{len(ledger)} ledger entries")

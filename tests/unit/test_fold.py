@@ -200,10 +200,10 @@ def test_shared_landline_gets_a_pseudo_customer_and_unmerge_by_refold() -> None:
     assert run(lines, config=FoldConfig(shared=frozenset({refused[0]["key"]}))) == split
 
 
-def test_fold_to_json_is_compact_sorted_and_has_three_keys() -> None:
+def test_fold_to_json_is_compact_sorted_and_has_its_four_keys() -> None:
     out = fold_to_json([event("e1", {"cookie": "k"})], secret=SECRET)
     doc = json.loads(out)
-    assert list(doc) == ["customers", "identity_decisions", "rejected"]
+    assert list(doc) == ["customers", "identity_decisions", "loyalty_unscored", "rejected"]
     assert out == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -379,3 +379,69 @@ def test_fold_json_bytes_equal_the_json_module(generated: tuple[list[str], str])
     """orjson writes the document; the bytes must be what json.dumps would write."""
     _, out = generated
     assert out == json.dumps(json.loads(out), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- loyalty through the fold ------------------------------------------------------------
+
+FUEL = {"sku": "F", "category": "fuel", "quantity": 1, "amount_minor": 4000}
+SHOP = {"sku": "S", "category": "shop", "quantity": 1, "amount_minor": 2000}
+
+
+def loyalty_of(doc: dict[str, Any]) -> dict[str, Any]:
+    (customer,) = doc["customers"]
+    return customer["loyalty"]
+
+
+def test_fold_scores_purchases_and_reverses_refunds() -> None:
+    ann = {"customer_no": "C1"}
+    doc = run([
+        event("p1", ann, "purchase", lines=[FUEL, SHOP], total_minor=6000),  # 60 points, x2 (highest, no stacking)
+        event("r1", ann, "refund", minutes=5, amount_minor=3000),  # half refunded: 60 of 120 back
+    ])  # fmt: skip
+    loyalty = loyalty_of(doc)
+    assert [(e["kind"], e["points"]) for e in loyalty["entries"]] == [("reversal", -60), ("earn", 120)]
+    assert loyalty["balance"] == 60 and loyalty["entry_count"] == 2
+    assert "×2" in loyalty["entries"][1]["reason"]
+
+
+def test_ledgers_follow_identity_merges_and_a_merged_customers_purchase_can_be_refunded() -> None:
+    doc = run([
+        event("p1", {"customer_no": "C1"}, "purchase", transaction_id="T1", total_minor=1000),
+        event("p2", {"email": "ann@example.com"}, "purchase", minutes=1, transaction_id="T2", total_minor=2000),
+        event("w1", {"customer_no": "C1", "email": "ann@example.com"}, minutes=2),  # one person: merge
+        event("r2", {"customer_no": "C1"}, "refund", minutes=3, transaction_id="T2", amount_minor=2000),
+    ])  # fmt: skip
+    loyalty = loyalty_of(doc)
+    assert sorted((e["source_event_id"], e["points"]) for e in loyalty["entries"]) == [
+        ("p1", 10), ("p2", 20), ("r2", -20)]
+    assert loyalty["balance"] == 10
+
+
+def test_refund_in_another_currency_is_rejected_and_reverses_nothing() -> None:
+    ann = {"customer_no": "C1"}
+    doc = run([event("p1", ann, "purchase"), event("r1", ann, "refund", minutes=1, currency="EUR")])
+    assert doc["rejected"] == [{"event_id": "r1", "reason": "payload.currency: refund in EUR of T1, a purchase in GBP"}]
+    assert loyalty_of(doc)["balance"] == 10
+
+
+def test_campaign_invitation_triples_a_purchase_in_its_window() -> None:
+    ann = {"customer_no": "C1"}
+    invited = json.dumps({"event_id": "c1", "type": "campaign", "channel": "email", "identifiers": ann,
+                          "occurred_at": "2025-02-28T00:00:00Z",
+                          "payload": {"campaign_id": "CMP-1", "action": "invited"}})  # fmt: skip
+    doc = run([invited, event("p1", ann, "purchase")])
+    (earn,) = loyalty_of(doc)["entries"]
+    assert earn["points"] == 30 and earn["rule_id"] == "campaign"
+
+
+def test_rules_come_from_the_config_and_a_purchase_before_them_is_listed_unscored(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text('versions:\n  - version: "v9"\n    effective_from: "2025-03-01T00:10:00Z"\n'
+                     '    minor_per_point: 10\n    tiers: [{name: base, min_points: 0}]\n    rules: []\n')
+    ann = {"customer_no": "C1"}
+    doc = run([event("p1", ann, "purchase"), event("p2", ann, "purchase", minutes=20, transaction_id="T2")],
+              config=FoldConfig(loyalty_rules=rules))
+    (earn,) = loyalty_of(doc)["entries"]
+    assert (earn["source_event_id"], earn["points"], earn["rule_version"]) == ("p2", 100, "v9")
+    assert [u["event_id"] for u in doc["loyalty_unscored"]] == ["p1"]
+    assert "no loyalty rules in force" in doc["loyalty_unscored"][0]["reason"]

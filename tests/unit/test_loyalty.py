@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from touchpoint.contract.models import CampaignPayload, PurchasePayload, RefundPayload
+from touchpoint.core.instants import epoch_ms
 from touchpoint.core.loyalty import (
     LedgerEntry,
     LoyaltyRules,
@@ -23,7 +24,6 @@ from touchpoint.core.loyalty import (
     add_months,
     balance,
     default_rules,
-    epoch_ms,
     earned_12m,
     expire,
     merge,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from touchpoint.core.instants import epoch_ms
 from touchpoint.core.loyalty import (
     RULE_TYPES,
     BasketThresholdParams,
@@ -25,7 +26,6 @@ from touchpoint.core.loyalty import (
     RuleVersion,
     ScoringContext,
     default_rules,
-    epoch_ms,
     load_rules,
     parse_rules,
     rule_type,

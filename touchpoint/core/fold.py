@@ -58,12 +58,25 @@ from touchpoint.core.identity import (
 )
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
 from touchpoint.core.instants import epoch_ms
+from touchpoint.core.loyalty import (
+    LedgerEntry,
+    LoyaltyRules,
+    LoyaltyState,
+    NoRulesInForce,
+    UnknownPurchase,
+    default_rules,
+    load_rules,
+    on_campaign,
+    on_purchase,
+    on_refund,
+)
 from touchpoint.core.profile import CustomerView, SegmentConfig, evolve, merge_views, render
 from touchpoint.errors import ConfigError
 
 __all__ = ["FoldConfig", "Folder", "fold", "fold_to_json"]
 
 _DAY_MS = 86_400_000
+_LOYALTY_TYPES = frozenset({"purchase", "refund", "campaign"})
 _CACHE_SIZE = 1 << 19
 
 
@@ -81,6 +94,8 @@ class FoldConfig(BaseModel):
     :param region: default region of national phone numbers.
     :param max_ahead_days: without a ``now``, how far after the latest
         accepted event an event may be.
+    :param loyalty_rules: a loyalty rules file (YAML or JSON, see
+        :func:`~touchpoint.core.loyalty.load_rules`); default the shipped rules.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -91,6 +106,7 @@ class FoldConfig(BaseModel):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     region: str = "GB"
     max_ahead_days: int = Field(default=30, ge=1)
+    loyalty_rules: Path | None = None
 
     @field_validator("limits")
     @classmethod
@@ -152,10 +168,19 @@ class Folder:
     """
 
     def __init__(self, config: FoldConfig | None = None, *, secret: bytes, now: datetime | None = None,
-                 keep_decisions: bool = True, log_clock_check: bool = True) -> None:
+                 keep_decisions: bool = True, log_clock_check: bool = True,
+                 rules: LoyaltyRules | None = None) -> None:
         self.config = config = config or FoldConfig()
-        # A long-running worker publishes decisions as they happen instead of keeping them all.
+        if rules is None:
+            rules = load_rules(config.loyalty_rules) if config.loyalty_rules else default_rules()
+        self.rules = rules
+        # A long-running worker publishes decisions and ledger entries as they happen
+        # instead of keeping them all.
         self.keep_decisions = keep_decisions
+        #: Worker mode: ledger entries issued since the last drain_entries(), with their customer.
+        self.new_entries: list[tuple[str, LedgerEntry]] = []
+        #: Purchases accepted but not scored (no loyalty rules in force at their time).
+        self.unscored: list[dict[str, str]] = []
         # Since the last drain_changes(): customers whose view changed, and customers merged away.
         self.touched: set[str] = set()
         self.merged_into: dict[str, str] = {}
@@ -263,7 +288,11 @@ class Folder:
                 elif isinstance(decision, Merged):
                     merge_views(views[decision.survivor], views.pop(decision.merged))
                     self._merged(decision.merged, decision.survivor)
-        evolve(views[customer_id], event, attributed, ms=ms)
+        view = views[customer_id]
+        if evolve(view, event, attributed, ms=ms) and event.type in _LOYALTY_TYPES:
+            entries = self._score(view.loyalty, event, ms)
+            if entries and not self.keep_decisions:
+                self.new_entries += [(customer_id, entry) for entry in entries]
         self.touched.add(customer_id)
         self.last_customer_id = customer_id
         if latest is None or ms > latest:
@@ -273,6 +302,29 @@ class Folder:
                 self.decisions.extend(decisions)
             return list(decisions)
         return []
+
+    def _score(self, state: LoyaltyState, event: Event, ms: int) -> list[LedgerEntry]:
+        """The loyalty side of one purchase, refund or campaign event (checked already)."""
+        payload: Any = event.payload
+        if event.type == "purchase":
+            try:
+                return on_purchase(state, event.event_id, ms, payload, self.rules)
+            except NoRulesInForce as exc:
+                self.unscored.append({"event_id": event.event_id, "reason": str(exc)})
+                return []
+        if event.type == "refund":
+            try:
+                return on_refund(state, event.event_id, ms, payload)
+            except UnknownPurchase:
+                # _check_refund found the purchase: it earned nothing (unscored), nothing to reverse.
+                return []
+        on_campaign(state, event.event_id, ms, payload)
+        return []
+
+    def drain_entries(self) -> list[tuple[str, LedgerEntry]]:
+        """Ledger entries issued since the last call, with the customer each was issued to."""
+        entries, self.new_entries = self.new_entries, []
+        return entries
 
     def _merged(self, merged: str, survivor: str) -> None:
         """Record ``merged`` -> ``survivor`` in :attr:`merged_into`, re-pointing aliases of ``merged``."""
@@ -315,6 +367,9 @@ class Folder:
                 f"payload.amount_minor: refunds of {tid} would total {before + payload.amount_minor}, "
                 f"above its total_minor {total}"
             )
+        lot = next((v.loyalty.lots[tid] for v in found if tid in v.loyalty.lots), None)
+        if lot is not None and lot.currency != payload.currency:
+            raise Rejected(f"payload.currency: refund in {payload.currency} of {tid}, a purchase in {lot.currency}")
 
     # -- output ---------------------------------------------------------------
 
@@ -331,10 +386,13 @@ class Folder:
                 as_of = datetime.fromtimestamp(0, tz=UTC) + timedelta(milliseconds=self.latest_ms)
         if as_of is not None:
             segment = self.config.segment
-            customers = [render(self.views[c], as_of, segment) for c in sorted(self.views)]
+            rules = self.rules
+            # The whole ledger: the fold is the oracle a ledger is checked against.
+            customers = [render(self.views[c], as_of, segment, rules, entries=None) for c in sorted(self.views)]
         return {
             "customers": customers,
             "identity_decisions": [d.to_json() for d in self.decisions],
+            "loyalty_unscored": self.unscored,
             "rejected": self.rejected,
         }
 

@@ -153,6 +153,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from touchpoint.contract.models import CampaignPayload, PurchasePayload, RefundPayload
+from touchpoint.core.instants import DAY_MS, epoch_ms, iso_ms
 from touchpoint.errors import ConfigError, TouchpointError
 
 __all__ = [
@@ -183,9 +184,7 @@ __all__ = [
     "balance",
     "default_rules",
     "earned_12m",
-    "epoch_ms",
     "expire",
-    "iso_ms",
     "load_rules",
     "merge",
     "on_campaign",
@@ -200,21 +199,9 @@ __all__ = [
     "tier_at",
 ]
 
-_DAY_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 RULES_FILE = "loyalty_rules.yaml"
-
-
-# Local on purpose: importing them from ``profile`` would make a cycle once the view folds loyalty.
-def epoch_ms(instant: datetime) -> int:
-    """An aware datetime as integer milliseconds since the epoch."""
-    return (instant - _EPOCH) // _MS
-
-
-def iso_ms(ms: int) -> str:
-    """Milliseconds since the epoch as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    return (_EPOCH + timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 # -- errors -------------------------------------------------------------------
@@ -470,7 +457,7 @@ class Invitation:
     def window(self, default_days: int) -> tuple[int, int]:
         """``[start, end)``: from ``starts_at`` (or the invitation time) to ``ends_at`` (or ``default_days`` later)."""
         start = self.ms if self.starts_ms is None else self.starts_ms
-        end = start + default_days * _DAY_MS if self.ends_ms is None else self.ends_ms
+        end = start + default_days * DAY_MS if self.ends_ms is None else self.ends_ms
         return start, end
 
 

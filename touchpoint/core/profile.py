@@ -20,7 +20,11 @@ combination is commutative and associative:
 * the timeline is the top :data:`TIMELINE` events by ``(occurred_at,
   event_id)``, counts per channel and per type are sums;
 * RFM and the value segment are computed by :func:`render` from the
-  purchases and refunds, for the ``as_of`` it is given.
+  purchases and refunds, for the ``as_of`` it is given;
+* the loyalty ledger (:mod:`touchpoint.core.loyalty`) is entries keyed by
+  id, merged as a union; the Folder scores purchases and refunds into it
+  (scoring needs the rules and the log order, the view only holds it);
+* call-reason facts (:mod:`touchpoint.core.reasons`) are bounded facts keyed by id.
 
 Duplicates. At-least-once delivery redelivers an event close to the first
 copy, so a view remembers the ids of its newest :data:`DEDUPE_WINDOW` events
@@ -57,11 +61,14 @@ from typing import Any
 
 from touchpoint.contract.models import Event
 from touchpoint.core.instants import epoch_ms, iso_ms
+from touchpoint.core.loyalty import LoyaltyRules, LoyaltyState, default_rules, summary
+from touchpoint.core.loyalty import merge as merge_loyalty
 from touchpoint.core.normalise import Identifier
 from touchpoint.core.reasons import ReasonFacts, likely_reasons, merge_facts
 from touchpoint.core.reasons import evolve as evolve_reasons
 
 __all__ = [
+    "CARD_ENTRIES",
     "DEDUPE_WINDOW",
     "TIMELINE",
     "CustomerView",
@@ -118,6 +125,7 @@ class CustomerView:
         "customer_id",
         "identifiers",
         "last_contact",
+        "loyalty",
         "pseudo",
         "purchases",
         "reasons",
@@ -143,6 +151,7 @@ class CustomerView:
         self.cases: dict[str, tuple[int, str, str, str]] = {}  # case_id -> (ms, event_id, action, category)
         self.consent: dict[tuple[str, str], tuple[int, str, bool]] = {}
         self.reasons = ReasonFacts()  # what likely call reasons are judged from
+        self.loyalty = LoyaltyState()  # ledger, purchase lots, campaign invitations (the Folder scores)
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
@@ -264,6 +273,7 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
         for key, value in getattr(merged, name).items():
             _latest(into_facts, key, value)
     merge_facts(survivor.reasons, merged.reasons)
+    merge_loyalty(survivor.loyalty, merged.loyalty)
 
 
 def _rfm(view: CustomerView, as_of_ms: int, config: SegmentConfig) -> tuple[int | None, int, int]:
@@ -301,12 +311,20 @@ def segment_of(recency: int | None, frequency: int, monetary: int, config: Segme
     return "iron" if potential else "lead"
 
 
-def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = None) -> dict[str, Any]:
+CARD_ENTRIES = 20
+"""Ledger entries on a customer card (the newest); the whole ledger is in PostgreSQL."""
+
+
+def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = None,
+           rules: LoyaltyRules | None = None, entries: int | None = CARD_ENTRIES) -> dict[str, Any]:
     """The customer card as JSON values (times ISO-8601 UTC with milliseconds and ``Z``).
 
     :param view: the customer's view.
-    :param as_of: the instant RFM and the segment are computed for.
+    :param as_of: the instant RFM, the segment, the loyalty tier and due
+        expiries are computed for.
     :param config: segment thresholds; defaults to :class:`SegmentConfig`.
+    :param rules: loyalty rules (tiers); defaults to the shipped rules.
+    :param entries: how many of the newest ledger entries the card lists (None: all).
     """
     config = config or SegmentConfig()
     as_of_ms = epoch_ms(as_of)
@@ -327,6 +345,8 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
         "identifiers": {kind: sorted(displays) for kind, displays in sorted(view.identifiers.items())},
         "last_contact": {channel: iso_ms(ms) for channel, ms in sorted(view.last_contact.items())},
         "likely_reasons": likely_reasons(view.reasons, None, (), as_of_ms),
+        "loyalty": summary(view.loyalty, as_of_ms, rules or default_rules(),
+                           len(view.loyalty.entries) + len(view.loyalty.lots) if entries is None else entries),
         "open_cases": sorted(cid for cid, (_, _, action, _) in view.cases.items() if action != "closed"),
         "pseudo": view.pseudo,
         "rfm": {"frequency": frequency, "monetary_minor": monetary, "recency_days": recency},
