@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 import threading
 
+from connectors.alerts import AlertSerde
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
+from projections.alerts import AlertsProjection
 from projections.customers import CustomersProjection
 from projections.interactions import InteractionsProjection
 from projections.loyalty import LedgerProjection
@@ -17,14 +19,16 @@ from touchpoint.telemetry import configure_tracing
 from touchpoint.settings import Settings
 
 
-PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"], "loyalty": ["loyalty"]}
+PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"], "loyalty": ["loyalty"],
+                     "alerts": ["alerts.dormancy", "alerts.churn"]}
 """Each projection's topics (names without the prefix), for lag reports."""
 
 
 def all_projections(settings: Settings) -> list[Projection]:
     """Every read model the front line uses."""
-    serde = EventSerde(RegistryClient(settings.registry_url))
-    return [InteractionsProjection(settings, serde), CustomersProjection(settings), LedgerProjection(settings)]
+    registry = RegistryClient(settings.registry_url)
+    return [InteractionsProjection(settings, EventSerde(registry)), CustomersProjection(settings),
+            LedgerProjection(settings), AlertsProjection(settings, AlertSerde(registry))]
 
 
 def run_projections(settings: Settings) -> None:

@@ -27,9 +27,11 @@ stack_app = typer.Typer(help="The local default stack: Kafka (KRaft), PostgreSQL
                         no_args_is_help=True)
 db_app = typer.Typer(help="The PostgreSQL read model.", no_args_is_help=True)
 loyalty_app = typer.Typer(help="Loyalty rules: simulate proposed rules on history.", no_args_is_help=True)
+alerts_app = typer.Typer(help="Dormancy and churn alerts on their topics.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
 app.add_typer(loyalty_app, name="loyalty")
+app.add_typer(alerts_app, name="alerts")
 
 
 def _settings() -> Settings:
@@ -236,6 +238,84 @@ def ingest(
     print(summary)
     if summary.rejected:
         raise typer.Exit(2)
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    kind: Annotated[str | None, typer.Option("--kind", help="dormancy or churn; both if omitted")] = None,
+    segment: Annotated[str | None, typer.Option("--segment", help="platinum, gold, iron or lead; all if "
+                                                                  "omitted")] = None,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="replay the topics from their start "
+                                                                          "(default: only new alerts)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one compact JSON alert per line")] = False,
+    max_alerts: Annotated[int | None, typer.Option("--max", min=1, help="stop after printing N alerts")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.0, help="stop after S seconds")] = None,
+) -> None:
+    """Print alerts as they arrive on the alert topics, one line each (human-readable or --json)."""
+    from connectors.alerts import KINDS, SEGMENTS, AlertSerde, format_alert, tail_alerts
+    from connectors.registry import RegistryClient
+
+    if kind is not None and kind not in KINDS:
+        raise typer.BadParameter(f"{kind!r}: expected one of {', '.join(KINDS)}", param_hint="--kind")
+    if segment is not None and segment not in SEGMENTS:
+        raise typer.BadParameter(f"{segment!r}: expected one of {', '.join(SEGMENTS)}", param_hint="--segment")
+    settings = _settings()
+    printed = 0
+    with RegistryClient(settings.registry_url) as registry:
+        alerts = tail_alerts(settings, AlertSerde(registry), (kind,) if kind else KINDS,
+                             from_beginning=from_beginning, timeout_s=timeout)
+        try:
+            for doc in alerts:
+                if segment is not None and doc["segment"] != segment:
+                    continue
+                line = json.dumps(doc, separators=(",", ":"), ensure_ascii=False) if as_json else format_alert(doc)
+                print(line, flush=True)
+                printed += 1
+                if max_alerts is not None and printed >= max_alerts:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            alerts.close()  # closes the consumer now, not whenever the generator is collected
+
+
+@app.command("clock")
+def clock(
+    every: Annotated[float, typer.Option("--every", min=0.001, help="seconds between ticks")] = 60.0,
+    once: Annotated[bool, typer.Option("--once", help="publish one tick and exit")] = False,
+    at: Annotated[str | None, typer.Option("--at", help="publish one tick for this ISO-8601 instant "
+                                                         "(implies --once)")] = None,
+) -> None:
+    """Write event-time ticks into the customers agent's input, so dormancy can be noticed (until Ctrl-C)."""
+    import signal
+    import threading
+    from datetime import UTC, datetime
+
+    from connectors.clock import publish_tick, run_clock, tick_topic
+    from touchpoint.core.instants import epoch_ms, iso_ms
+    from touchpoint.errors import ConfigError
+    from touchpoint.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if at is not None or once:
+        instant = datetime.now(UTC)
+        if at is not None:
+            try:
+                instant = datetime.fromisoformat(at)
+            except ValueError as exc:
+                raise ConfigError(f"--at: {at!r} is not an ISO-8601 instant") from exc
+            if instant.tzinfo is None:
+                raise ConfigError("--at: give a time zone, e.g. 2026-01-31T00:00:00Z")
+        offset = publish_tick(settings, instant)
+        print(f"tick {iso_ms(epoch_ms(instant))} published to {tick_topic(settings)} at offset {offset}")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"clock: a tick every {every:g} s to {tick_topic(settings)} (Ctrl-C to stop)", flush=True)
+    published = run_clock(settings, every, stop)
+    print(f"clock stopped after {published} tick(s)")
 
 
 @app.command("demo")
