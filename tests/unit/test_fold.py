@@ -445,3 +445,77 @@ def test_rules_come_from_the_config_and_a_purchase_before_them_is_listed_unscore
     assert (earn["source_event_id"], earn["points"], earn["rule_version"]) == ("p2", 100, "v9")
     assert [u["event_id"] for u in doc["loyalty_unscored"]] == ["p1"]
     assert "no loyalty rules in force" in doc["loyalty_unscored"][0]["reason"]
+
+
+# -- ticks: alerts and expiries ------------------------------------------------------------
+
+
+def tick(at: datetime) -> str:
+    return json.dumps({"tick": at.isoformat().replace("+00:00", "Z")})
+
+
+def visits(ids: dict[str, str], days: list[int]) -> list[str]:
+    return [event(f"w{d}", ids, minutes=d * 1440, session_id=f"S{d}") for d in days]
+
+
+def test_dormancy_is_raised_by_a_tick_and_resolved_when_the_customer_returns() -> None:
+    ann = {"customer_no": "C1"}
+    lines = [*visits(ann, [0, 7, 14, 21]), tick(T0 + timedelta(days=60))]  # usual gap 7 days, floor 90 (lead)
+    folder = Folder(secret=SECRET, keep_decisions=False)
+    for line in lines:
+        folder.add_json(line)
+    assert folder.drain_alerts() == []  # 39 days of silence: below the lead floor of 90 days
+    folder.add_json(tick(T0 + timedelta(days=112)))  # 91 days after the last visit
+    ((raised, context),) = folder.drain_alerts()
+    assert (raised.kind, raised.state) == ("dormancy", "raised")
+    assert context == {"segment": "lead", "value_minor": 0, "contactable": {}}
+    for line in [event("w130", ann, minutes=130 * 1440), tick(T0 + timedelta(days=131))]:
+        folder.add_json(line)
+    ((resolved, _),) = folder.drain_alerts()
+    assert (resolved.kind, resolved.state, resolved.alert_id.split("/")[2]) == ("dormancy", "resolved", "1")
+
+
+def test_fold_as_of_applies_a_final_tick_and_the_card_lists_alerts() -> None:
+    lines = visits({"customer_no": "C1"}, [0, 7, 14])
+    (quiet,) = run(lines, as_of=T0 + timedelta(days=50))["customers"]
+    assert quiet["alerts"] == []
+    (lapsed,) = run(lines, as_of=T0 + timedelta(days=120))["customers"]
+    (alert,) = lapsed["alerts"]
+    assert (alert["kind"], alert["state"], alert["since"]) == ("dormancy", "raised", "2025-06-13T00:00:00.001Z")  # silent *more* than 90 days
+    assert any(r["code"] == "dormancy_alert" for r in lapsed["likely_reasons"])
+
+
+def test_a_merge_resolves_the_merged_customers_open_episode() -> None:
+    folder = Folder(secret=SECRET, keep_decisions=False)
+    for line in [*visits({"email": "bob@example.com"}, [0]), *visits({"customer_no": "C1"}, [1]),
+                 tick(T0 + timedelta(days=100))]:
+        folder.add_json(line)
+    raised = {a.customer_id for a, _ in folder.drain_alerts()}
+    assert len(raised) == 2  # both silent past the floor
+    folder.add_json(event("w101", {"customer_no": "C1", "email": "bob@example.com"}, minutes=101 * 1440))
+    (retired,) = [a for a, _ in folder.drain_alerts()]
+    assert retired.state == "resolved" and retired.reasons[0].code == "merged"
+    assert retired.customer_id in raised and retired.customer_id not in folder.views
+
+
+def test_points_expire_at_the_tick_after_their_time_and_become_ledger_entries() -> None:
+    ann = {"customer_no": "C1"}
+    folder = Folder(secret=SECRET, keep_decisions=False)
+    folder.add_json(event("p1", ann, "purchase"))
+    folder.add_json(tick(T0 + timedelta(days=700)))
+    assert [e.kind for _, e in folder.drain_entries()] == ["earn"]
+    folder.add_json(tick(T0 + timedelta(days=740)))  # 24 months after 2025-03-01
+    ((customer_id, expiry),) = folder.drain_entries()
+    assert (expiry.kind, expiry.points) == ("expiry", -10)
+    assert customer_id in folder.touched
+    folder.add_json(tick(T0 + timedelta(days=800)))
+    assert folder.drain_entries() == []
+
+
+def test_ticks_never_go_backwards_and_a_bad_tick_is_rejected() -> None:
+    folder = Folder(secret=SECRET)
+    folder.add_json(tick(T0 + timedelta(days=5)))
+    folder.add_json(tick(T0))
+    assert folder.clock_ms == int((T0 + timedelta(days=5)).timestamp() * 1000)
+    folder.add_json('{"tick": "2025-03-01T00:00:00"}')
+    assert folder.rejected[0]["reason"].startswith("not a tick")

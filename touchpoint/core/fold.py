@@ -21,12 +21,27 @@ Per event, in log order:
 3. **normalise** every identifier; one invalid identifier rejects the event;
 4. **resolve** identity (pure), then check what needs history: a refund must
    name a purchase of that customer, and the refunds of a purchase may not
-   total more than it. Only then are the decisions **applied** and the views
-   of merged customers merged into the survivor's;
-5. **evolve** the customer's view.
+   total more than it, in the purchase's currency. Only then are the
+   decisions **applied** and the views of merged customers merged into the
+   survivor's (open alert episodes of a merged customer are resolved,
+   ``merged``; ledgers merge as a union);
+5. **evolve** the customer's view, and **score** loyalty: a purchase earns,
+   a refund reverses, a campaign invitation is remembered
+   (:mod:`touchpoint.core.loyalty`). A purchase dated before every rules
+   version earns nothing and is listed in ``loyalty_unscored``.
+
+Ticks. Time passing without events is in the log too: a line (or, on the
+topic, a record) ``{"tick": "<ISO-8601>"}`` from the clock moves the log's
+clock there. At a tick, points due to expire are expired, and the customers
+whose alert decision is due (any event since the last tick, or a dormancy or
+churn window edge, from a due-time index: no scan of all customers) are
+decided by :mod:`touchpoint.core.alerts`. The clock never goes backwards.
+``fold(as_of=T)`` applies a final tick at T. Alerts and expiries therefore
+depend only on the log, so a replay raises the same alerts.
 
 A rejected event changes nothing and is listed with its reason. The result is
-``{"customers": [...], "identity_decisions": [...], "rejected": [...]}``,
+``{"customers": [...], "identity_decisions": [...], "loyalty_unscored": [...],
+"rejected": [...]}``,
 customers sorted by id and rendered ``as_of`` (default: the latest event time
 accepted); :func:`fold_to_json` writes it with sorted keys and no white space,
 so two folds of one file are byte-identical.
@@ -45,6 +60,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from touchpoint.contract.models import ContractViolation, Event, validate_event
+from touchpoint.core.alerts import KINDS as ALERT_KINDS
+from touchpoint.core.alerts import Alert, AlertConfig, AlertState, DueIndex, decide, next_due_ms, retire
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.identity import (
     DEFAULT_LIMITS,
@@ -65,12 +82,21 @@ from touchpoint.core.loyalty import (
     NoRulesInForce,
     UnknownPurchase,
     default_rules,
+    expire,
     load_rules,
     on_campaign,
     on_purchase,
     on_refund,
 )
-from touchpoint.core.profile import CustomerView, SegmentConfig, evolve, merge_views, render
+from touchpoint.core.profile import (
+    CustomerView,
+    SegmentConfig,
+    alert_context,
+    alert_inputs,
+    evolve,
+    merge_views,
+    render,
+)
 from touchpoint.errors import ConfigError
 
 __all__ = ["FoldConfig", "Folder", "fold", "fold_to_json"]
@@ -94,6 +120,7 @@ class FoldConfig(BaseModel):
     :param region: default region of national phone numbers.
     :param max_ahead_days: without a ``now``, how far after the latest
         accepted event an event may be.
+    :param alerts: dormancy and churn thresholds.
     :param loyalty_rules: a loyalty rules file (YAML or JSON, see
         :func:`~touchpoint.core.loyalty.load_rules`); default the shipped rules.
     """
@@ -107,6 +134,7 @@ class FoldConfig(BaseModel):
     region: str = "GB"
     max_ahead_days: int = Field(default=30, ge=1)
     loyalty_rules: Path | None = None
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
 
     @field_validator("limits")
     @classmethod
@@ -154,6 +182,17 @@ class FoldConfig(BaseModel):
         return IdentityConfig(limits=self.limits, shared=frozenset(shared))
 
 
+def tick_of(doc: object) -> int | None:
+    """The instant (epoch ms) of a tick record ``{"tick": "<ISO-8601>"}``, or None if it is not one."""
+    if not isinstance(doc, dict) or list(doc) != ["tick"] or not isinstance(doc["tick"], str):
+        return None
+    try:
+        at = datetime.fromisoformat(doc["tick"].replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return None if at.tzinfo is None else epoch_ms(at)
+
+
 class Rejected(Exception):
     """An event the fold cannot take (internal: becomes a ``rejected`` entry)."""
 
@@ -181,6 +220,13 @@ class Folder:
         self.new_entries: list[tuple[str, LedgerEntry]] = []
         #: Purchases accepted but not scored (no loyalty rules in force at their time).
         self.unscored: list[dict[str, str]] = []
+        #: Worker mode: alert transitions since the last drain_alerts(), each with its context.
+        self.new_alerts: list[tuple[Alert, dict[str, Any]]] = []
+        #: The log's clock as ticks set it (None before the first tick).
+        self.clock_ms: int | None = None
+        # Who needs a decision at the next tick (alerts), who has points expiring (loyalty).
+        self._alert_due = DueIndex()
+        self._expiry_due = DueIndex()
         # Since the last drain_changes(): customers whose view changed, and customers merged away.
         self.touched: set[str] = set()
         self.merged_into: dict[str, str] = {}
@@ -218,12 +264,25 @@ class Folder:
                 return []
         return self.add(event)
 
+    def add_tick(self, line: str | bytes) -> None:
+        """A tick line (``{"tick": "<ISO-8601>"}``, the clock's record): :meth:`tick` at that instant."""
+        self._lines += 1
+        at = tick_of(json.loads(line))
+        if at is None:
+            self._reject(f"line {self._lines}", 'not a tick: expected {"tick": "<ISO-8601 instant with zone>"}')
+        else:
+            self.tick(at)
+
     def _slow_validate(self, line: str | bytes) -> Event | None:
-        """Re-check a failed event with ``validate_event`` for the contract's reason."""
+        """Re-check a failed event with ``validate_event`` for the contract's reason (or take a tick)."""
         try:
             doc = json.loads(line)
         except ValueError as exc:
             self._reject(f"line {self._lines}", f"not JSON: {exc}")
+            return None
+        if isinstance(doc, dict) and list(doc) == ["tick"]:
+            self._lines -= 1
+            self.add_tick(line)
             return None
         event_id = doc.get("event_id") if isinstance(doc, dict) else None
         if not isinstance(event_id, str) or not event_id:
@@ -286,13 +345,18 @@ class Folder:
                 if isinstance(decision, Minted):
                     views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
                 elif isinstance(decision, Merged):
-                    merge_views(views[decision.survivor], views.pop(decision.merged))
+                    merged = views.pop(decision.merged)
+                    self._retire(merged, decision.survivor, ms)
+                    merge_views(views[decision.survivor], merged)
                     self._merged(decision.merged, decision.survivor)
         view = views[customer_id]
+        due = self._alert_due.due_of(customer_id)
+        if due is None or due > ms:
+            self._alert_due.set(customer_id, ms)  # decided at the next tick
         if evolve(view, event, attributed, ms=ms) and event.type in _LOYALTY_TYPES:
             entries = self._score(view.loyalty, event, ms)
-            if entries and not self.keep_decisions:
-                self.new_entries += [(customer_id, entry) for entry in entries]
+            if entries:
+                self._issued(customer_id, view, entries)
         self.touched.add(customer_id)
         self.last_customer_id = customer_id
         if latest is None or ms > latest:
@@ -320,6 +384,79 @@ class Folder:
                 return []
         on_campaign(state, event.event_id, ms, payload)
         return []
+
+    def _issued(self, customer_id: str, view: CustomerView, entries: list[LedgerEntry]) -> None:
+        if not self.keep_decisions:
+            self.new_entries += [(customer_id, entry) for entry in entries]
+        due = self._expiry_due.due_of(customer_id)
+        for entry in entries:
+            if entry.kind == "earn":  # a new lot; the earliest expiry stays the due time
+                expires = view.loyalty.lots[entry.transaction_id].expires_ms
+                if due is None or expires < due:
+                    due = expires
+                    self._expiry_due.set(customer_id, due)
+
+    @staticmethod
+    def _next_expiry(view: CustomerView) -> int | None:
+        state = view.loyalty
+        return min((lot.expires_ms for lot in state.lots.values() if lot.expiry_id not in state.entries
+                    and lot.points > lot.reversed_points), default=None)
+
+    def _retire(self, merged: CustomerView, survivor: str, ms: int) -> None:
+        """Close the open alert episodes of a customer merged away; the survivor is decided anew."""
+        for state, _ in merged.alerts.values():
+            _, alerts = retire(state, merged.customer_id, ms, survivor)
+            self._alerted(merged, alerts, ms)
+        merged.alerts.clear()
+        self._alert_due.discard(merged.customer_id)
+        expiry = self._expiry_due.due_of(merged.customer_id)
+        self._expiry_due.discard(merged.customer_id)
+        if expiry is not None:  # the survivor inherits the merged lots: the earlier expiry is due first
+            mine = self._expiry_due.due_of(survivor)
+            self._expiry_due.set(survivor, expiry if mine is None else min(mine, expiry))
+
+    def _alerted(self, view: CustomerView, alerts: list[Alert], ms: int) -> None:
+        if alerts and not self.keep_decisions:
+            context = alert_context(view, ms, self.config.segment)
+            self.new_alerts += [(alert, context) for alert in alerts]
+
+    def tick(self, at: int | datetime) -> None:
+        """Let event time pass to ``at``: expire due points, decide due alerts (never backwards)."""
+        ms = at if isinstance(at, int) else epoch_ms(at)
+        if self.clock_ms is not None and ms < self.clock_ms:
+            ms = self.clock_ms
+        self.clock_ms = ms
+        if self.latest_ms is None or ms > self.latest_ms:
+            self.latest_ms = ms  # the log's clock: cards render as of it, late events are judged by it
+        views = self.views
+        for customer_id in self._expiry_due.pop_due(ms):
+            view = views.get(customer_id)
+            if view is not None:
+                entries = expire(view.loyalty, ms)
+                if entries:
+                    self.touched.add(customer_id)
+                    self._issued(customer_id, view, entries)
+                self._expiry_due.set(customer_id, self._next_expiry(view))
+        config, segment = self.config.alerts, self.config.segment
+        for customer_id in self._alert_due.pop_due(ms):
+            view = views.get(customer_id)
+            if view is None or view.pseudo:  # merged away, or a shared identifier's pseudo-customer
+                continue
+            inputs = alert_inputs(view, ms, segment)
+            for kind in ALERT_KINDS:
+                state, last = view.alerts.get(kind) or (AlertState(kind), None)
+                state, alerts = decide(state, inputs, ms, config)
+                if alerts:
+                    last = alerts[-1]
+                    self.touched.add(customer_id)
+                    self._alerted(view, alerts, ms)
+                view.alerts[kind] = (state, last)
+            self._alert_due.set(customer_id, next_due_ms(inputs, ms, config))
+
+    def drain_alerts(self) -> list[tuple[Alert, dict[str, Any]]]:
+        """Alert transitions since the last call, each with the customer's segment, value and contactability."""
+        alerts, self.new_alerts = self.new_alerts, []
+        return alerts
 
     def drain_entries(self) -> list[tuple[str, LedgerEntry]]:
         """Ledger entries issued since the last call, with the customer each was issued to."""
@@ -431,6 +568,8 @@ def fold(
                 add(line)
             else:
                 folder._lines += 1
+        if as_of is not None:
+            folder.tick(as_of)  # time passes to as_of: dormancy, churn windows, expiries
         return folder.result(as_of)
     finally:
         if collecting:

@@ -60,6 +60,16 @@ from datetime import datetime
 from typing import Any
 
 from touchpoint.contract.models import Event
+from touchpoint.core.alerts import (
+    Alert,
+    AlertInputs,
+    AlertState,
+    Case,
+    Consent,
+    Interaction,
+    Purchase,
+    Refund,
+)
 from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.core.loyalty import LoyaltyRules, LoyaltyState, default_rules, summary
 from touchpoint.core.loyalty import merge as merge_loyalty
@@ -117,6 +127,7 @@ class CustomerView:
     """Everything known about one customer, as facts keyed by id. Mutable."""
 
     __slots__ = (
+        "alerts",
         "aliases",
         "by_channel",
         "by_type",
@@ -140,7 +151,8 @@ class CustomerView:
         self.pseudo = pseudo  # a shared identifier's pseudo-customer, not a person
         self.aliases: dict[str, None] = {}
         self.identifiers: dict[str, dict[str, None]] = {}
-        self.seen: dict[str, tuple[int, str, str]] = {}  # event_id -> (ms, channel, type)
+        # event_id -> (ms, channel, type, customer-initiated?): the newest events, for dedupe and dormancy
+        self.seen: dict[str, tuple[int, str, str, bool]] = {}
         self.seen_heap: list[tuple[int, str]] = []  # (ms, event_id), min first
         self.timeline: list[tuple[int, str, str, str]] = []  # (ms, event_id, type, channel), min first
         self.by_channel: dict[str, int] = {}
@@ -152,6 +164,8 @@ class CustomerView:
         self.consent: dict[tuple[str, str], tuple[int, str, bool]] = {}
         self.reasons = ReasonFacts()  # what likely call reasons are judged from
         self.loyalty = LoyaltyState()  # ledger, purchase lots, campaign invitations (the Folder scores)
+        # kind -> (episode state, its latest transition); the Folder decides them on ticks
+        self.alerts: dict[str, tuple[AlertState, Alert | None]] = {}
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
@@ -190,7 +204,7 @@ def evolve(
         ms = epoch_ms(event.occurred_at)
     channel = event.channel
     typ = event.type
-    seen[event_id] = (ms, channel, typ)
+    seen[event_id] = (ms, channel, typ, _customer_initiated(event))
     heap = view.seen_heap
     if len(heap) < DEDUPE_WINDOW:
         heapq.heappush(heap, (ms, event_id))
@@ -234,6 +248,21 @@ def evolve(
     return True
 
 
+_OUTBOUND = frozenset({"sent", "delivered", "bounced"})
+
+
+def _customer_initiated(event: Event) -> bool:
+    """Whether the customer did something (dormancy counts these): not our campaigns and sends."""
+    typ = event.type
+    if typ == "campaign":
+        return False
+    if typ == "email" or typ == "sms":
+        return event.payload.action not in _OUTBOUND  # type: ignore[union-attr]
+    if typ == "call":
+        return event.payload.direction == "inbound"  # type: ignore[union-attr]
+    return True
+
+
 def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
     """Fold ``merged`` into ``survivor`` in place (an identity merge); nothing is lost.
 
@@ -253,7 +282,7 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
         for k, n in getattr(merged, name).items():
             into[k] = into.get(k, 0) + n
     for event_id in overlap:
-        _, channel, typ = merged.seen[event_id]
+        _, channel, typ, _ = merged.seen[event_id]
         survivor.by_channel[channel] -= 1
         survivor.by_type[typ] -= 1
     seen = {**merged.seen, **survivor.seen}
@@ -298,6 +327,33 @@ def _rfm(view: CustomerView, as_of_ms: int, config: SegmentConfig) -> tuple[int 
     return recency, frequency, monetary
 
 
+def alert_inputs(view: CustomerView, now_ms: int, config: SegmentConfig) -> AlertInputs:
+    """What the alert conditions need of this customer, as of ``now_ms``."""
+    return AlertInputs(
+        customer_id=view.customer_id,
+        segment=segment_of(*_rfm(view, now_ms, config), config),
+        interactions=tuple(sorted(Interaction(ms, event_id, channel)
+                                  for event_id, (ms, channel, _, active) in view.seen.items() if active)),
+        purchases=tuple(Purchase(ms, total, tid) for tid, (ms, total) in view.purchases.items()),
+        refunds=tuple(Refund(ms, amount, rid, tid) for rid, (ms, amount, tid) in view.refunds.items()),
+        cases=tuple(Case(cid, category, action, ms, event_id)
+                    for cid, (ms, event_id, action, category) in view.cases.items()),
+        consent=tuple(Consent(purpose, channel, granted, ms, event_id)
+                      for (purpose, channel), (ms, event_id, granted) in view.consent.items()),
+    )
+
+
+def alert_context(view: CustomerView, now_ms: int, config: SegmentConfig) -> dict[str, Any]:
+    """What an alert carries so a subscriber needs no second lookup: segment, value, contactability."""
+    recency, frequency, monetary = _rfm(view, now_ms, config)
+    return {
+        "segment": segment_of(recency, frequency, monetary, config),
+        "value_minor": monetary,
+        "contactable": {channel: granted for (purpose, channel), (_, _, granted) in sorted(view.consent.items())
+                        if purpose == "marketing"},
+    }
+
+
 def segment_of(recency: int | None, frequency: int, monetary: int, config: SegmentConfig) -> str:
     """``platinum`` / ``gold`` / ``iron`` / ``lead`` from RFM (see the module docstring)."""
     current = monetary >= config.high_current_minor
@@ -328,12 +384,14 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
     """
     config = config or SegmentConfig()
     as_of_ms = epoch_ms(as_of)
+    alerts = [last.to_json() for _, (_, last) in sorted(view.alerts.items()) if last is not None]
     recency, frequency, monetary = _rfm(view, as_of_ms, config)
     consent: dict[str, dict[str, bool]] = {}
     for (purpose, channel), (_, _, granted) in sorted(view.consent.items()):
         consent.setdefault(purpose, {})[channel] = granted
     # Keys in sorted order at every level, so the card reads the same however it is dumped.
     return {
+        "alerts": alerts,
         "aliases": sorted(view.aliases),
         "consent": consent,
         "counts": {
@@ -344,7 +402,8 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
         "customer_id": view.customer_id,
         "identifiers": {kind: sorted(displays) for kind, displays in sorted(view.identifiers.items())},
         "last_contact": {channel: iso_ms(ms) for channel, ms in sorted(view.last_contact.items())},
-        "likely_reasons": likely_reasons(view.reasons, None, (), as_of_ms),
+        "likely_reasons": likely_reasons(view.reasons, None, [a for a in alerts if a["state"] != "resolved"],
+                                         as_of_ms),
         "loyalty": summary(view.loyalty, as_of_ms, rules or default_rules(),
                            len(view.loyalty.entries) + len(view.loyalty.lots) if entries is None else entries),
         "open_cases": sorted(cid for cid, (_, _, action, _) in view.cases.items() if action != "closed"),
