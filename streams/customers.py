@@ -19,9 +19,17 @@ Output, per batch:
   expiry) as JSON ``{"customer_id", "entry"}``, keyed by the customer it was
   issued to; the entry id is derived from the log, so a re-emission after a
   crash is the same entry and the ledger projection keeps one row;
+* ``touchpoint.alerts.dormancy`` / ``touchpoint.alerts.churn``: alert
+  transitions (Avro ``touchpoint.alerts.Alert``), keyed by customer id, with
+  the customer's segment, value and contactability;
 * ``touchpoint.dlq``: events the core refuses once history is known (an
   invalid identifier, a refund of an unknown purchase or above it), with the
   reason and source position.
+
+Ticks. The clock (``touchpoint clock``) writes ``{"tick": …}`` records with
+the header ``touchpoint-record: tick`` into the same ordered topic; the agent
+hands them to ``Folder.tick`` (expiries, alert decisions), so a replay of the
+topic decides exactly the same alerts at the same places.
 
 State is event-sourced: on start the agent replays ``touchpoint.accepted``
 from the beginning up to its group's committed offset through the same
@@ -42,11 +50,13 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from connectors.alerts import AlertSerde, alert_topic
+from connectors.clock import TICK_HEADER, TICK_VALUE
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams.app import Outgoing, send_batch
 from streams.ingest import dlq_headers
-from touchpoint.core.fold import Folder, FoldConfig
+from touchpoint.core.fold import Folder, FoldConfig, tick_of
 from touchpoint.core.profile import render
 from touchpoint.settings import Settings
 
@@ -73,6 +83,24 @@ class CustomerStage:
         return Folder(FoldConfig(region=self.settings.phone_region, loyalty_rules=self.settings.loyalty_rules),
                       secret=self.settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
                       log_clock_check=False)
+
+    def add_message(self, value: bytes, headers: Any) -> tuple[str | None, list[Any], str | None]:
+        """Fold one message of the accepted topic: a tick, or an event as :meth:`add`.
+
+        A tick answers ``(None, [], None)``; an unreadable tick (never written by our clock)
+        answers its rejection reason, for the dead-letter topic.
+        """
+        if is_tick(headers):
+            at = None
+            try:
+                at = tick_of(json.loads(value))
+            except ValueError:
+                pass
+            if at is None:
+                return None, [], 'not a tick: expected {"tick": "<ISO-8601 instant with zone>"}'
+            self.folder.tick(at)
+            return None, [], None
+        return self.add(value)
 
     def add(self, raw: bytes) -> tuple[str | None, list[Any], str | None]:
         """Fold one accepted message: (customer id, decisions, rejection reason)."""
@@ -115,22 +143,33 @@ class CustomerStage:
                 for message in batch.get(tp, []):
                     if message.offset >= committed:
                         break
-                    self.add(message.value)
+                    self.add_message(message.value, message.headers)
                     replayed += 1
         finally:
             await reader.stop()
         self.folder.drain_changes()  # already published by the run that folded them first
         self.folder.drain_entries()
+        self.folder.drain_alerts()
         log.info("customer state rebuilt", extra={"replayed": replayed, "up_to_offset": committed,
                                                   "customers": len(self.folder.views)})
         return replayed
+
+
+def is_tick(headers: Any) -> bool:
+    """Whether a message's headers mark it as the clock's tick (a list of pairs or a mapping)."""
+    if not headers:
+        return False
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return any(key == TICK_HEADER and value == TICK_VALUE for key, value in pairs)
 
 
 def register_customers(app: faust.App, settings: Settings) -> None:
     """Register the customers agent on ``app``."""
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
     accepted = app.topic(settings.topic("accepted"), key_type=bytes, value_type=bytes, **raw)
-    stage = CustomerStage(settings, EventSerde(RegistryClient(settings.registry_url)))
+    registry = RegistryClient(settings.registry_url)
+    stage = CustomerStage(settings, EventSerde(registry))
+    alert_serde = AlertSerde(registry)
     segment = stage.folder.config.segment
 
     names = {name: settings.topic(name)
@@ -143,14 +182,20 @@ def register_customers(app: faust.App, settings: Settings) -> None:
             out: list[Outgoing] = []
             for event in events:
                 message = event.message
-                customer_id, decisions, reason = stage.add(message.value)
+                customer_id, decisions, reason = stage.add_message(message.value, message.headers)
                 if reason is not None:
                     out.append((names["dlq"], message.key, message.value,
                                 dlq_headers(reason, message.topic, message.partition, message.offset)))
                     continue
+                if customer_id is None:  # a tick: its expiries and alerts are drained below
+                    continue
                 key = customer_id.encode()  # type: ignore[union-attr]
                 out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
                 out.append((names["customer-events"], key, message.value, None))
+            for alert, context in stage.folder.drain_alerts():
+                doc = {**alert.to_json(), **context}
+                out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),
+                            alert_serde.serialize(doc), None))
             for customer_id, entry in stage.folder.drain_entries():
                 doc = {"customer_id": customer_id, "entry": entry.to_json()}
                 out.append((names["loyalty"], customer_id.encode(), json.dumps(doc).encode(), None))
