@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 from kafka import KafkaConsumer, KafkaProducer
 
+from connectors.clock import publish_tick
 from connectors.producer import Delivered, EventProducer, Refused
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
@@ -113,6 +114,9 @@ def run_demo(settings: Settings, timeout_s: float = 180.0, customers: int = 300,
         finally:
             raw.close()
         print(f"wrote {len(BAD_BYTES)} broken bytes straight to {event_topic(settings, 'web')}", flush=True)
+        # Time passes in the log: a tick at now lets dormancy, churn windows and expiries be judged.
+        publish_tick(settings, datetime.now(UTC))
+        print("the clock ticked once (touchpoint clock does it every minute in production)", flush=True)
         _wait_caught_up(settings, procs, started + timeout_s)
         reason = _wait_for_dead_letter(settings, event_topic(settings, "web"), bad_offset, started + timeout_s)
         card = _wait_for_card(settings, "C00000042", started + timeout_s)
@@ -121,6 +125,14 @@ def run_demo(settings: Settings, timeout_s: float = 180.0, customers: int = 300,
         (cards,) = conn.execute("SELECT count(*) FROM customers").fetchone() or (0,)
         (aliases,) = conn.execute("SELECT count(*) FROM customer_aliases").fetchone() or (0,)
         segments = dict(conn.execute("SELECT value_segment, count(*) FROM customers GROUP BY 1").fetchall())
+        earned, reversed_ = conn.execute(
+            "SELECT coalesce(sum(points) FILTER (WHERE kind = 'earn'), 0), "
+            "coalesce(-sum(points) FILTER (WHERE kind = 'reversal'), 0) FROM loyalty_ledger").fetchone() or (0, 0)
+        active = dict(conn.execute("SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1").fetchall())
+        example = conn.execute(
+            "SELECT customer_id, kind, severity, (SELECT string_agg(r->>'text', '; ') FROM "
+            "jsonb_array_elements(reasons) r WHERE r->>'code' <> 'score') FROM alerts WHERE state <> 'resolved' "
+            "ORDER BY kind, severity DESC, customer_id LIMIT 1").fetchone()
     print(
         f"\nend to end in {time.monotonic() - started:.1f}s:\n"
         f"  {rows} events became rows in `interactions`; {len(delivered) - rows} were dead-lettered by the "
@@ -130,10 +142,14 @@ def run_demo(settings: Settings, timeout_s: float = 180.0, customers: int = 300,
         f"  the known person (customer_no C00000042, ann@example.com, five channels) is "
         f"{card['customer_id']}: {card['counts']['total']} interactions, last contact "
         f"{card['last_contact']}\n"
+        f"  loyalty: {earned} points issued, {reversed_} reversed on refunds (`loyalty_ledger`, all runs)\n"
+        f"  alerts active: {active.get('dormancy', 0)} dormancy, {active.get('churn', 0)} churn (`alerts`); "
+        f"e.g. {example[0] + ' ' + example[1] + ' (' + example[2] + '): ' + example[3] if example else 'none'}\n"
         f"  1 bad message is on `{settings.topic('dlq')}` with reason: {reason}\n\n"
         "look around:\n"
         f"  psql -h {settings.pg_host} -p {settings.pg_port} -U {settings.pg_user} {settings.pg_database} "
         "-c 'SELECT customer_id, value_segment, view->'\\''rfm'\\'' FROM customers LIMIT 10'\n"
+        "  ./run alerts tail --from-beginning   ./run loyalty simulate --rules NEW.yaml FILE.jsonl\n"
         "  ./run fold FILE.jsonl   (the same core, offline)   ./run stack status | logs | down"
     )
 

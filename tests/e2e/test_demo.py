@@ -24,3 +24,7 @@ def test_demo_runs_end_to_end(settings: Settings) -> None:
     known = re.search(r"the known person .* is cus_[0-9a-f]{16}: (\d+) interactions", out)
     assert known is not None and int(known.group(1)) >= 5, out  # five channels, once per demo run
     assert "bad message is on" in out and "undecodable" in out
+    points = re.search(r"loyalty: (\d+) points issued, (\d+) reversed", out)
+    assert points is not None and int(points.group(1)) > 0, out
+    dormant = re.search(r"alerts active: (\d+) dormancy", out)
+    assert dormant is not None and int(dormant.group(1)) > 0, out  # 120 days of history, some lapse
