@@ -115,6 +115,8 @@ def run_demo(settings: Settings, timeout_s: float = 180.0, customers: int = 300,
             raw.close()
         print(f"wrote {len(BAD_BYTES)} broken bytes straight to {event_topic(settings, 'web')}", flush=True)
         # Time passes in the log: a tick at now lets dormancy, churn windows and expiries be judged.
+        # After the events are in the ordered log (the tick goes there directly, events via ingest).
+        _wait_caught_up(settings, procs, started + timeout_s)
         publish_tick(settings, datetime.now(UTC))
         print("the clock ticked once (touchpoint clock does it every minute in production)", flush=True)
         _wait_caught_up(settings, procs, started + timeout_s)
