@@ -691,6 +691,9 @@ def _best_first(item: _Item) -> tuple[int, int, str]:
     return (-item.milli, -item.ms, item.key)
 
 
+_DEFAULT_CONFIG = ReasonsConfig()  # built once: a model's defaults are deep-copied per instance
+
+
 def likely_reasons(
     facts: ReasonFacts,
     open_cases: Iterable[OpenCase] | None,
@@ -712,7 +715,7 @@ def likely_reasons(
         ``evidence`` holds the best item's fields, ``count`` and ``items``
         (up to ``max_items``, each with event ids and age in days).
     """
-    config = config or ReasonsConfig()
+    config = config or _DEFAULT_CONFIG
     cases = _case_items(_open_cases(facts, now_ms) if open_cases is None else open_cases, now_ms, config)
     ivr = _ivr_items(facts, now_ms, config)
     alerts = _alert_items(active_alerts, now_ms, config)
