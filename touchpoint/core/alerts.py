@@ -60,6 +60,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any, Literal, NamedTuple
 
@@ -211,8 +212,10 @@ class AlertConfig(_Frozen):
         return self
 
 
+@lru_cache(maxsize=64)
 def _exact(value: float) -> Fraction:
     # Through the shortest decimal repr, so 0.3 compares as 3/10, not as its binary neighbour.
+    # Cached: the same few config values, parsed from text several times per customer decided.
     return Fraction(repr(value))
 
 
