@@ -13,8 +13,9 @@ Output, per batch:
 * ``touchpoint.customer-events``: the event's original Avro bytes keyed by
   its customer id (so one customer's events stay in order on one partition);
 * ``touchpoint.customer-views``: the rendered card of every customer the
-  batch changed (compacted, keyed by customer id), and for a customer merged
-  away a record naming its survivor;
+  batch changed (compacted, keyed by customer id) with the keyed hashes of
+  its identifiers (for lookups; never clear values), and for a customer
+  merged away a record naming its survivor;
 * ``touchpoint.loyalty``: every loyalty ledger entry issued (earn, reversal,
   expiry) as JSON ``{"customer_id", "entry"}``, keyed by the customer it was
   issued to; the entry id is derived from the log, so a re-emission after a
@@ -204,7 +205,9 @@ def register_customers(app: faust.App, settings: Settings) -> None:
             stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             for customer_id in sorted(touched):
                 card = render(stage.folder.views[customer_id], as_of, segment, stage.folder.rules)
-                doc = {"customer_id": customer_id, "as_of": stamp, "view": card}
+                # The keyed hashes of its identifiers, so a lookup by phone or card finds the customer.
+                keys = {kind: sorted(found) for kind, found in stage.folder.state.keys.get(customer_id, {}).items()}
+                doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
                 out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
             for alias, survivor in sorted(merged.items()):
                 doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
