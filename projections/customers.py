@@ -5,6 +5,13 @@ an earlier offset of the same partition (the topic is keyed by customer id,
 so a customer's cards arrive in order on one partition): a replayed or stale
 card never overwrites a newer one. A merged-away customer's row is deleted
 and its id kept as an alias of the survivor.
+
+Identifiers. A card carries the keyed hashes of its customer's identifiers
+(``"keys": {kind: [key, ...]}``; older records lack the field and add none);
+each key is upserted into ``customer_identifiers`` pointing at the customer.
+Only a card that won its ``customers`` upsert moves keys (checked in SQL by
+its offset), so a stale card cannot take a key back; a merge moves the
+alias's keys to the survivor because the survivor's card lists them.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class CustomersProjection:
             doc = json.loads(record.value)
             latest[str(doc["customer_id"])] = (record, doc)
         cards, aliases = [], []
+        # (key, kind, customer_id, offset); a key listed twice in the batch goes to the later card.
+        keys: dict[str, tuple[str, str, str, int]] = {}
         for customer_id, (record, doc) in latest.items():
             if "merged_into" in doc:
                 aliases.append((customer_id, doc["merged_into"], record.offset))
@@ -41,6 +50,11 @@ class CustomersProjection:
                 view = doc["view"]
                 cards.append((customer_id, Jsonb(view), doc["as_of"], view["value_segment"],  # type: ignore[index]
                               record.topic, record.partition, record.offset))
+                found = doc.get("keys") or {}
+                for kind, kind_keys in found.items():  # type: ignore[attr-defined]
+                    for key in kind_keys:
+                        if key not in keys or keys[key][3] < record.offset:
+                            keys[key] = (key, kind, customer_id, record.offset)
         if cards:
             cur.executemany(
                 "INSERT INTO customers (customer_id, view, as_of, value_segment, source_topic, source_partition, "
@@ -50,6 +64,20 @@ class CustomersProjection:
                 "updated_at = clock_timestamp() "
                 "WHERE customers.source_offset < EXCLUDED.source_offset",
                 cards,
+            )
+        if keys:
+            # Set-based, one round trip: only cards whose row now carries their offset (they were not stale).
+            rows = list(keys.values())
+            cur.execute(
+                "INSERT INTO customer_identifiers (key, kind, customer_id, source_offset) "
+                "SELECT k.key, k.kind, k.customer_id, k.source_offset "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) "
+                "AS k(key, kind, customer_id, source_offset) "
+                "JOIN customers c ON c.customer_id = k.customer_id AND c.source_offset = k.source_offset "
+                "ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id, kind = EXCLUDED.kind, "
+                "source_offset = EXCLUDED.source_offset "
+                "WHERE customer_identifiers.customer_id <> EXCLUDED.customer_id",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
             )
         if aliases:
             cur.executemany(

@@ -108,6 +108,14 @@ def gateway() -> None:
     serve_gateway(_settings())
 
 
+@app.command("api")
+def api() -> None:
+    """Run the front-line lookup API (GET /v1/customers/lookup?phone=…; OpenAPI at /docs) until Ctrl-C."""
+    from connectors.lookup import serve_lookup
+
+    serve_lookup(_settings())
+
+
 @app.command("project")
 def project() -> None:
     """Run the projection writers into PostgreSQL (until Ctrl-C)."""
