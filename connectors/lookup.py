@@ -155,12 +155,12 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8) -> FastAPI:
 
 
 def serve_lookup(settings: Settings) -> None:
-    """Run the lookup API with uvicorn on the gateway's host, port ``gateway_port + 1``."""
+    """Run the lookup API with uvicorn on the gateway's host, port ``api_port``."""
     import uvicorn
 
     from touchpoint.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
     app = create_lookup_app(settings)
-    uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port + 1, log_config=None,
+    uvicorn.run(app, host=settings.gateway_host, port=settings.api_port, log_config=None,
                 access_log=False)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = 1_048_576
     gateway_max_events: int = 1000
 
+    # Front-line lookup API (touchpoint api), on the gateway's host.
+    api_port: int = 18082
+
     # Phone numbers written nationally are read as numbers of this region (ISO 3166 code).
     phone_region: str = "GB"
 
