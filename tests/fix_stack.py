@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -44,22 +45,34 @@ def run_id() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture(scope="session")
-def settings(stack_up: Settings, run_id: str) -> Iterator[Settings]:
-    """Settings for this test session: unique topics, a fresh database, migrated and with topics created."""
+@contextmanager
+def scoped(settings: Settings, database: str, topic_prefix: str | None = None) -> Iterator[Settings]:
+    """``settings`` on a fresh, migrated database (dropped afterwards) and, if given, a topic prefix of its own."""
     from connectors.topics import ensure_topics
     from projections.migrate import migrate
 
-    database = f"touchpoint_test_{run_id}"
-    admin = stack_up.pg_conninfo("postgres")
+    admin = settings.pg_conninfo("postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    scoped = stack_up.model_copy(update={"topic_prefix": f"test-{run_id}", "pg_database": database})
-    ensure_topics(scoped)
-    migrate(scoped)
-    yield scoped
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    update: dict[str, str] = {"pg_database": database}
+    if topic_prefix is not None:
+        update["topic_prefix"] = topic_prefix
+    narrowed = settings.model_copy(update=update)
+    try:
+        if topic_prefix is not None:
+            ensure_topics(narrowed)
+        migrate(narrowed)
+        yield narrowed
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+@pytest.fixture(scope="session")
+def settings(stack_up: Settings, run_id: str) -> Iterator[Settings]:
+    """Settings for this test session: unique topics, a fresh database, migrated and with topics created."""
+    with scoped(stack_up, f"touchpoint_test_{run_id}", f"test-{run_id}") as session_settings:
+        yield session_settings
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -19,18 +19,15 @@ from typing import Any
 import psycopg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from connectors.alerts import AlertSerde, alert_topic, format_alert
 from connectors.clock import TICK_HEADER, TICK_VALUE, publish_tick, run_clock, tick_topic
 from connectors.registry import RegistryClient
-from connectors.topics import ensure_topics
 from projections.alerts import AlertsProjection
-from projections.migrate import migrate
 from projections.run import PROJECTION_TOPICS, all_projections
 from projections.writer import Record, run_projection, stored_offsets, write_batch
-from tests.fix_stack import REPO, settings_env
+from tests.fix_stack import REPO, scoped, settings_env
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -39,16 +36,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def wire(settings: Settings) -> Iterator[Settings]:
     """Settings with a topic prefix and a database of this module's own."""
-    database = f"{settings.pg_database}_alerts"
-    admin = settings.pg_conninfo("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    scoped = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}-alerts", "pg_database": database})
-    ensure_topics(scoped)
-    migrate(scoped)
-    yield scoped
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    with scoped(settings, f"{settings.pg_database}_alerts", f"{settings.topic_prefix}-alerts") as own:
+        yield own
 
 
 @pytest.fixture(scope="module")

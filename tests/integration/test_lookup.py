@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():
@@ -28,6 +27,7 @@ from connectors.lookup import create_lookup_app
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from touchpoint.core.normalise import normalise
+from tests.fix_stack import scoped
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -56,17 +56,8 @@ def record(settings: Settings, offset: int, doc: dict[str, Any]) -> Record:
 @pytest.fixture(scope="module")
 def lookup_settings(settings: Settings) -> Iterator[Settings]:
     """The session's settings on a fresh, migrated database of this module's own."""
-    from projections.migrate import migrate
-
-    database = f"{settings.pg_database}_lookup"
-    admin = settings.pg_conninfo("postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-    scoped = settings.model_copy(update={"pg_database": database})
-    migrate(scoped)
-    yield scoped
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    with scoped(settings, f"{settings.pg_database}_lookup") as own:
+        yield own
 
 
 @pytest.fixture(scope="module")
