@@ -28,10 +28,13 @@ stack_app = typer.Typer(help="The local default stack: Kafka (KRaft), PostgreSQL
 db_app = typer.Typer(help="The PostgreSQL read model.", no_args_is_help=True)
 loyalty_app = typer.Typer(help="Loyalty rules: simulate proposed rules on history.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Dormancy and churn alerts on their topics.", no_args_is_help=True)
+projections_app = typer.Typer(help="The read model as a whole: rebuild it from the log, digest it.",
+                              no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(db_app, name="db")
 app.add_typer(loyalty_app, name="loyalty")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(projections_app, name="projections")
 
 
 def _settings() -> Settings:
@@ -122,6 +125,33 @@ def project() -> None:
     from projections.run import run_projections
 
     run_projections(_settings())
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="records per poll and transaction")] = 5000,
+    progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+) -> None:
+    """Truncate the read model and replay the projection topics into it up to their current end, then exit.
+
+    Stop `touchpoint project` first; start it again afterwards to follow the log.
+    """
+    from projections.rebuild import rebuild
+    from touchpoint.logs import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    report = rebuild(settings, progress=progress, batch_size=batch_size)
+    print(report.line(), flush=True)
+
+
+@projections_app.command("checksum")
+def projections_checksum() -> None:
+    """Print a SHA-256 per read-model table and in total (positions and wall-clock columns left out)."""
+    from projections.checksum import checksum
+
+    for line in checksum(_settings().pg_conninfo()).lines():
+        print(line)
 
 
 @app.command("generate")
