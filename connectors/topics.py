@@ -30,6 +30,10 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
+STATE_MAX_RECORD_BYTES = 8 * 1024 * 1024
+"""A customer with a long ledger makes a large state record; Kafka's default cap is 1 MiB."""
+
+
 def event_topic(settings: Settings, channel: str) -> str:
     """The raw events topic of one channel."""
     return settings.topic(f"events.{channel}")
@@ -53,6 +57,11 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic("loyalty"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.dormancy"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.churn"), settings.topic_partitions, keep_forever),
+        # The customers stage's state table (streams.state): one partition like the stage; the
+        # latest record per customer (compacted; segments roll hourly, as compaction skips the open one).
+        TopicSpec(settings.topic("customer-state"), 1, {
+            "cleanup.policy": "compact", "retention.ms": "-1", "segment.ms": "3600000",
+            "max.message.bytes": str(STATE_MAX_RECORD_BYTES)}),
     ]
     return specs
 

@@ -32,19 +32,29 @@ the header ``touchpoint-record: tick`` into the same ordered topic; the agent
 hands them to ``Folder.tick`` (expiries, alert decisions), so a replay of the
 topic decides exactly the same alerts at the same places.
 
-State is event-sourced: on start the agent replays ``touchpoint.accepted``
-from the beginning up to its group's committed offset through the same
-Folder, then continues from there. Faust is at-least-once: events after the
-committed offset may be seen again, and the Folder ignores an event id it
-has already folded, so re-delivery changes nothing. The replay grows with
-the log (snapshots are the next step); the one ordered partition bounds
-throughput to one core (measured in bench/pipeline).
+State: a changelog-backed table keyed by customer id (``touchpoint.customer-state``,
+:mod:`streams.state`). After a batch's output is acknowledged, and at most
+every ``STATE_FLUSH_S``, the agent writes the state record of every customer
+changed since the last write (tombstones for the merged away) and a
+checkpoint (the next offset of ``accepted``) in one Kafka transaction. On
+start it reads the table back (identity index, views, ledgers, alert
+episodes, due times), replays ``accepted`` from the checkpoint up to its
+group's committed offset through the same Folder, and skips re-delivered
+messages below the checkpoint (their output was published before the table
+was written). A table it cannot use (missing, another format, a bad
+signature) is reported and the state rebuilt from the whole log, which stays
+the source of truth. Faust is at-least-once: anything re-delivered after the
+checkpoint is folded again, and the Folder ignores an event id it has
+already folded. The one ordered partition bounds throughput to one core
+(measured in bench/pipeline).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,14 +67,19 @@ from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams.app import Outgoing, send_batch
 from streams.ingest import dlq_headers
+from streams.state import StateTable
 from touchpoint.core.fold import Folder, FoldConfig, tick_of
 from touchpoint.core.profile import render
+from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore, \
+    track_changes
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 BATCH_WITHIN_S = 0.05
+STATE_FLUSH_S = 1.0
+"""At most this often the state table is written; a restart replays at most this much of the log."""
 
 
 def as_of_of(folder: Folder) -> datetime:
@@ -73,17 +88,21 @@ def as_of_of(folder: Folder) -> datetime:
 
 
 class CustomerStage:
-    """The Folder and how the agent feeds and rebuilds it."""
+    """The Folder and how the agent feeds, persists and recovers it."""
 
     def __init__(self, settings: Settings, serde: EventSerde) -> None:
         self.settings = settings
         self.serde = serde
-        self.folder = self._new_folder()
+        self.folder, self.changed = self._new_folder()
+        #: Messages of ``accepted`` below this offset are in the state already (re-deliveries).
+        self.skip_below = 0
+        self._flushed_at = 0.0
 
-    def _new_folder(self) -> Folder:
-        return Folder(FoldConfig(region=self.settings.phone_region, loyalty_rules=self.settings.loyalty_rules),
-                      secret=self.settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
-                      log_clock_check=False)
+    def _new_folder(self) -> tuple[Folder, set[str]]:
+        folder = Folder(FoldConfig(region=self.settings.phone_region, loyalty_rules=self.settings.loyalty_rules),
+                        secret=self.settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
+                        log_clock_check=False)
+        return folder, track_changes(folder)
 
     def add_message(self, value: bytes, headers: Any) -> tuple[str | None, list[Any], str | None]:
         """Fold one message of the accepted topic: a tick, or an event as :meth:`add`.
@@ -114,13 +133,21 @@ class CustomerStage:
             del self.folder.rejected[rejected_before:]  # the DLQ holds them; don't keep them twice
         return self.folder.last_customer_id, decisions, reason
 
-    async def rebuild(self, topic: str) -> int:
-        """Replay ``topic`` up to the agent's committed offset; returns the events replayed.
+    def drain_changes(self) -> tuple[set[str], dict[str, str]]:
+        """:meth:`Folder.drain_changes`, remembering the customers for the next state write."""
+        touched, merged = self.folder.drain_changes()
+        self.changed |= touched
+        self.changed |= merged.keys()
+        return touched, merged
+
+    async def recover(self, topic: str, table: StateTable) -> int:
+        """Load the state table, then replay ``topic`` from its checkpoint to the committed offset.
 
         Starts from an empty Folder: after an agent restart in the same process the old
         state may hold events past the committed offset, which will be re-delivered.
+        Returns the events replayed from the log.
         """
-        self.folder = self._new_folder()
+        self.folder, self.changed = self._new_folder()
         tp = TopicPartition(topic, 0)
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
                                  group_id=self.settings.topic_prefix, enable_auto_commit=False)
@@ -129,31 +156,53 @@ class CustomerStage:
             committed = await probe.committed(tp) or 0
         finally:
             await probe.stop()
-        if committed == 0:
-            log.info("customer state rebuilt", extra={"replayed": 0, "up_to_offset": 0, "customers": 0})
-            return 0
-        reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
-                                  enable_auto_commit=False, isolation_level="read_committed")
-        await reader.start()
+        await asyncio.to_thread(table.ensure_topic)
+        records = await table.load()
+        start = 0
+        if records:
+            try:
+                start = restore(self.folder, records).next_offset
+            except SnapshotError as exc:
+                log.warning("customer state table unusable, rebuilding from the log", extra={"reason": str(exc)})
+                self.folder, self.changed = self._new_folder()
+                start = 0
+        restored = len(self.folder.views)
         replayed = 0
-        try:
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            while await reader.position(tp) < committed:
-                batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
-                for message in batch.get(tp, []):
-                    if message.offset >= committed:
-                        break
-                    self.add_message(message.value, message.headers)
-                    replayed += 1
-        finally:
-            await reader.stop()
-        self.folder.drain_changes()  # already published by the run that folded them first
-        self.folder.drain_entries()
+        if committed > start:
+            reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+                                      enable_auto_commit=False, isolation_level="read_committed")
+            await reader.start()
+            try:
+                reader.assign([tp])
+                reader.seek(tp, start)
+                while await reader.position(tp) < committed:
+                    batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
+                    for message in batch.get(tp, []):
+                        if message.offset >= committed:
+                            break
+                        self.add_message(message.value, message.headers)
+                        replayed += 1
+            finally:
+                await reader.stop()
+        self.drain_changes()  # what the replay changed goes into the next state write
+        self.folder.drain_entries()  # already published by the run that folded them first
         self.folder.drain_alerts()
-        log.info("customer state rebuilt", extra={"replayed": replayed, "up_to_offset": committed,
-                                                  "customers": len(self.folder.views)})
+        self.skip_below = start
+        log.info("customer state rebuilt: restored=%d customers from the state table at offset %d, "
+                 "replayed=%d events of the log up to offset %d, %d customers",
+                 restored, start, replayed, max(committed, start), len(self.folder.views))
         return replayed
+
+    async def persist(self, table: StateTable, next_offset: int, force: bool = False) -> bool:
+        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S`` unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._flushed_at < STATE_FLUSH_S:
+            return False
+        records = customer_records(self.folder, sorted(self.changed))
+        await table.write(records, (CHECKPOINT_KEY, checkpoint_record(self.folder, next_offset)))
+        self.changed.clear()
+        self._flushed_at = now
+        return True
 
 
 def is_tick(headers: Any) -> bool:
@@ -178,39 +227,50 @@ def register_customers(app: faust.App, settings: Settings) -> None:
 
     @app.agent(accepted, name="customers")
     async def customers(stream: faust.StreamT[bytes]) -> None:
-        await stage.rebuild(accepted.get_topic_name())
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-            out: list[Outgoing] = []
-            for event in events:
-                message = event.message
-                customer_id, decisions, reason = stage.add_message(message.value, message.headers)
-                if reason is not None:
-                    out.append((names["dlq"], message.key, message.value,
-                                dlq_headers(reason, message.topic, message.partition, message.offset)))
-                    continue
-                if customer_id is None:  # a tick: its expiries and alerts are drained below
-                    continue
-                key = customer_id.encode()  # type: ignore[union-attr]
-                out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
-                out.append((names["customer-events"], key, message.value, None))
-            for alert, context in stage.folder.drain_alerts():
-                doc = {**alert.to_json(), **context}
-                out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),
-                            alert_serde.serialize(doc), None))
-            for customer_id, entry in stage.folder.drain_entries():
-                doc = {"customer_id": customer_id, "entry": entry.to_json()}
-                out.append((names["loyalty"], customer_id.encode(), json.dumps(doc).encode(), None))
-            touched, merged = stage.folder.drain_changes()
-            as_of = as_of_of(stage.folder)
-            stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            for customer_id in sorted(touched):
-                card = render(stage.folder.views[customer_id], as_of, segment, stage.folder.rules)
-                # The keyed hashes of its identifiers, so a lookup by phone or card finds the customer.
-                keys = {kind: sorted(found) for kind, found in stage.folder.state.keys.get(customer_id, {}).items()}
-                doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
-                out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
-            for alias, survivor in sorted(merged.items()):
-                doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
-                out.append((names["customer-views"], alias.encode(), json.dumps(doc).encode(), None))
-            # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
-            await send_batch(app, out)
+        table = StateTable(settings)
+        await stage.recover(accepted.get_topic_name(), table)
+        try:
+            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+                await fold_batch(events)
+                await stage.persist(table, events[-1].message.offset + 1)
+        finally:
+            await table.close()
+
+    async def fold_batch(events: list[faust.EventT[bytes]]) -> None:
+        """Fold one batch of messages and publish everything it caused."""
+        out: list[Outgoing] = []
+        for event in events:
+            message = event.message
+            if message.offset < stage.skip_below:
+                continue  # folded into the state table already, and its output published then
+            customer_id, decisions, reason = stage.add_message(message.value, message.headers)
+            if reason is not None:
+                out.append((names["dlq"], message.key, message.value,
+                            dlq_headers(reason, message.topic, message.partition, message.offset)))
+                continue
+            if customer_id is None:  # a tick: its expiries and alerts are drained below
+                continue
+            key = customer_id.encode()  # type: ignore[union-attr]
+            out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
+            out.append((names["customer-events"], key, message.value, None))
+        for alert, context in stage.folder.drain_alerts():
+            doc = {**alert.to_json(), **context}
+            out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),
+                        alert_serde.serialize(doc), None))
+        for customer_id, entry in stage.folder.drain_entries():
+            doc = {"customer_id": customer_id, "entry": entry.to_json()}
+            out.append((names["loyalty"], customer_id.encode(), json.dumps(doc).encode(), None))
+        touched, merged = stage.drain_changes()
+        as_of = as_of_of(stage.folder)
+        stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        for customer_id in sorted(touched):
+            card = render(stage.folder.views[customer_id], as_of, segment, stage.folder.rules)
+            # The keyed hashes of its identifiers, so a lookup by phone or card finds the customer.
+            keys = {kind: sorted(found) for kind, found in stage.folder.state.keys.get(customer_id, {}).items()}
+            doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
+            out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
+        for alias, survivor in sorted(merged.items()):
+            doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
+            out.append((names["customer-views"], alias.encode(), json.dumps(doc).encode(), None))
+        # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
+        await send_batch(app, out)

@@ -11,6 +11,7 @@ restarted (no point lost or doubled, no alert missing).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -117,6 +118,9 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
             publish_tick(settings, mid_tick)
             # The worker holds the first half in memory only; kill it without a chance to leave.
             wait_until(lambda: committed(settings) >= accepted_before + half + 1, 90, "the first half", (worker,))
+            # ... and in its state table, so the restart exercises restoring it (not only the log).
+            wait_until(lambda: end_offset(settings, settings.topic("customer-state"))[0] > 0, 30,
+                       "the state table's first write", (worker,))
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
             killed_at = committed(settings)
@@ -125,6 +129,10 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
         worker = spawn_touchpoint(settings, "worker", log=tmp_path / "worker-2.log")
         wait_until(lambda: "customer state rebuilt" in (tmp_path / "worker-2.log").read_text(), 90,
                    "the restarted worker to rebuild its state", (worker,))
+        rebuilt = re.search(r"restored=(\d+) .* replayed=(\d+) ", (tmp_path / "worker-2.log").read_text())
+        assert rebuilt, "the restarted worker reports how it rebuilt its state"
+        restored, replayed = map(int, rebuilt.groups())
+        assert restored > 50 and replayed < half, f"the state table spared the restart most of the log: {rebuilt[0]}"
 
         def caught_up() -> bool:
             accepted_end = end_offset(settings, settings.topic("accepted"))[0]
