@@ -46,6 +46,12 @@ class Settings(BaseSettings):
 
     # Front-line lookup API (touchpoint api), on the gateway's host.
     api_port: int = 18082
+    # Who may call it: sha256 hex of each API key -> {"name": ..., "role": "agent" | "operations" |
+    # "admin"} (JSON in TOUCHPOINT_API_KEYS). Only hashes are configured, never keys; see
+    # connectors/access.py (``python -m connectors.access new-key`` makes a key and its entry).
+    api_keys: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # A JSON file of more such entries, re-read when it changes: keys rotate without a restart.
+    api_keys_file: Path | None = None
 
     # Phone numbers written nationally are read as numbers of this region (ISO 3166 code).
     phone_region: str = "GB"

@@ -5,6 +5,12 @@ inside ``write_batch`` (the projection's own transaction), so the test covers
 the identifier rows the projection writes and the API that reads them. The
 module has a database of its own (the session's is compared with the fold
 of the log by the end-to-end tests, and projection offsets live there).
+
+Callers hold API keys of the three roles (configured as sha256 digests, as in
+production); the default client is an agent. Also covered: masking per role,
+the audit rows every lookup leaves, key rotation through the keys file,
+readiness, projection lag and the agent page's HTML (the browser drives it in
+``tests/e2e/test_agent_page.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():
@@ -23,10 +30,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from connectors.lookup import create_lookup_app
+from connectors.access import digest
+from connectors.lookup import COOKIE, create_lookup_app
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
-from touchpoint.core.normalise import normalise
+from touchpoint.core.normalise import identifier_key, normalise
 from tests.fix_stack import scoped
 from touchpoint.settings import Settings
 
@@ -37,15 +45,28 @@ EMAIL = "ada@example.com"
 CARD = "4111111111111111"
 OTHER_PHONE = "+447700900456"
 
+AGENT_KEY = "agent-key-0123456789abcdef"
+OPS_KEY = "ops-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+API_KEYS = {digest(AGENT_KEY): {"name": "alice", "role": "agent"},
+            digest(OPS_KEY): {"name": "oscar", "role": "operations"},
+            digest(ADMIN_KEY): {"name": "ann", "role": "admin"}}
+
+# Ada's identifiers as the card shows them (display form), and as an agent sees them.
+ADA_IDENTIFIERS = {"card": ["…1111"], "customer_no": ["C100"], "email": [EMAIL], "phone": [PHONE, OTHER_PHONE]}
+ADA_MASKED = {"card": ["•••• 1111"], "customer_no": ["C100"], "email": ["a***@example.com"],
+              "phone": ["•••• 0123", "•••• 0456"]}
+
 
 def key(settings: Settings, kind: str, value: str) -> str:
     return normalise(kind, value, region=settings.phone_region,
                      secret=settings.identifier_key.get_secret_value().encode()).key
 
 
-def card_doc(customer_id: str, segment: str, keys: dict[str, list[str]], as_of: str) -> dict[str, Any]:
+def card_doc(customer_id: str, segment: str, keys: dict[str, list[str]], as_of: str,
+             **view: Any) -> dict[str, Any]:
     return {"customer_id": customer_id, "as_of": as_of, "keys": keys,
-            "view": {"customer_id": customer_id, "value_segment": segment}}
+            "view": {"customer_id": customer_id, "value_segment": segment, **view}}
 
 
 def record(settings: Settings, offset: int, doc: dict[str, Any]) -> Record:
@@ -55,9 +76,9 @@ def record(settings: Settings, offset: int, doc: dict[str, Any]) -> Record:
 
 @pytest.fixture(scope="module")
 def lookup_settings(settings: Settings) -> Iterator[Settings]:
-    """The session's settings on a fresh, migrated database of this module's own."""
+    """The session's settings on a fresh, migrated database of this module's own, with API keys."""
     with scoped(settings, f"{settings.pg_database}_lookup") as own:
-        yield own
+        yield own.model_copy(update={"api_keys": API_KEYS})
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +108,24 @@ def client(lookup_settings: Settings, ids: dict[str, str]) -> Iterator[TestClien
                 "phone": [key(settings, "phone", PHONE), key(settings, "phone", OTHER_PHONE)],
                 "email": [key(settings, "email", EMAIL)],
                 "card": [key(settings, "card", CARD)],
-            }, "2026-02-01T00:00:00.000Z")),
+            }, "2026-02-01T00:00:00.000Z", identifiers=ADA_IDENTIFIERS)),
             record(settings, 111, {"customer_id": old, "as_of": "2026-02-01T00:00:00.000Z", "merged_into": ada}),
             record(settings, 112, {"customer_id": older, "as_of": "2026-02-01T00:00:00.000Z",
                                    "merged_into": old}),
         ])
-    with TestClient(create_lookup_app(settings)) as test_client:
+    with TestClient(create_lookup_app(settings), headers={"Authorization": f"Bearer {AGENT_KEY}"}) as test_client:
         yield test_client
+
+
+def other_client(client: TestClient, **kwargs: Any) -> TestClient:
+    """Another client (own headers and cookies) on the running app; not entered, so the lifespan runs once."""
+    return TestClient(client.app, **kwargs)
+
+
+def audit_rows(settings: Settings) -> list[dict[str, Any]]:
+    """Every lookup_audit row, oldest first."""
+    with psycopg.connect(settings.pg_conninfo()) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM lookup_audit ORDER BY id").fetchall()
 
 
 def test_phone_in_national_format(client: TestClient, ids: dict[str, str]) -> None:
@@ -101,7 +133,7 @@ def test_phone_in_national_format(client: TestClient, ids: dict[str, str]) -> No
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["customer_id"] == ids["ada"]
-    assert body["card"] == {"customer_id": ids["ada"], "value_segment": "champion"}
+    assert body["card"] == {"customer_id": ids["ada"], "value_segment": "champion", "identifiers": ADA_MASKED}
     assert body["as_of"].startswith("2026-02-01T00:00:00")
     assert "resolved_from" not in body
 
@@ -205,3 +237,238 @@ def test_stale_record_does_not_overwrite(lookup_settings: Settings, client: Test
         write_batch(conn, CustomersProjection(settings), [record(settings, 50, stale)])
     assert client.get(f"/v1/customers/{ids['bob']}").json()["card"]["value_segment"] == "dormant"
     assert client.get("/v1/customers/lookup", params={"phone": PHONE}).json()["customer_id"] == ids["ada"]
+
+
+# --- access: keys, roles, masking -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("headers", "reason"), [
+    ({}, "no API key given"),
+    ({"Authorization": "Bearer not-a-key"}, "the API key is not valid"),
+    ({"X-API-Key": "not-a-key"}, "the API key is not valid"),
+    ({"Authorization": f"Basic {AGENT_KEY}"}, "no API key given"),
+])
+def test_without_a_valid_key_401(lookup_settings: Settings, client: TestClient, headers: dict[str, str],
+                                 reason: str) -> None:
+    before = len(audit_rows(lookup_settings))
+    anonymous = other_client(client)
+    for path in ("/v1/customers/lookup?phone=07700900123", "/v1/customers/lk-ada", "/v1/lag"):
+        answer = anonymous.get(path, headers=headers)
+        assert answer.status_code == 401, (path, answer.text)
+        assert answer.json()["detail"].startswith(reason)
+        assert "Bearer" in answer.json()["detail"]
+        assert answer.headers["www-authenticate"] == "Bearer"
+        assert "champion" not in answer.text
+    # Nobody to record: an unauthenticated request writes no audit row.
+    assert len(audit_rows(lookup_settings)) == before
+
+
+def test_x_api_key_header_works(client: TestClient, ids: dict[str, str]) -> None:
+    other = other_client(client)
+    answer = other.get("/v1/customers/lookup", params={"email": EMAIL}, headers={"X-API-Key": OPS_KEY})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["customer_id"] == ids["ada"]
+
+
+def test_agent_may_not_unmask(lookup_settings: Settings, client: TestClient, ids: dict[str, str]) -> None:
+    answer = client.get("/v1/customers/lookup", params={"phone": PHONE, "unmasked": "true"})
+    assert answer.status_code == 403
+    assert answer.json() == {"detail": "role agent may not see unmasked identifiers (operations and admin may)"}
+    assert EMAIL not in answer.text
+    assert client.get(f"/v1/customers/{ids['ada']}", params={"unmasked": "true"}).status_code == 403
+    last = audit_rows(lookup_settings)[-1]
+    assert (last["key_name"], last["role"], last["status"], last["unmasked"], last["customer_id"]) == \
+        ("alice", "agent", 403, True, None)
+
+
+@pytest.mark.parametrize("role_key", [OPS_KEY, ADMIN_KEY])
+def test_operations_and_admin_masked_unless_asked(client: TestClient, ids: dict[str, str], role_key: str) -> None:
+    auth = {"Authorization": f"Bearer {role_key}"}
+    masked = client.get("/v1/customers/lookup", params={"phone": PHONE}, headers=auth).json()
+    assert masked["card"]["identifiers"] == ADA_MASKED
+    clear = client.get("/v1/customers/lookup", params={"phone": PHONE, "unmasked": "true"}, headers=auth)
+    assert clear.status_code == 200, clear.text
+    assert clear.json()["card"]["identifiers"] == ADA_IDENTIFIERS
+    by_id = client.get(f"/v1/customers/{ids['old']}", params={"unmasked": "1"}, headers=auth).json()
+    assert by_id["card"]["identifiers"] == ADA_IDENTIFIERS and by_id["resolved_from"] == ids["old"]
+
+
+def test_agent_sees_masked_card_by_id(client: TestClient, ids: dict[str, str]) -> None:
+    body = client.get(f"/v1/customers/{ids['older']}").json()
+    assert body["card"]["identifiers"] == ADA_MASKED
+    assert EMAIL not in json.dumps(body) and "900123" not in json.dumps(body)
+
+
+def test_invalid_key_settings_fail_at_startup(lookup_settings: Settings) -> None:
+    from touchpoint.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="role 'boss'"):
+        create_lookup_app(lookup_settings.model_copy(
+            update={"api_keys": {digest("k"): {"name": "x", "role": "boss"}}}))
+    with pytest.raises(ConfigError, match="not a sha256 hex digest"):
+        create_lookup_app(lookup_settings.model_copy(update={"api_keys": {"k": {"name": "x", "role": "agent"}}}))
+
+
+def test_keys_file_rotates_without_restart(lookup_settings: Settings, tmp_path: Any, ids: dict[str, str]) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({digest("first-key"): {"name": "first", "role": "agent"}}))
+    settings = lookup_settings.model_copy(update={"api_keys": {}, "api_keys_file": keys_file})
+    with TestClient(create_lookup_app(settings)) as api:
+        path = f"/v1/customers/{ids['bob']}"
+        assert api.get(path, headers={"X-API-Key": "first-key"}).status_code == 200
+        assert api.get(path, headers={"X-API-Key": "second-key"}).status_code == 401
+        # Rotate: the second key replaces the first (a new file moved into place, as deploy tools do).
+        staged = tmp_path / "keys.json.new"
+        staged.write_text(json.dumps({digest("second-key"): {"name": "second", "role": "operations"}}))
+        staged.replace(keys_file)
+        assert api.get(path, headers={"X-API-Key": "first-key"}).status_code == 401
+        assert api.get(path, headers={"X-API-Key": "second-key"}).status_code == 200
+        # A broken file keeps the last valid keys rather than locking everybody out.
+        keys_file.write_text("{not json")
+        assert api.get(path, headers={"X-API-Key": "second-key"}).status_code == 200
+    assert [r["key_name"] for r in audit_rows(lookup_settings)[-3:]] == ["first", "second", "second"]
+
+
+# --- audit --------------------------------------------------------------------------------
+
+
+def test_every_lookup_is_audited_without_clear_values(lookup_settings: Settings, client: TestClient,
+                                                      ids: dict[str, str]) -> None:
+    settings = lookup_settings
+    secret = settings.identifier_key.get_secret_value().encode()
+    before = len(audit_rows(settings))
+    client.get("/v1/customers/lookup", params={"phone": "07700 900123"})           # found
+    client.get("/v1/customers/lookup", params={"email": "nobody@example.com"})     # 404
+    client.get("/v1/customers/lookup", params={"card": "4111 1111 1111 1112"})     # 400, invalid
+    client.get("/v1/customers/lookup", params={"phone": PHONE, "email": EMAIL})    # 400, two given
+    client.get(f"/v1/customers/{ids['old']}")                                      # found via alias
+    client.get("/agent", params={"phone": PHONE})                                  # the page
+    rows = audit_rows(settings)[before:]
+    got = [(r["key_name"], r["role"], r["endpoint"], r["identifier_kind"], r["identifier_key"], r["customer_id"],
+            r["status"], r["unmasked"]) for r in rows]
+    assert got == [
+        ("alice", "agent", "lookup", "phone", key(settings, "phone", PHONE), ids["ada"], 200, False),
+        ("alice", "agent", "lookup", "email", key(settings, "email", "nobody@example.com"), None, 404, False),
+        ("alice", "agent", "lookup", "card", None, None, 400, False),
+        ("alice", "agent", "lookup", None, None, None, 400, False),
+        ("alice", "agent", "customer", "customer_id", identifier_key("customer_id", ids["old"], secret),
+         ids["ada"], 200, False),
+        ("alice", "agent", "agent_page", "phone", key(settings, "phone", PHONE), ids["ada"], 200, False),
+    ]
+    assert all(r["at"] is not None for r in rows)
+    dumped = json.dumps([{k: str(v) for k, v in r.items()} for r in rows])
+    for clear in ("900123", "nobody@example.com", "41111111", ids["old"]):
+        assert clear not in dumped.replace(ids["ada"], "")
+
+
+def test_audit_readable_by_admin_only(client: TestClient, ids: dict[str, str]) -> None:
+    client.get(f"/v1/customers/{ids['bob']}")
+    assert client.get("/v1/audit").status_code == 403
+    assert client.get("/v1/audit", headers={"Authorization": f"Bearer {OPS_KEY}"}).status_code == 403
+    answer = client.get("/v1/audit", params={"customer_id": ids["bob"], "limit": 1},
+                        headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert answer.status_code == 200, answer.text
+    (row,) = answer.json()["rows"]
+    assert (row["key_name"], row["endpoint"], row["customer_id"], row["status"]) == \
+        ("alice", "customer", ids["bob"], 200)
+
+
+# --- health, readiness, lag ---------------------------------------------------------------
+
+
+def test_readyz(lookup_settings: Settings, client: TestClient) -> None:
+    from projections.migrate import migration_files
+
+    answer = client.get("/readyz", headers={"Authorization": ""})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "ready", "migrations": len(migration_files())}
+    with psycopg.connect(lookup_settings.pg_conninfo()) as conn:
+        conn.execute("DELETE FROM schema_migrations WHERE name = '0007_lookup_audit.sql'")
+    try:
+        answer = client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.json() == {"status": "not ready", "reason": "migrations not applied: 0007_lookup_audit.sql"}
+    finally:
+        with psycopg.connect(lookup_settings.pg_conninfo()) as conn:
+            conn.execute("INSERT INTO schema_migrations (name) VALUES ('0007_lookup_audit.sql')")
+
+
+def test_lag_per_partition(lookup_settings: Settings, client: TestClient) -> None:
+    answer = client.get("/v1/lag")
+    assert answer.status_code == 200, answer.text
+    lag = answer.json()
+    assert lag["kafka"] == "ok"
+    assert lag["as_of"].startswith("2026-02-01T00:00:00")
+    assert lag["age_ms"] > 0
+    views = [p for p in lag["partitions"] if p["projection"] == "customers"]
+    topic = lookup_settings.topic("customer-views")
+    assert {(p["topic"], p["partition"]) for p in views} == \
+        {(topic, n) for n in range(lookup_settings.topic_partitions)}
+    (stored,) = [p for p in views if p["partition"] == 0]
+    # The records went in straight through the projection (offsets up to 112); the topic itself is empty.
+    assert (stored["next_offset"], stored["end_offset"], stored["behind"]) == (113, 0, 0)
+    assert stored["updated_at"] is not None
+    assert {p["projection"] for p in lag["partitions"]} == {"interactions", "customers", "loyalty", "alerts"}
+    assert lag["behind"] == sum(p["behind"] for p in lag["partitions"])
+
+
+# --- the agent page (HTML; the browser test drives it for real) ---------------------------
+
+
+def test_page_without_key_shows_login(client: TestClient) -> None:
+    browser = other_client(client)
+    answer = browser.get("/agent", params={"phone": PHONE})
+    assert answer.status_code == 401
+    assert 'id="login"' in answer.text and "champion" not in answer.text.lower()
+    # After signing in the agent comes back to the same pop-up link.
+    assert 'name="next" value="/agent?phone=%2B447700900123"' in answer.text
+    assert "nonce" not in answer.headers["content-security-policy"]
+
+
+def test_page_login_sets_httponly_cookie(client: TestClient, ids: dict[str, str]) -> None:
+    browser = other_client(client, follow_redirects=False)
+    bad = browser.post("/agent/login", data={"key": "wrong", "next": "/agent"})
+    assert bad.status_code == 401 and "That key is not valid." in bad.text
+    assert COOKIE not in bad.headers.get("set-cookie", "")
+    foreign = browser.post("/agent/login", data={"key": AGENT_KEY}, headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 403
+    answer = browser.post("/agent/login", data={"key": AGENT_KEY, "next": "https://evil.example/agent"})
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/agent"  # never off-site
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    page = browser.get("/agent", params={"phone": "07700 900123"})
+    assert page.status_code == 200, page.text
+    assert ids["ada"] in page.text and "a***@example.com" in page.text and EMAIL not in page.text
+    assert browser.post("/agent/logout").status_code == 303
+    browser.cookies.clear()
+    assert browser.get("/agent", params={"phone": PHONE}).status_code == 401
+
+
+def test_page_escapes_everything(lookup_settings: Settings, client: TestClient) -> None:
+    settings = lookup_settings
+    evil = "<img src=x onerror=alert(1)>"
+    doc = card_doc("lk-evil", f"gold{evil}", {"cookie": [key(settings, "cookie", "ck-evil")]},
+                   "2026-02-02T00:00:00.000Z",
+                   likely_reasons=[{"rank": 1, "code": "x", "text": f"Reason {evil}", "opening_line": evil}],
+                   open_cases=[f"X1{evil}"], timeline=[{"channel": evil, "type": "web", "event_id": "e",
+                                                        "occurred_at": "2026-02-01T10:00:00.000Z"}])
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        write_batch(conn, CustomersProjection(settings), [record(settings, 200, doc)])
+    page = client.get("/agent", params={"kind": "cookie", "value": "ck-evil"})
+    assert page.status_code == 200, page.text
+    assert "<img" not in page.text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    assert "script-src 'nonce-" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["referrer-policy"] == "no-referrer"
+
+
+def test_page_nobody_and_invalid(client: TestClient) -> None:
+    nobody = client.get("/agent", params={"phone": "07700 900999"})
+    assert nobody.status_code == 404 and "nobody matches phone +447700900999" in nobody.text
+    bad = client.get("/agent", params={"kind": "card", "value": "4111 1111 1111 1112"})
+    assert bad.status_code == 400 and "card: " in bad.text and "1112" not in bad.text
+    assert client.get("/agent", params={"phone": PHONE, "unmasked": "true"}).status_code == 403
+    empty = client.get("/agent")
+    assert empty.status_code == 200 and 'id="search"' in empty.text

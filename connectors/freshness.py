@@ -1,0 +1,115 @@
+"""How fresh the read model behind the lookup API is: per-partition projection lag.
+
+For every projection (``projections.run.PROJECTION_TOPICS``) and every
+partition of its topics: the next offset it will read (``projection_offsets``,
+written in the projection's own transactions), the partition's end offset in
+Kafka and the difference, the records not yet in PostgreSQL; plus the
+instant of the newest card (``max(customers.as_of)``, an index lookup) so an
+agent screen can say "data as of N ms ago".
+
+Cheap on purpose: one long-lived Kafka client (metadata and ``ListOffsets``
+only, no consumer group, so it never disturbs the workers), one short SQL
+query, and the answer cached for ``ttl_s`` so any number of agent screens
+cost one probe a second. Kafka being unreachable is an answer too (``kafka``
+says why, the offsets from PostgreSQL are still there), never a hang beyond
+the client's short timeouts: the read model is served from PostgreSQL, so
+the lookup keeps working without Kafka.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from projections.run import PROJECTION_TOPICS
+from touchpoint.settings import Settings
+
+__all__ = ["LagProbe"]
+
+_STORED = "SELECT projection, topic, partition, next_offset, updated_at FROM projection_offsets"
+_NEWEST_CARD = "SELECT max(as_of) FROM customers"
+
+
+class LagProbe:
+    """Per-partition projection lag, cached for ``ttl_s`` seconds; thread-safe.
+
+    :param settings: Kafka bootstrap, topic prefix.
+    :param ttl_s: how long one probe's answer is reused.
+    """
+
+    def __init__(self, settings: Settings, ttl_s: float = 1.0) -> None:
+        self._settings = settings
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._consumer: KafkaConsumer | None = None
+        self._cached: tuple[float, dict[str, Any]] | None = None
+
+    def lag(self, conn: psycopg.Connection) -> dict[str, Any]:
+        """The report (see the module docstring); ``conn`` reads the stored offsets."""
+        with self._lock:
+            if self._cached is not None and time.monotonic() - self._cached[0] < self._ttl_s:
+                return self._cached[1]
+            report = self._probe(conn)
+            self._cached = (time.monotonic(), report)
+            return report
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+    def _ends(self, topics: list[str]) -> dict[tuple[str, int], int]:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self._settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                client_id="touchpoint-api-lag", request_timeout_ms=3000, bootstrap_timeout_ms=3000,
+                isolation_level="read_committed")
+        consumer = self._consumer
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(tps).items()}
+
+    def _probe(self, conn: psycopg.Connection) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        stored = {(projection, topic, partition): (next_offset, updated_at)
+                  for projection, topic, partition, next_offset, updated_at in conn.execute(_STORED)}
+        newest = conn.execute(_NEWEST_CARD).fetchone()
+        as_of: datetime | None = newest[0] if newest else None
+        wanted = {name: [self._settings.topic(t) for t in topics] for name, topics in PROJECTION_TOPICS.items()}
+        kafka_state = "ok"
+        try:
+            ends = self._ends(sorted({t for topics in wanted.values() for t in topics}))
+        except (KafkaError, OSError, ValueError) as exc:
+            # A fresh client next time: this one may hold a dead connection.
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+            kafka_state = f"unreachable: {type(exc).__name__}: {exc}"
+            ends = {}
+        partitions = []
+        for name, topics in wanted.items():
+            keys = sorted({(t, p) for t, p in ends if t in topics}
+                          | {(t, p) for (proj, t, p) in stored if proj == name})
+            for topic, partition in keys:
+                next_offset, updated_at = stored.get((name, topic, partition), (0, None))
+                end = ends.get((topic, partition))
+                partitions.append({
+                    "projection": name, "topic": topic, "partition": partition, "next_offset": next_offset,
+                    "end_offset": end, "behind": None if end is None else max(0, end - next_offset),
+                    "updated_at": updated_at,
+                })
+        known = [p["behind"] for p in partitions if p["behind"] is not None]
+        return {
+            "checked_at": now,
+            "as_of": as_of,
+            "age_ms": None if as_of is None else int((now - as_of).total_seconds() * 1000),
+            "behind": sum(known) if ends else None,
+            "kafka": kafka_state,
+            "partitions": partitions,
+        }
