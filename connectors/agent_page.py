@@ -198,7 +198,8 @@ def card_page(name: str, role: str, customer_id: str, as_of: str, card: dict[str
               if resolved_from else "")
     balance = loyalty.get("balance")
     summary = (
-        f'<section id="summary"><h1 id="segment">{_e(_title(card.get("value_segment", "unknown")))}</h1>'
+        '<section id="summary"><span class="muted">Value segment</span>'
+        f'<h1 id="segment">{_e(_title(card.get("value_segment", "unknown")))}</h1>'
         '<div class="facts">'
         f'<div>Points balance<b id="balance">{_e(f"{balance:,}" if isinstance(balance, int) else "—")}</b></div>'
         f'<div>Tier<b id="tier">{_e(_title(loyalty.get("tier", "—")))}</b></div>'

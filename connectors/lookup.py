@@ -335,13 +335,21 @@ def _html(body: str, status: int = 200, nonce: str | None = None) -> HTMLRespons
         "Content-Security-Policy": (f"default-src 'none'; style-src 'unsafe-inline'; script-src {script}; "
                                     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
                                     "base-uri 'none'"),
-        "Referrer-Policy": "no-referrer",
+        # Links off the page must not carry the looked-up phone number in a Referer; same-origin ones
+        # may (with no-referrer, browsers would send "Origin: null" on our own form posts).
+        "Referrer-Policy": "same-origin",
         "X-Frame-Options": "DENY",
     })
 
 
 def _same_origin(request: Request) -> bool:
-    """A form post from this site (browsers send Origin on POST); no Origin: not a browser, allowed."""
+    """A form post from this site's own pages (login CSRF guard); a client that is no browser passes.
+
+    Browsers say where a request comes from in ``Sec-Fetch-Site``, older ones only in ``Origin``.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     return origin is None or origin == f"{request.url.scheme}://{request.url.netloc}"
 

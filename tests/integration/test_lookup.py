@@ -432,6 +432,8 @@ def test_page_login_sets_httponly_cookie(client: TestClient, ids: dict[str, str]
     assert COOKIE not in bad.headers.get("set-cookie", "")
     foreign = browser.post("/agent/login", data={"key": AGENT_KEY}, headers={"Origin": "https://evil.example"})
     assert foreign.status_code == 403
+    cross_site = browser.post("/agent/login", data={"key": AGENT_KEY}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert cross_site.status_code == 403
     answer = browser.post("/agent/login", data={"key": AGENT_KEY, "next": "https://evil.example/agent"})
     assert answer.status_code == 303
     assert answer.headers["location"] == "/agent"  # never off-site
@@ -461,7 +463,7 @@ def test_page_escapes_everything(lookup_settings: Settings, client: TestClient) 
     assert "&lt;img src=x onerror=alert(1)&gt;" in page.text
     assert "script-src 'nonce-" in page.headers["content-security-policy"]
     assert page.headers["cache-control"] == "no-store"
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"
 
 
 def test_page_nobody_and_invalid(client: TestClient) -> None:
