@@ -23,9 +23,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
+from psycopg_pool import ConnectionPool
 
 from projections.run import PROJECTION_TOPICS
 from touchpoint.settings import Settings
@@ -50,12 +50,16 @@ class LagProbe:
         self._consumer: KafkaConsumer | None = None
         self._cached: tuple[float, dict[str, Any]] | None = None
 
-    def lag(self, conn: psycopg.Connection) -> dict[str, Any]:
-        """The report (see the module docstring); ``conn`` reads the stored offsets."""
+    def lag(self, pool: ConnectionPool) -> dict[str, Any]:
+        """The report (see the module docstring); ``pool`` lends a connection for the stored offsets.
+
+        Callers waiting for a probe in progress hold no connection (they wait on the lock first),
+        so a slow Kafka cannot drain the pool the lookups need.
+        """
         with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self._ttl_s:
                 return self._cached[1]
-            report = self._probe(conn)
+            report = self._probe(pool)
             self._cached = (time.monotonic(), report)
             return report
 
@@ -75,11 +79,12 @@ class LagProbe:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(tps).items()}
 
-    def _probe(self, conn: psycopg.Connection) -> dict[str, Any]:
+    def _probe(self, pool: ConnectionPool) -> dict[str, Any]:
         now = datetime.now(UTC)
-        stored = {(projection, topic, partition): (next_offset, updated_at)
-                  for projection, topic, partition, next_offset, updated_at in conn.execute(_STORED)}
-        newest = conn.execute(_NEWEST_CARD).fetchone()
+        with pool.connection() as conn:  # given back before Kafka is asked
+            stored = {(projection, topic, partition): (next_offset, updated_at)
+                      for projection, topic, partition, next_offset, updated_at in conn.execute(_STORED)}
+            newest = conn.execute(_NEWEST_CARD).fetchone()
         as_of: datetime | None = newest[0] if newest else None
         wanted = {name: [self._settings.topic(t) for t in topics] for name, topics in PROJECTION_TOPICS.items()}
         kafka_state = "ok"

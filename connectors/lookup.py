@@ -278,8 +278,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     @app.get("/v1/lag", summary="How far the read model is behind, per projection partition",
              responses={401: {"description": "no or an invalid API key"}})
     def lag(_: Principal = Depends(caller)) -> dict[str, Any]:
-        with pool.connection() as conn:
-            return lag_probe.lag(conn)
+        return lag_probe.lag(pool)
 
     @app.get("/v1/audit", summary="The newest lookup audit rows (admin only)",
              responses={401: {"description": "no or an invalid API key"}, 403: {"description": "not admin"}})

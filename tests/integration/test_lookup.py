@@ -405,8 +405,10 @@ def test_lag_per_partition(lookup_settings: Settings, client: TestClient) -> Non
     assert {(p["topic"], p["partition"]) for p in views} == \
         {(topic, n) for n in range(lookup_settings.topic_partitions)}
     (stored,) = [p for p in views if p["partition"] == 0]
-    # The records went in straight through the projection (offsets up to 112); the topic itself is empty.
-    assert (stored["next_offset"], stored["end_offset"], stored["behind"]) == (113, 0, 0)
+    # The records went in straight through the projection (offsets up to 112 at least); the topic itself
+    # is empty, and a projection ahead of its topic is not behind.
+    assert stored["next_offset"] >= 113
+    assert (stored["end_offset"], stored["behind"]) == (0, 0)
     assert stored["updated_at"] is not None
     assert {p["projection"] for p in lag["partitions"]} == {"interactions", "customers", "loyalty", "alerts"}
     assert lag["behind"] == sum(p["behind"] for p in lag["partitions"])
@@ -474,3 +476,29 @@ def test_page_nobody_and_invalid(client: TestClient) -> None:
     assert client.get("/agent", params={"phone": PHONE, "unmasked": "true"}).status_code == 403
     empty = client.get("/agent")
     assert empty.status_code == 200 and 'id="search"' in empty.text
+
+
+# kafka-python's network thread leaves its failed connection attempts' sockets to the garbage
+# collector (ResourceWarning); collected below, inside this test, so no later test inherits them.
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_lag_without_kafka_still_answers(lookup_settings: Settings, client: TestClient) -> None:
+    """Kafka down: the offsets PostgreSQL holds and the reason, within the client's short timeouts."""
+    import gc
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    settings = lookup_settings.model_copy(update={"kafka_bootstrap": dead})
+    with TestClient(create_lookup_app(settings), headers={"X-API-Key": OPS_KEY}) as api:
+        started = time.monotonic()
+        lag = api.get("/v1/lag").json()
+        assert time.monotonic() - started < 15
+    gc.collect()
+    assert lag["kafka"].startswith("unreachable: ")
+    assert lag["behind"] is None
+    (stored,) = [p for p in lag["partitions"] if p["projection"] == "customers"]
+    # Offsets up to 112 at least went in through the projection (later tests add more).
+    assert stored["partition"] == 0 and stored["next_offset"] >= 113
+    assert (stored["end_offset"], stored["behind"]) == (None, None)
