@@ -37,16 +37,20 @@ State: a changelog-backed table keyed by customer id (``touchpoint.customer-stat
 every ``STATE_FLUSH_S``, the agent writes the state record of every customer
 changed since the last write (tombstones for the merged away) and a
 checkpoint (the next offset of ``accepted``) in one Kafka transaction. On
-start it reads the table back (identity index, views, ledgers, alert
-episodes, due times), replays ``accepted`` from the checkpoint up to its
-group's committed offset through the same Folder, and skips re-delivered
-messages below the checkpoint (their output was published before the table
-was written). A table it cannot use (missing, another format, a bad
+start it claims the table (fencing any earlier writer), reads it back
+(identity index, views, ledgers, alert episodes, due times) and replays
+``accepted`` from the checkpoint up to its group's committed offset through
+the same Folder. A table it cannot use (missing, another format, a bad
 signature) is reported and the state rebuilt from the whole log, which stays
-the source of truth. Faust is at-least-once: anything re-delivered after the
-checkpoint is folded again, and the Folder ignores an event id it has
-already folded. The one ordered partition bounds throughput to one core
-(measured in bench/pipeline).
+the source of truth.
+
+The agent knows the offset its state expects next. A message below it is a
+re-delivery (Faust is at-least-once) and is skipped: its output went out
+before the state moved past it. A message above it means the partition was
+another worker's meanwhile (two workers, a rebalance) or our table write was
+fenced: the agent recovers as on start before folding it. So two workers can
+share the partitions and either can die. The one ordered partition bounds
+throughput to one core (measured in bench/pipeline).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
 
 from connectors.alerts import AlertSerde, alert_topic
 from connectors.clock import TICK_HEADER, TICK_VALUE
@@ -94,8 +99,10 @@ class CustomerStage:
         self.settings = settings
         self.serde = serde
         self.folder, self.changed = self._new_folder()
-        #: Messages of ``accepted`` below this offset are in the state already (re-deliveries).
-        self.skip_below = 0
+        #: The next offset of ``accepted`` the in-memory state expects: a message below it is folded
+        #: already (a re-delivery), a message above it means another worker folded the ones between
+        #: (the partition moved and came back), so the state must be recovered first.
+        self.position = 0
         self._flushed_at = 0.0
 
     def _new_folder(self) -> tuple[Folder, set[str]]:
@@ -140,12 +147,13 @@ class CustomerStage:
         self.changed |= merged.keys()
         return touched, merged
 
-    async def recover(self, topic: str, table: StateTable) -> int:
-        """Load the state table, then replay ``topic`` from its checkpoint to the committed offset.
+    async def recover(self, topic: str, table: StateTable, up_to: int | None = None) -> int:
+        """Load the state table, then replay ``topic`` from its checkpoint up to ``up_to``.
 
-        Starts from an empty Folder: after an agent restart in the same process the old
-        state may hold events past the committed offset, which will be re-delivered.
-        Returns the events replayed from the log.
+        ``up_to`` is the offset of the message at hand (everything before it was folded
+        and published, by this worker or another); on start, None: the group's committed
+        offset. Starts from an empty Folder: the old state may hold messages not yet
+        committed that another worker will fold. Returns the events replayed from the log.
         """
         self.folder, self.changed = self._new_folder()
         tp = TopicPartition(topic, 0)
@@ -157,6 +165,7 @@ class CustomerStage:
         finally:
             await probe.stop()
         await asyncio.to_thread(table.ensure_topic)
+        await table.claim()  # fences a previous owner: it can no longer write behind our back
         records = await table.load()
         start = 0
         if records:
@@ -168,17 +177,18 @@ class CustomerStage:
                 start = 0
         restored = len(self.folder.views)
         replayed = 0
-        if committed > start:
+        target = committed if up_to is None else up_to
+        if target > start:
             reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
                                       enable_auto_commit=False, isolation_level="read_committed")
             await reader.start()
             try:
                 reader.assign([tp])
                 reader.seek(tp, start)
-                while await reader.position(tp) < committed:
+                while await reader.position(tp) < target:
                     batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
                     for message in batch.get(tp, []):
-                        if message.offset >= committed:
+                        if message.offset >= target:
                             break
                         self.add_message(message.value, message.headers)
                         replayed += 1
@@ -187,19 +197,34 @@ class CustomerStage:
         self.drain_changes()  # what the replay changed goes into the next state write
         self.folder.drain_entries()  # already published by the run that folded them first
         self.folder.drain_alerts()
-        self.skip_below = start
+        self.position = max(target, start)
         log.info("customer state rebuilt: restored=%d customers from the state table at offset %d, "
                  "replayed=%d events of the log up to offset %d, %d customers",
-                 restored, start, replayed, max(committed, start), len(self.folder.views))
+                 restored, start, replayed, max(target, start), len(self.folder.views))
         return replayed
 
-    async def persist(self, table: StateTable, next_offset: int, force: bool = False) -> bool:
-        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S`` unless ``force``."""
+    async def persist(self, table: StateTable, force: bool = False) -> bool:
+        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S`` unless ``force``.
+
+        The table is a cache of the log: a failed write is logged and retried with the next batch
+        (the changes stay pending). Fenced by a newer owner of the partition, this worker's state
+        is stale: the next message recovers it.
+        """
         now = time.monotonic()
         if not force and now - self._flushed_at < STATE_FLUSH_S:
             return False
         records = customer_records(self.folder, sorted(self.changed))
-        await table.write(records, (CHECKPOINT_KEY, checkpoint_record(self.folder, next_offset)))
+        try:
+            await table.write(records, (CHECKPOINT_KEY, checkpoint_record(self.folder, self.position)))
+        except ProducerFenced:
+            log.warning("customer state table claimed by another worker; recovering before the next message")
+            self.position = -1
+            await table.close()
+            return False
+        except KafkaError as exc:
+            log.warning("customer state table write failed, retried with the next batch: %s", exc)
+            await table.close()
+            return False
         self.changed.clear()
         self._flushed_at = now
         return True
@@ -228,31 +253,43 @@ def register_customers(app: faust.App, settings: Settings) -> None:
     @app.agent(accepted, name="customers")
     async def customers(stream: faust.StreamT[bytes]) -> None:
         table = StateTable(settings)
-        await stage.recover(accepted.get_topic_name(), table)
+        topic = accepted.get_topic_name()
+        await stage.recover(topic, table)
         try:
             async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-                await fold_batch(events)
-                await stage.persist(table, events[-1].message.offset + 1)
+                out: list[Outgoing] = []
+                for event in events:
+                    message = event.message
+                    if message.offset > stage.position:
+                        # Not the message our state expects: the partition was another worker's meanwhile
+                        # (or our table write was fenced). Publish what this batch folded, then recover.
+                        await publish(out)
+                        out = []
+                        await stage.recover(topic, table, up_to=message.offset)
+                    if message.offset < stage.position:
+                        continue  # folded already, and its output published then
+                    fold_message(message, out)
+                    stage.position = message.offset + 1
+                await publish(out)
+                await stage.persist(table)
         finally:
             await table.close()
 
-    async def fold_batch(events: list[faust.EventT[bytes]]) -> None:
-        """Fold one batch of messages and publish everything it caused."""
-        out: list[Outgoing] = []
-        for event in events:
-            message = event.message
-            if message.offset < stage.skip_below:
-                continue  # folded into the state table already, and its output published then
-            customer_id, decisions, reason = stage.add_message(message.value, message.headers)
-            if reason is not None:
-                out.append((names["dlq"], message.key, message.value,
-                            dlq_headers(reason, message.topic, message.partition, message.offset)))
-                continue
-            if customer_id is None:  # a tick: its expiries and alerts are drained below
-                continue
-            key = customer_id.encode()  # type: ignore[union-attr]
-            out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
-            out.append((names["customer-events"], key, message.value, None))
+    def fold_message(message: Any, out: list[Outgoing]) -> None:
+        """Fold one message of ``accepted`` and add its own output (decisions, keyed event, DLQ) to ``out``."""
+        customer_id, decisions, reason = stage.add_message(message.value, message.headers)
+        if reason is not None:
+            out.append((names["dlq"], message.key, message.value,
+                        dlq_headers(reason, message.topic, message.partition, message.offset)))
+            return
+        if customer_id is None:  # a tick: its expiries and alerts are drained in publish()
+            return
+        key = customer_id.encode()
+        out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
+        out.append((names["customer-events"], key, message.value, None))
+
+    async def publish(out: list[Outgoing]) -> None:
+        """Send ``out`` with everything the folded messages caused: alerts, ledger entries, cards."""
         for alert, context in stage.folder.drain_alerts():
             doc = {**alert.to_json(), **context}
             out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),

@@ -65,10 +65,19 @@ class StateTable:
     async def write(self, records: dict[str, bytes | None], checkpoint: tuple[str, bytes]) -> None:
         """Write ``records`` (None: a tombstone) and the checkpoint as one transaction."""
         producer = await self._started()
-        async with producer.transaction():
-            for key, value in records.items():
-                await producer.send(self.topic, value, key=key.encode(), partition=0)
-            await producer.send(self.topic, checkpoint[1], key=checkpoint[0].encode(), partition=0)
+        futures = []
+        try:
+            async with producer.transaction():
+                for key, value in [*records.items(), checkpoint]:
+                    futures.append(await producer.send(self.topic, value, key=key.encode(), partition=0))
+        finally:
+            for future in futures:  # a failed transaction fails them all; its own error says why
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def claim(self) -> None:
+        """Become the table's only writer: starting the transactional producer fences any earlier one."""
+        await self.close()
+        await self._started()
 
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:

@@ -13,93 +13,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from connectors.alerts import AlertSerde
 from connectors.clock import publish_tick
 from connectors.producer import Delivered, EventProducer
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from streams.customers import CustomerStage
+from tests.e2e.oracle import assert_equals_oracle, committed, drained, end_offset
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import spawn_touchpoint, stop_process
-from touchpoint.core.profile import render
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def end_offset(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
-    finally:
-        consumer.close()
-
-
-def committed(settings: Settings) -> int:
-    """The customers agent's committed offset on ``accepted`` (its group is the app id)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
-                             enable_auto_commit=False)
-    try:
-        return consumer.committed(TopicPartition(settings.topic("accepted"), 0)) or 0
-    finally:
-        consumer.close()
-
-
-def projected_positions(settings: Settings, projection: str = "customers",
-                        topic: str = "customer-views") -> dict[int, int]:
-    with psycopg.connect(settings.pg_conninfo()) as conn:
-        rows = conn.execute("SELECT partition, next_offset FROM projection_offsets "
-                            "WHERE projection = %s AND topic = %s", (projection, settings.topic(topic)))
-        return dict(rows.fetchall())
-
-
-def oracle(settings: Settings) -> CustomerStage:
-    """Fold the worker's whole input log offline, with the worker's own stage."""
-    with RegistryClient(settings.registry_url) as registry:
-        stage = CustomerStage(settings, EventSerde(registry))
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
-                                 enable_auto_commit=False, consumer_timeout_ms=3000)
-        tp = TopicPartition(settings.topic("accepted"), 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = consumer.end_offsets([tp])[tp]
-        try:
-            for message in consumer:
-                stage.add_message(message.value, message.headers)
-                if message.offset + 1 >= end:
-                    break
-        finally:
-            consumer.close()
-    return stage
-
-
-def alerts_on_topics(settings: Settings) -> list[dict[str, object]]:
-    """Every alert on the two alert topics, per partition in offset order."""
-    found = []
-    with RegistryClient(settings.registry_url) as registry:
-        serde = AlertSerde(registry)
-        for kind in ("dormancy", "churn"):
-            topic = settings.topic(f"alerts.{kind}")
-            consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
-                                     enable_auto_commit=False, consumer_timeout_ms=3000)
-            try:
-                partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-                consumer.assign(partitions)
-                consumer.seek_to_beginning(*partitions)
-                found += [serde.deserialize(message.value) for message in consumer]
-            finally:
-                consumer.close()
-    return found
 
 
 def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_path: Path) -> None:
@@ -134,61 +61,11 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
         restored, replayed = map(int, rebuilt.groups())
         assert restored > 50 and replayed < half, f"the state table spared the restart most of the log: {rebuilt[0]}"
 
-        def caught_up() -> bool:
-            accepted_end = end_offset(settings, settings.topic("accepted"))[0]
-            caught = committed(settings) >= accepted_end > killed_at
-            for topic, projection in (("customer-views", "customers"), ("loyalty", "loyalty"),
-                                      ("alerts.dormancy", "alerts"), ("alerts.churn", "alerts")):
-                positions = projected_positions(settings, projection, topic)
-                caught = caught and all(positions.get(p, 0) >= offset
-                                        for p, offset in end_offset(settings, settings.topic(topic)).items())
-            return caught
-
-        wait_until(caught_up, 180, "the worker and the projection to catch up", (worker, writer))
+        wait_until(lambda: drained(settings, killed_at), 180, "the worker and the projection to catch up",
+                   (worker, writer))
     finally:
         stop_process(worker)
         stop_process(writer)
 
-    expected = oracle(settings)
-    expected_alerts = [alert for alert, _ in expected.folder.drain_alerts()]
-    published = alerts_on_topics(settings)
-    segment = expected.folder.config.segment
-    with psycopg.connect(settings.pg_conninfo()) as conn:
-        rows = {cid: (view, as_of) for cid, view, as_of in conn.execute(
-            "SELECT customer_id, view, as_of FROM customers")}
-        aliases = dict(conn.execute("SELECT alias, survivor FROM customer_aliases").fetchall())
-        ledger = conn.execute("SELECT entry_id, customer_id, points FROM loyalty_ledger").fetchall()
-        projected_alerts = {(cid, kind): alert_id for cid, kind, alert_id in conn.execute(
-            "SELECT customer_id, kind, alert_id FROM alerts")}
-    assert set(rows) == set(expected.folder.views), "the same customers"
-    for customer_id, (view, as_of) in rows.items():
-        assert view == render(expected.folder.views[customer_id], as_of, segment), customer_id
-    merged = {alias for view in expected.folder.views.values() for alias in view.aliases}
-    assert set(aliases) == merged
-
-    # The ledger: every entry the oracle issued, once, on the customer (or an alias of it) it belongs to.
-    expected_entries = {entry.id: (customer_id, entry.points) for customer_id, view in expected.folder.views.items()
-                        for entry in view.loyalty.entries.values()}
-    assert len(ledger) == len({entry_id for entry_id, _, _ in ledger}) == len(expected_entries)
-    def survivor(customer_id: str) -> str:
-        while customer_id in aliases:  # a merge of a merge is a chain of aliases
-            customer_id = aliases[customer_id]
-        return customer_id
-
-    for entry_id, customer_id, points in ledger:
-        assert expected_entries[entry_id] == (survivor(customer_id), points), entry_id
-    for customer_id in rows:
-        owned = [points for _, cid, points in ledger if survivor(cid) == customer_id]
-        assert sum(owned) == sum(e.points for e in expected.folder.views[customer_id].loyalty.entries.values())
-    assert len(rows) > 100 and merged, "the population is big enough to mean something"
-    # Alerts: the same transitions as the replay decided (a re-emission after the kill repeats an id,
-    # which subscribers deduplicate on), and the latest per customer and kind in PostgreSQL.
-    assert {a["alert_id"] for a in published} == {a.alert_id for a in expected_alerts}
-    last = {(a.customer_id, a.kind): a.alert_id for a in expected_alerts}
-    assert projected_alerts == last
-    raised = [a for a in expected_alerts if a.kind == "dormancy" and a.state == "raised"]
-    assert len(raised) > 50, "months of silence after the history make many customers dormant"
-    earned = sum(points for _, _, points in ledger if points > 0)
-    assert earned > 0 and any(points < 0 for _, _, points in ledger), "earns and reversals both happened"
-    print(f"killed at committed offset {killed_at}; {len(rows)} customers, {len(merged)} merged, "
-          f"{len(ledger)} ledger entries, {len(published)} alerts published")
+    counts = assert_equals_oracle(settings)
+    print(f"killed at committed offset {killed_at}; {counts}")
