@@ -130,7 +130,7 @@ import functools
 import heapq
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -432,16 +432,16 @@ class PurchaseFacts:
     @property
     def categories(self) -> frozenset[str]:
         """Categories with at least one line."""
-        return frozenset(line[1] for line in self.lines)
+        return frozenset({line[1] for line in self.lines})
 
 
 def purchase_facts(ms: int, payload: PurchasePayload) -> PurchaseFacts:
     """The facts of a validated purchase payload at event time ``ms``."""
     return PurchaseFacts(
-        ms=ms,
-        total_minor=payload.total_minor,
-        lines=tuple((line.sku, line.category, line.quantity, line.amount_minor) for line in payload.lines),
-        transaction_id=payload.transaction_id,
+        ms,
+        payload.total_minor,
+        tuple([(line.sku, line.category, line.quantity, line.amount_minor) for line in payload.lines]),
+        payload.transaction_id,
     )
 
 
@@ -516,19 +516,33 @@ def _money(minor: int) -> str:
     return f"{minor // 100}.{minor % 100:02d}"
 
 
+# Hits are frozen: the built-in types that always say the same hand out one per parameter value
+# (scoring runs once per purchase; building the reason text each time showed in the fold's profile).
+_HITS: dict[tuple[str, Any], Hit] = {}
+
+
+def _hit(kind: str, param: Any, reason: Callable[[], str]) -> Hit:
+    hit = _HITS.get((kind, param))
+    if hit is None:
+        if len(_HITS) >= 4096:
+            _HITS.clear()
+        hit = _HITS[kind, param] = Hit(reason())
+    return hit
+
+
 @rule_type("basket_threshold", BasketThresholdParams)
 def _basket_threshold(facts: PurchaseFacts, rule: MultiplierRule, ctx: ScoringContext) -> Hit | None:
     threshold = rule.params.threshold_minor
     if facts.total_minor >= threshold:
-        return Hit(f"basket of {_money(threshold)} or more")
+        return _hit("basket_threshold", threshold, lambda: f"basket of {_money(threshold)} or more")
     return None
 
 
 @rule_type("categories_together", CategoriesTogetherParams)
 def _categories_together(facts: PurchaseFacts, rule: MultiplierRule, ctx: ScoringContext) -> Hit | None:
     wanted: tuple[str, ...] = rule.params.categories
-    if facts.categories.issuperset(wanted):
-        return Hit(f"{' and '.join(wanted)} in one visit")
+    if {line[1] for line in facts.lines}.issuperset(wanted):
+        return _hit("categories_together", wanted, lambda: f"{' and '.join(wanted)} in one visit")
     return None
 
 
@@ -588,11 +602,13 @@ def score(facts: PurchaseFacts, version: RuleVersion, invitations: Iterable[Invi
     :param invitations: the customer's campaign invitations.
     """
     ctx = ScoringContext(version, tuple(invitations))
-    base = facts.total_minor // version.minor_per_point
+    minor_per_point = version.minor_per_point
+    base = facts.total_minor // minor_per_point
     best: tuple[int, str, str, bool] | None = None
     stacked: list[tuple[int, str, str, bool]] = []
+    types = RULE_TYPES
     for rule in version.rules:
-        hit = RULE_TYPES[rule.type].fn(facts, rule, ctx)
+        hit = types[rule.type].fn(facts, rule, ctx)
         if hit is None:
             continue
         m = rule.multiplier if hit.multiplier is None else hit.multiplier
@@ -601,9 +617,34 @@ def score(facts: PurchaseFacts, version: RuleVersion, invitations: Iterable[Invi
             stacked.append(applied)
         elif best is None or applied[0] > best[0]:
             best = applied
+    key = (minor_per_point, best, *stacked)
+    outcome = _OUTCOMES.get(key)
+    if outcome is None:
+        outcome = _outcome(key)
+    multiplier, rule_ids, reason = outcome
+    return _new_tuple(Score, (base * multiplier, multiplier, rule_ids, reason))
+
+
+# (minor_per_point, best, *stacked) -> (multiplier, rule ids, reason): the same few combinations
+# recur on every purchase.
+_OUTCOMES: dict[tuple[Any, ...], tuple[int, tuple[str, ...], str]] = {}
+_new_tuple = tuple.__new__
+
+
+def _outcome(key: tuple[Any, ...]) -> tuple[int, tuple[str, ...], str]:
+    minor_per_point, best, *stacked = key
     chosen = ([best] if best is not None else []) + stacked
     if not chosen:
-        return Score(base, 1, (), f"×1: 1 point per {_money(version.minor_per_point)}")
+        outcome: tuple[int, tuple[str, ...], str] = (1, (), f"×1: 1 point per {_money(minor_per_point)}")
+    else:
+        outcome = _combined(chosen)
+    if len(_OUTCOMES) >= 4096:
+        _OUTCOMES.clear()
+    _OUTCOMES[key] = outcome
+    return outcome
+
+
+def _combined(chosen: list[tuple[int, str, str, bool]]) -> tuple[int, tuple[str, ...], str]:
     multiplier = 1
     for m, _, _, _ in chosen:
         multiplier *= m
@@ -612,7 +653,7 @@ def score(facts: PurchaseFacts, version: RuleVersion, invitations: Iterable[Invi
     else:
         parts = [f"{text} (×{m}{', stacks' if stacks else ''})" for m, _, text, stacks in chosen]
         reason = f"×{multiplier}: " + "; ".join(parts)
-    return Score(base * multiplier, multiplier, tuple(rule_id for _, rule_id, _, _ in chosen), reason)
+    return multiplier, tuple(rule_id for _, rule_id, _, _ in chosen), reason
 
 
 # -- ledger -------------------------------------------------------------------
@@ -620,7 +661,7 @@ def score(facts: PurchaseFacts, version: RuleVersion, invitations: Iterable[Invi
 Kind = Literal["earn", "reversal", "expiry"]
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@dataclass(frozen=True, order=True, slots=True, init=False)
 class LedgerEntry:
     """One line of the ledger. ``points`` is signed; ``at_ms`` is when it took effect."""
 
@@ -634,6 +675,13 @@ class LedgerEntry:
     rule_id: str
     multiplier: int
     reason: str
+
+    def __init__(self, id: str, kind: Kind, points: int, at_ms: int, source_event_id: str,  # noqa: A002
+                 transaction_id: str, rule_version: str, rule_id: str, multiplier: int, reason: str) -> None:
+        # The slots' own setters: a frozen dataclass's generated __init__ goes through
+        # object.__setattr__ by name, twice as slow, and one entry is built per purchase.
+        _ENTRY_SET(self, id, kind, points, at_ms, source_event_id, transaction_id, rule_version, rule_id,
+                   multiplier, reason)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict, the time as ISO-8601 with milliseconds and ``Z``."""
@@ -649,6 +697,31 @@ class LedgerEntry:
             "rule_id": self.rule_id,
             "multiplier": self.multiplier,
         }
+
+
+def _entry_setter() -> Callable[..., None]:
+    setters = tuple(LedgerEntry.__dict__[f.name].__set__ for f in fields(LedgerEntry))
+    if len(setters) != 10:  # pragma: no cover - __init__ above names the ten fields
+        raise TypeError("LedgerEntry's fields and its __init__ disagree")
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9 = setters
+
+    def set_all(entry: LedgerEntry, *values: Any) -> None:
+        v0, v1, v2, v3, v4, v5, v6, v7, v8, v9 = values
+        s0(entry, v0)
+        s1(entry, v1)
+        s2(entry, v2)
+        s3(entry, v3)
+        s4(entry, v4)
+        s5(entry, v5)
+        s6(entry, v6)
+        s7(entry, v7)
+        s8(entry, v8)
+        s9(entry, v9)
+
+    return set_all
+
+
+_ENTRY_SET = _entry_setter()
 
 
 def _entry_id(source_event_id: str, transaction_id: str, kind: Kind) -> str:
@@ -753,11 +826,29 @@ class LoyaltyState:
 
 def add_months(ms: int, months: int) -> int:
     """``ms`` moved by calendar ``months`` (UTC), the day clamped to the month's end (31 Jan + 1 = 28/29 Feb)."""
-    instant = _EPOCH + timedelta(milliseconds=ms)
+    # UTC has no DST: the time of day is kept, only the date moves. The date arithmetic is
+    # cached per (day, months) (once per purchase it cost ~4 % of the fold).
+    day, rem = divmod(ms, DAY_MS)
+    moved = _MOVED_DAYS.get((day, months))
+    if moved is None:
+        moved = _add_months_days(day, months)
+    return moved * DAY_MS + rem
+
+
+_MOVED_DAYS: dict[tuple[int, int], int] = {}
+
+
+def _add_months_days(day: int, months: int) -> int:
+    """Days since the epoch ``day`` moved by calendar ``months`` (cached in :data:`_MOVED_DAYS`)."""
+    instant = _EPOCH + timedelta(days=day)
     year, month0 = divmod(instant.month - 1 + months, 12)
     year += instant.year
-    day = min(instant.day, calendar.monthrange(year, month0 + 1)[1])
-    return epoch_ms(instant.replace(year=year, month=month0 + 1, day=day))
+    clamped = min(instant.day, calendar.monthrange(year, month0 + 1)[1])
+    moved = epoch_ms(instant.replace(year=year, month=month0 + 1, day=clamped)) // DAY_MS
+    if len(_MOVED_DAYS) >= 1 << 16:
+        _MOVED_DAYS.clear()
+    _MOVED_DAYS[day, months] = moved
+    return moved
 
 
 def balance(state: LoyaltyState) -> int:
