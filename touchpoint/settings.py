@@ -10,6 +10,7 @@ PostgreSQL.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,16 @@ class Settings(BaseSettings):
     gateway_port: int = 18080
     gateway_max_body_bytes: int = 1_048_576
     gateway_max_events: int = 1000
+    # Who may post events: sha256 hex of each key -> its source system and scope, {"name": "sms-provider",
+    # "channels": ["sms"], "types": ["sms", "consent"]} ("*" for every one) plus optional "rate_per_s",
+    # "burst" and "max_body_bytes" (JSON in TOUCHPOINT_GATEWAY_KEYS). No key configured: every post is
+    # refused. ``python -m connectors.access new-key --name NAME --channels ... --types ...`` makes one.
+    gateway_keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A JSON file of more such entries, re-read when it changes: keys rotate without a restart.
+    gateway_keys_file: Path | None = None
+    # Requests per second per source whose entry names no rate (a token bucket in each gateway process,
+    # holding two seconds' worth unless the entry names a burst).
+    gateway_rate_per_s: float = Field(default=50.0, gt=0)
 
     # Front-line lookup API (touchpoint api), on the gateway's host.
     api_port: int = 18082

@@ -1,4 +1,10 @@
-"""The HTTP ingest gateway against the real broker and registry, through its ASGI app."""
+"""The HTTP ingest gateway against the real broker and registry, through its ASGI app.
+
+Callers hold source keys (configured as sha256 digests, as in production); the
+default client is a source allowed every channel and type. Also covered: no
+key, a wrong or revoked key, a key of another channel or type, the counters
+of refusals, rate limits with ``Retry-After`` and per-source body limits.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +19,32 @@ import pytest
 from fastapi import FastAPI
 from kafka import KafkaConsumer, TopicPartition
 
+from connectors.access import digest
 from connectors.gateway import create_gateway
 from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Result
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import event_topic
 from tests.unit.contract_samples import sample
-from touchpoint.errors import PublishError
+from touchpoint.errors import ConfigError, PublishError
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration
 NDJSON = {"Content-Type": "application/x-ndjson"}
+
+ALL_KEY = "all-key-0123456789abcdef"        # the CTI and web site: every channel and type
+SMS_KEY = "sms-key-0123456789abcdef"        # the SMS provider: sms events on the sms channel only
+WEB_KEY = "web-key-0123456789abcdef"        # web analytics: the web channel, web events only
+SLOW_KEY = "slow-key-0123456789abcdef"      # half a request per second, two at once
+SMALL_KEY = "small-key-0123456789abcdef"    # bodies of at most 600 bytes
+GATEWAY_KEYS = {
+    digest(ALL_KEY): {"name": "everything", "channels": ["*"], "types": ["*"]},
+    digest(SMS_KEY): {"name": "sms-provider", "channels": ["sms"], "types": ["sms"]},
+    digest(WEB_KEY): {"name": "web-analytics", "channels": ["web"], "types": ["web"]},
+    digest(SLOW_KEY): {"name": "slow", "channels": ["*"], "types": ["*"], "rate_per_s": 0.5, "burst": 2},
+    digest(SMALL_KEY): {"name": "small", "channels": ["*"], "types": ["*"], "max_body_bytes": 600},
+}
+ALL = {"Authorization": f"Bearer {ALL_KEY}"}
 
 
 def fresh(event_type: str, **changes: Any) -> dict[str, Any]:
@@ -35,21 +56,29 @@ def fresh(event_type: str, **changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def gateway_settings(settings: Settings) -> Settings:
+    """The session's settings with this module's source keys."""
+    return settings.model_copy(update={"gateway_keys": GATEWAY_KEYS})
+
+
+@pytest.fixture(scope="module")
 def producer(settings: Settings) -> Iterator[EventProducer]:
     with EventProducer(settings) as real:
         yield real
 
 
-@pytest.fixture
-def make_client(settings: Settings, producer: EventProducer) -> Iterator[Callable[..., httpx.AsyncClient]]:
-    """Clients of gateways built with the real producer and the given options."""
-    clients: list[httpx.AsyncClient] = []
+def asgi_client(app: FastAPI, key: str | None = ALL_KEY) -> httpx.AsyncClient:
+    """A client of ``app`` sending ``key`` as a bearer token on every request (None: no key)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway", headers=headers)
 
-    def make(app: FastAPI | None = None, **options: Any) -> httpx.AsyncClient:
-        app = app or create_gateway(settings, producer, **options)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
-        clients.append(client)
-        return client
+
+@pytest.fixture
+def make_client(gateway_settings: Settings, producer: EventProducer) -> Iterator[Callable[..., httpx.AsyncClient]]:
+    """Clients of gateways built with the real producer and the given options, holding ``key``."""
+
+    def make(app: FastAPI | None = None, key: str | None = ALL_KEY, **options: Any) -> httpx.AsyncClient:
+        return asgi_client(app or create_gateway(gateway_settings, producer, **options), key)
 
     yield make
 
@@ -231,8 +260,9 @@ async def test_openapi_documents_the_ingest_route(client: httpx.AsyncClient) -> 
     doc = (await client.get("/openapi.json")).json()
     post = doc["paths"]["/v1/events"]["post"]
     assert set(post["requestBody"]["content"]) == {"application/json", "application/x-ndjson"}
-    assert {"202", "400", "413", "415", "422", "503"} <= set(post["responses"])
+    assert {"202", "400", "401", "403", "413", "415", "422", "429", "503"} <= set(post["responses"])
     assert "Retry-After" in post["responses"]["503"]["headers"]
+    assert "Retry-After" in post["responses"]["429"]["headers"]
     schemas = doc["components"]["schemas"]
     assert {"Event", "PurchaseEvent", "PurchasePayload", "IngestResponse", "UnavailableResponse"} <= set(schemas)
     # Every reference resolves inside the document.
@@ -252,22 +282,25 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(value)
 
 
-async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/healthz")).json() == {"status": "ok"}
-    response = await client.get("/readyz")
-    assert response.status_code == 200, response.text
-    assert response.json() == {"ready": True, "checks": {"kafka": "ok", "registry": "ok"}}
+async def test_health_and_readiness_need_no_key(make_client: Callable[..., httpx.AsyncClient]) -> None:
+    async with make_client(key=None) as anonymous:
+        assert (await anonymous.get("/healthz")).json() == {"status": "ok"}
+        response = await anonymous.get("/readyz")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"ready": True, "checks": {"kafka": "ok", "registry": "ok"}}
+        assert (await anonymous.get("/openapi.json")).status_code == 200
+        assert (await anonymous.get("/v1/stats")).status_code == 200
 
 
-async def test_kafka_down_is_503_with_retry_after(settings: Settings) -> None:
+async def test_kafka_down_is_503_with_retry_after(gateway_settings: Settings) -> None:
     """Kafka on a closed port: EventProducer's constructor raises PublishError; the gateway creates its
     producer lazily, so it starts anyway, answers 503 meanwhile and says which events were fine."""
-    down = settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
+    down = gateway_settings.model_copy(update={"kafka_bootstrap": "127.0.0.1:1"})
     with pytest.raises(PublishError):
         EventProducer(down, timeout_s=5)
     app = create_gateway(down, retry_after_s=7)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
+        async with asgi_client(app) as c:
             good, bad = fresh("web"), fresh("web", channel="fax")
             for _ in range(2):  # the first waits for the connection attempt, the second is shed at once
                 response = await c.post("/v1/events", json=[good, bad])
@@ -286,11 +319,11 @@ async def test_kafka_down_is_503_with_retry_after(settings: Settings) -> None:
         app.state.gateway.slot.close()
 
 
-async def test_registry_down_is_503_with_retry_after(settings: Settings) -> None:
-    down = settings.model_copy(update={"registry_url": "http://127.0.0.1:1/apis/ccompat/v7"})
+async def test_registry_down_is_503_with_retry_after(gateway_settings: Settings) -> None:
+    down = gateway_settings.model_copy(update={"registry_url": "http://127.0.0.1:1/apis/ccompat/v7"})
     app = create_gateway(down)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
+        async with asgi_client(app) as c:
             event = fresh("sms")
             response = await c.post("/v1/events", json=event)
             assert response.status_code == 503, response.text
@@ -303,11 +336,11 @@ async def test_registry_down_is_503_with_retry_after(settings: Settings) -> None
         app.state.gateway.slot.close()
 
 
-async def test_async_producer_on_the_serving_loop(settings: Settings) -> None:
-    producer = await AsyncEventProducer.start(settings)
+async def test_async_producer_on_the_serving_loop(gateway_settings: Settings) -> None:
+    producer = await AsyncEventProducer.start(gateway_settings)
     try:
-        app = create_gateway(settings, producer)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
+        app = create_gateway(gateway_settings, producer)
+        async with asgi_client(app) as c:
             huge = fresh("purchase")
             huge["payload"]["total_minor"] = 10**20
             response = await c.post("/v1/events", json=[fresh("web"), huge, fresh("sms", identifiers={})])
@@ -327,12 +360,209 @@ class _HalfAcknowledged(EventProducer):
 
 
 async def test_unacknowledged_events_make_a_503_listing_them(
-        settings: Settings, make_client: Callable[..., httpx.AsyncClient]) -> None:
-    with _HalfAcknowledged(settings) as flaky:
-        async with make_client(create_gateway(settings, flaky)) as c:
+        gateway_settings: Settings, make_client: Callable[..., httpx.AsyncClient]) -> None:
+    with _HalfAcknowledged(gateway_settings) as flaky:
+        async with make_client(create_gateway(gateway_settings, flaky)) as c:
             events = [fresh("web"), fresh("web"), fresh("web", identifiers={})]
             response = await c.post("/v1/events", json=events)
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     body = response.json()
     assert (body["accepted"], body["rejected"], body["failed"]) == (1, 1, 1)
     assert [r["status"] for r in body["results"]] == ["accepted", "failed", "rejected"]
+
+
+# --- who may post: keys, scope, counters, rate and size per source ---------------------------------
+
+
+async def stats_of(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/v1/stats")
+    assert response.status_code == 200, response.text
+    doc: dict[str, Any] = response.json()
+    return doc
+
+
+@pytest.mark.parametrize(("headers", "reason", "counted"), [
+    ({}, "no API key given", "no_key"),
+    ({"Authorization": "Bearer not-a-key"}, "the API key is not valid", "invalid_key"),
+    ({"X-API-Key": "not-a-key"}, "the API key is not valid", "invalid_key"),
+    ({"Authorization": f"Basic {ALL_KEY}"}, "no API key given", "no_key"),
+    # A lookup API key is a different store's: unknown here.
+    ({"Authorization": "Bearer agent-key-0123456789abcdef"}, "the API key is not valid", "invalid_key"),
+], ids=["none", "wrong-bearer", "wrong-x-api-key", "basic-scheme", "lookup-key"])
+async def test_without_a_valid_key_401_counted_and_nothing_published(
+        gateway_settings: Settings, producer: EventProducer, headers: dict[str, str], reason: str,
+        counted: str) -> None:
+    with_lookup_keys = gateway_settings.model_copy(
+        update={"api_keys": {digest("agent-key-0123456789abcdef"): {"name": "alice", "role": "agent"}}})
+    app = create_gateway(with_lookup_keys, producer)
+    async with asgi_client(app, key=None) as c:
+        event = fresh("web")
+        response = await c.post("/v1/events", json=event, headers=headers)
+        assert response.status_code == 401, response.text
+        detail = response.json()["detail"]
+        assert detail.startswith(reason) and "Authorization: Bearer <key>" in detail
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "not-a-key" not in response.text and ALL_KEY not in response.text  # keys are never echoed
+        refusals = (await stats_of(c))["refusals"]
+        assert refusals[counted] == 1 and sum(refusals.values()) == 1
+        # The same request with a good key goes through: it was the key, not the event.
+        assert (await c.post("/v1/events", json=event, headers=ALL)).status_code == 202
+
+
+async def test_no_keys_configured_refuses_every_post_and_says_how_to_configure(
+        settings: Settings, producer: EventProducer) -> None:
+    assert not settings.gateway_keys and settings.gateway_keys_file is None
+    async with asgi_client(create_gateway(settings, producer)) as c:
+        response = await c.post("/v1/events", json=fresh("web"))
+        assert response.status_code == 401, response.text
+        detail = response.json()["detail"]
+        assert "no keys configured" in detail and "TOUCHPOINT_GATEWAY_KEYS" in detail
+        assert "python -m connectors.access new-key" in detail
+        assert (await stats_of(c))["refusals"]["no_keys_configured"] == 1
+        assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_key_of_another_channel_is_403_with_the_reason_and_counted(
+        make_client: Callable[..., httpx.AsyncClient]) -> None:
+    async with make_client(key=SMS_KEY) as sms:
+        purchase = fresh("purchase")
+        response = await sms.post("/v1/events", json=purchase)
+        assert response.status_code == 403, response.text
+        body = response.json()
+        assert "sms-provider may not publish" in body["detail"]
+        assert (body["accepted"], body["rejected"]) == (0, 1)
+        assert body["results"] == [{
+            "index": 0, "event_id": purchase["event_id"], "status": "rejected",
+            "problems": [{"field": "channel", "message": "source sms-provider may not publish on channel 'branch' "
+                                                         "(its key allows: sms)"}]}]
+        stats = await stats_of(sms)
+        assert stats["refusals"]["out_of_scope"] == 1
+        assert stats["sources"]["sms-provider"] == {"requests": 1, "accepted": 0, "rejected": 0, "out_of_scope": 1,
+                                                    "rate_limited": 0, "too_large": 0}
+        # Its own channel goes through.
+        assert (await sms.post("/v1/events", json=fresh("sms"))).status_code == 202
+
+
+async def test_type_outside_the_key_is_refused_even_on_an_allowed_channel(
+        make_client: Callable[..., httpx.AsyncClient]) -> None:
+    async with make_client(key=WEB_KEY) as web:
+        consent = fresh("consent")  # channel web, type consent: the channel is allowed, the type is not
+        assert consent["channel"] == "web"
+        response = await web.post("/v1/events", json=consent)
+        assert response.status_code == 403, response.text
+        [result] = response.json()["results"]
+        assert result["problems"] == [{"field": "type", "message": "source web-analytics may not publish events of "
+                                                                   "type 'consent' (its key allows: web)"}]
+
+
+async def test_mixed_request_publishes_the_allowed_and_lists_the_others_as_rejected(
+        settings: Settings, make_client: Callable[..., httpx.AsyncClient]) -> None:
+    broken = fresh("sms", identifiers={})
+    events = [fresh("sms"), fresh("purchase"), broken, fresh("web"), fresh("sms")]
+    async with make_client(key=SMS_KEY) as sms:
+        response = await sms.post("/v1/events", json=events)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert (body["accepted"], body["rejected"]) == (2, 3)
+        results = body["results"]
+        assert [r["index"] for r in results] == [0, 1, 2, 3, 4]
+        assert [r["event_id"] for r in results] == [e["event_id"] for e in events]
+        assert [r["status"] for r in results] == ["accepted", "rejected", "rejected", "rejected", "accepted"]
+        assert [p["field"] for p in results[1]["problems"]] == ["channel"]
+        assert "may not publish on channel 'branch'" in results[1]["problems"][0]["message"]
+        assert [p["field"] for p in results[2]["problems"]] == ["identifiers"]  # the contract's refusal
+        assert "channel 'web'" in results[3]["problems"][0]["message"]
+        assert {r["topic"] for r in results if r["status"] == "accepted"} == {event_topic(settings, "sms")}
+        counts = (await stats_of(sms))["sources"]["sms-provider"]
+        assert (counts["accepted"], counts["rejected"], counts["out_of_scope"]) == (2, 1, 2)
+        # In scope but all broken: the contract's 422, not a 403.
+        assert (await sms.post("/v1/events", json=[broken])).status_code == 422
+
+
+async def test_revoked_key_is_401_without_a_restart(
+        gateway_settings: Settings, producer: EventProducer, tmp_path: Any) -> None:
+    keys_file = tmp_path / "gateway-keys.json"
+    entry = {"name": "email-provider", "channels": ["email"], "types": ["email"]}
+    keys_file.write_text(json.dumps({digest("first-key"): entry}))
+    settings = gateway_settings.model_copy(update={"gateway_keys": {}, "gateway_keys_file": keys_file})
+    async with asgi_client(create_gateway(settings, producer), key=None) as c:
+        first, second = {"X-API-Key": "first-key"}, {"X-API-Key": "second-key"}
+        assert (await c.post("/v1/events", json=fresh("email"), headers=first)).status_code == 202
+        assert (await c.post("/v1/events", json=fresh("email"), headers=second)).status_code == 401
+        # Rotate: the second key replaces the first (a new file moved into place, as deploy tools do).
+        staged = tmp_path / "gateway-keys.json.new"
+        staged.write_text(json.dumps({digest("second-key"): entry}))
+        staged.replace(keys_file)
+        revoked = await c.post("/v1/events", json=fresh("email"), headers=first)
+        assert revoked.status_code == 401 and "unknown or revoked" in revoked.json()["detail"]
+        assert (await c.post("/v1/events", json=fresh("email"), headers=second)).status_code == 202
+        # A broken file keeps the last valid keys rather than locking every source out.
+        keys_file.write_text("{not json")
+        assert (await c.post("/v1/events", json=fresh("email"), headers=second)).status_code == 202
+        stats = await stats_of(c)
+        assert stats["refusals"]["invalid_key"] == 2
+        assert stats["sources"]["email-provider"]["accepted"] == 3
+
+
+async def test_rate_limit_is_429_with_retry_after_until_a_token_is_back(
+        gateway_settings: Settings, producer: EventProducer) -> None:
+    now = [1000.0]
+    app = create_gateway(gateway_settings, producer, clock=lambda: now[0])
+    async with asgi_client(app, key=SLOW_KEY) as slow, asgi_client(app) as other:
+        # Burst of 2, then empty: the third request waits for half a second's rate to earn a token (2 s).
+        assert [(await slow.post("/v1/events", json=fresh("web"))).status_code for _ in range(2)] == [202, 202]
+        limited = await slow.post("/v1/events", json=fresh("web"))
+        assert limited.status_code == 429, limited.text
+        assert limited.headers["Retry-After"] == "2"
+        assert "slow is over its rate of 0.5 requests per second" in limited.json()["detail"]
+        # Another source has a bucket of its own.
+        assert (await other.post("/v1/events", json=fresh("web"))).status_code == 202
+        now[0] += 1.0  # half a token: still limited, and told to wait the remaining second
+        limited = await slow.post("/v1/events", json=fresh("web"))
+        assert limited.status_code == 429 and limited.headers["Retry-After"] == "1"
+        now[0] += 1.0
+        assert (await slow.post("/v1/events", json=fresh("web"))).status_code == 202
+        stats = await stats_of(slow)
+        assert stats["refusals"]["rate_limited"] == 2
+        assert stats["sources"]["slow"]["rate_limited"] == 2 and stats["sources"]["slow"]["accepted"] == 3
+        assert stats["sources"]["everything"]["rate_limited"] == 0
+
+
+async def test_default_rate_applies_to_a_key_without_one(
+        gateway_settings: Settings, producer: EventProducer) -> None:
+    now = [0.0]
+    slow_default = gateway_settings.model_copy(update={"gateway_rate_per_s": 1.0})
+    app = create_gateway(slow_default, producer, clock=lambda: now[0])
+    async with asgi_client(app) as c:
+        statuses = [(await c.post("/v1/events", json=fresh("web"))).status_code for _ in range(3)]
+        assert statuses == [202, 202, 429]  # burst: two seconds' worth of 1 request per second
+
+
+async def test_body_limit_per_source(make_client: Callable[..., httpx.AsyncClient]) -> None:
+    event = fresh("web")
+    body = json.dumps([event, fresh("web"), fresh("web")]).encode()
+    assert 600 < len(body) < 1_048_576
+    async with make_client(key=SMALL_KEY) as small:
+        response = await small.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "600 bytes" in response.json()["detail"]
+        assert (await small.post("/v1/events", json=event)).status_code == 202
+        stats = await stats_of(small)
+        assert stats["refusals"]["too_large"] == 1 and stats["sources"]["small"]["too_large"] == 1
+        # The gateway-wide limit still applies to the others.
+        assert (await small.post("/v1/events", content=body, headers={**ALL, "Content-Type": "application/json"})
+                ).status_code == 202
+
+
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"name": "x", "channels": ["smss"], "types": ["sms"]}, "unknown channels 'smss'"),
+    ({"name": "x", "channels": ["sms"], "types": []}, "needs 'types'"),
+    ({"name": "x", "channels": ["sms"]}, "needs 'types'"),
+    ({"name": "x", "channels": ["sms", "*"], "types": ["*"]}, "give one or the other"),
+    ({"name": "x", "channels": ["*"], "types": ["*"], "rate_per_s": 0}, "rate_per_s must be a positive number"),
+    ({"name": "x", "channels": ["*"], "types": ["*"], "role": "agent"}, "unknown fields role"),
+    ({"name": "x", "types": ["*"]}, "needs 'channels'"),
+])
+def test_invalid_gateway_keys_fail_at_startup(gateway_settings: Settings, entry: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match="TOUCHPOINT_GATEWAY_KEYS") as caught:
+        create_gateway(gateway_settings.model_copy(update={"gateway_keys": {digest("k"): entry}}))
+    assert says in str(caught.value)
