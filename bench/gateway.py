@@ -6,6 +6,8 @@ posts N valid generated events with httpx, first one event per request and
 then B per request (JSON arrays), ``--concurrency`` requests in flight, and
 prints events/s and requests/s for each with the machine's size. Every
 answer must be 202 with every event accepted, i.e. acknowledged by Kafka.
+The client holds a fresh source key for every channel and type, with a rate
+limit far above what it can send, so the limit is checked but never hit.
 The client runs in this process and the server in its child, so on a small
 machine the two share the CPUs: figures are for the pair.
 
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -28,7 +31,8 @@ from typing import Any
 
 import httpx
 
-from bench.generate import _mem_total_gib
+from bench.machine import machine_line
+from connectors.access import digest
 from connectors.topics import ensure_topics
 from touchpoint.generate import generate
 from touchpoint.settings import load_settings
@@ -73,7 +77,7 @@ def _events(count: int) -> list[dict[str, Any]]:
     return events
 
 
-async def _post_all(base: str, bodies: list[bytes], per_body: int, concurrency: int) -> float:
+async def _post_all(base: str, key: str, bodies: list[bytes], per_body: int, concurrency: int) -> float:
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)
@@ -82,7 +86,8 @@ async def _post_all(base: str, bodies: list[bytes], per_body: int, concurrency: 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             body = queue.get_nowait()
-            response = await client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
+            response = await client.post("/v1/events", content=body,
+                                         headers={"Content-Type": "application/json", "X-API-Key": key})
             if response.status_code != 202 or response.json()["accepted"] != per_body:
                 raise SystemExit(f"unexpected answer {response.status_code}: {response.text[:500]}")
 
@@ -127,20 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     events = _events(args.events)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
+    key = secrets.token_urlsafe(32)  # the child knows only its digest, as a deployed gateway would
+    entry = {"name": "bench", "channels": ["*"], "types": ["*"], "rate_per_s": 1e6}
+    env = {**os.environ, "TOUCHPOINT_GATEWAY_KEYS": json.dumps({digest(key): entry})}
     child = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "bench.gateway", "--producer", args.producer, "--serve", str(port),
-         settings.topic_prefix], stdin=subprocess.DEVNULL)
+         settings.topic_prefix], stdin=subprocess.DEVNULL, env=env)
     try:
         _wait_ready(base, child)
-        print(f"machine: {os.cpu_count()} CPUs, {_mem_total_gib():.1f} GiB RAM, Python {sys.version.split()[0]}")
+        print(machine_line())
         print(f"gateway: {args.producer} producer, {args.events} events, concurrency {args.concurrency}, "
               f"topics {settings.topic_prefix}.*")
         # Warm up (schema registration, metadata, connections) outside the timings.
-        asyncio.run(_post_all(base, [json.dumps(e).encode() for e in events[:50]], 1, args.concurrency))
+        asyncio.run(_post_all(base, key, [json.dumps(e).encode() for e in events[:50]], 1, args.concurrency))
         for size in dict.fromkeys((1, args.batch)):
             bodies = [json.dumps(events[i] if size == 1 else events[i:i + size]).encode()
                       for i in range(0, len(events) - len(events) % size, size)]
-            seconds = asyncio.run(_post_all(base, bodies, size, args.concurrency))
+            seconds = asyncio.run(_post_all(base, key, bodies, size, args.concurrency))
             sent = len(bodies) * size
             print(f"batch {size:>5}: {sent:>8} events in {seconds:7.2f} s = {sent / seconds:>9.0f} events/s, "
                   f"{len(bodies) / seconds:>7.0f} requests/s")
