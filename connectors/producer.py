@@ -30,6 +30,9 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
 
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
@@ -38,6 +41,10 @@ from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.errors import PublishError
 from touchpoint.settings import Settings
+from touchpoint.telemetry import kafka_headers, tracer
+from touchpoint.telemetry_attrs import CHANNEL, EVENT_ID, EVENT_TYPE, MESSAGING_TOPIC
+
+_TRACER = tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,10 +130,12 @@ class AsyncEventProducer:
         if self._own_registry:
             self._serde.registry.close()
 
-    async def publish(self, docs: Iterable[dict[str, Any] | Event], now: datetime) -> list[Result]:
+    async def publish(self, docs: Iterable[dict[str, Any] | Event], now: datetime,
+                      parent: Context | None = None) -> list[Result]:
         """Check, send and confirm a batch of events; one result per event, in order.
 
         :param now: arrival time, to judge events dated in the future.
+        :param parent: the trace context the publish spans belong to (default: the current one).
         """
         results: list[Result | None] = []
         pending: list[tuple[int, str, asyncio.Future[Any]]] = []
@@ -138,13 +147,19 @@ class AsyncEventProducer:
                 results.append(Refused(event_id if isinstance(event_id, str) else None, exc.problems))
                 continue
             topic = event_topic(self._settings, event.channel)
+            # One span per event; its context rides in the record's headers to the agents downstream.
+            span = _TRACER.start_span("publish", context=parent, kind=trace.SpanKind.PRODUCER, attributes={
+                EVENT_ID: event.event_id, EVENT_TYPE: event.type, CHANNEL: event.channel, MESSAGING_TOPIC: topic})
             try:
                 # Bounded by request_timeout_ms (metadata wait); returns once the record is in a batch.
                 future = await self._producer.send(topic, key=partition_key(event, self._secret),
-                                                   value=self._serde.serialize(event))
+                                                   value=self._serde.serialize(event),
+                                                   headers=kafka_headers(trace.set_span_in_context(span)) or None)
             except KafkaError as exc:
+                span.end()
                 results.append(Failed(event.event_id, f"not sent: {exc!r}"))
                 continue
+            future.add_done_callback(lambda _, span=span: span.end())
             pending.append((len(results), event.event_id, future))
             results.append(None)
         if pending:
@@ -203,7 +218,8 @@ class EventProducer:
 
     def publish(self, docs: Iterable[dict[str, Any] | Event], now: datetime) -> list[Result]:
         """See :meth:`AsyncEventProducer.publish`."""
-        return self._call(self._async.publish(list(docs), now))
+        # The private loop's tasks don't see the caller's context: hand its trace over explicitly.
+        return self._call(self._async.publish(list(docs), now, parent=otel_context.get_current()))
 
 
 @dataclass

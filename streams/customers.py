@@ -63,6 +63,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
+from opentelemetry import trace
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
@@ -78,11 +79,14 @@ from touchpoint.core.profile import render
 from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore, \
     track_changes
 from touchpoint.settings import Settings
+from touchpoint.telemetry import context_from_headers, kafka_headers, tracer
+from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 BATCH_WITHIN_S = 0.05
+_TRACER = tracer(__name__)
 STATE_FLUSH_S = 1.0
 """At most this often the state table is written; a restart replays at most this much of the log."""
 
@@ -277,7 +281,11 @@ def register_customers(app: faust.App, settings: Settings) -> None:
 
     def fold_message(message: Any, out: list[Outgoing]) -> None:
         """Fold one message of ``accepted`` and add its own output (decisions, keyed event, DLQ) to ``out``."""
-        customer_id, decisions, reason = stage.add_message(message.value, message.headers)
+        with _TRACER.start_as_current_span(
+                "customers", context=context_from_headers(message.headers), kind=trace.SpanKind.CONSUMER,
+                attributes={MESSAGING_TOPIC: message.topic, MESSAGING_OFFSET: message.offset}):
+            customer_id, decisions, reason = stage.add_message(message.value, message.headers)
+            trace_headers = kafka_headers() or None
         if reason is not None:
             out.append((names["dlq"], message.key, message.value,
                         dlq_headers(reason, message.topic, message.partition, message.offset)))
@@ -286,7 +294,7 @@ def register_customers(app: faust.App, settings: Settings) -> None:
             return
         key = customer_id.encode()
         out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
-        out.append((names["customer-events"], key, message.value, None))
+        out.append((names["customer-events"], key, message.value, trace_headers))
 
     async def publish(out: list[Outgoing]) -> None:
         """Send ``out`` with everything the folded messages caused: alerts, ledger entries, cards."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import faust
+from opentelemetry import trace
 
 from connectors.producer import partition_key
 from connectors.registry import RegistryClient
@@ -34,11 +35,14 @@ from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.errors import RegistryError, SerializationError
 from streams.app import Outgoing, send_batch
 from touchpoint.settings import Settings
+from touchpoint.telemetry import context_from_headers, kafka_headers, tracer
+from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
 BATCH_WITHIN_S = 0.05
+_TRACER = tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,9 +97,16 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
             for event in events:
                 message = event.message
                 now = datetime.fromtimestamp(message.timestamp, UTC)
-                verdict = await _judge_patiently(serde, message.value, now)
+                with _TRACER.start_as_current_span(
+                        "ingest", context=context_from_headers(message.headers), kind=trace.SpanKind.CONSUMER,
+                        attributes={MESSAGING_TOPIC: message.topic, MESSAGING_PARTITION: message.partition,
+                                    MESSAGING_OFFSET: message.offset}) as span:
+                    verdict = await _judge_patiently(serde, message.value, now)
+                    trace_headers = kafka_headers()
                 if isinstance(verdict, Accepted):
-                    out.append((accepted_name, partition_key(verdict.event, secret), message.value, None))
+                    span.set_attribute(EVENT_ID, verdict.event.event_id)
+                    out.append((accepted_name, partition_key(verdict.event, secret), message.value,
+                                trace_headers or None))
                 else:
                     log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
                                                      "offset": message.offset, "reason": verdict.reason})

@@ -5,11 +5,22 @@ pure core. With tracing on and no OTLP endpoint, spans go to the console
 exporter; with ``TOUCHPOINT_OTLP_ENDPOINT`` set they go there over OTLP/HTTP.
 Span attribute names live in :mod:`touchpoint.telemetry_attrs` so that no
 PII-bearing attribute can sneak in unnoticed.
+
+One event's trace crosses processes through Kafka: the producer injects the
+W3C ``traceparent`` of its span into the record's headers
+(:func:`kafka_headers`), and each agent and projection writer continues the
+trace from there (:func:`context_from_headers`). So the gateway's request,
+the publish, ingest, the customers stage and the projection's row are one
+trace. With tracing off no provider is installed: spans are OpenTelemetry's
+no-ops and nothing is added to the headers.
 """
 
 from __future__ import annotations
 
-from opentelemetry import trace
+from collections.abc import Iterable, Mapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -33,6 +44,8 @@ def configure_tracing(settings: Settings, service: str, processor: SpanProcessor
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
         else:
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    else:
+        return provider  # tracing off: keep the no-op provider, spans cost next to nothing
     trace.set_tracer_provider(provider)
     return provider
 
@@ -40,3 +53,20 @@ def configure_tracing(settings: Settings, service: str, processor: SpanProcessor
 def tracer(name: str) -> trace.Tracer:
     """The tracer for one adapter module."""
     return trace.get_tracer(name)
+
+
+def kafka_headers(context: Context | None = None) -> list[tuple[str, bytes]]:
+    """The trace context (current, or ``context``) as Kafka headers; empty when there is no recording span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    return [(key, value.encode()) for key, value in carrier.items()]
+
+
+def context_from_headers(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None) -> Context | None:
+    """The trace context a record's headers carry (None when they carry none)."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    carrier = {key: value.decode("latin-1") for key, value in pairs
+               if key in ("traceparent", "tracestate") and isinstance(value, bytes)}
+    return propagate.extract(carrier) if carrier else None

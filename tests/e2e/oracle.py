@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, TopicPartition
 from connectors.alerts import AlertSerde
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
+from projections.lag import pipeline_lag
 from streams.customers import CustomerStage, is_tick
 from touchpoint.core.profile import render
 from touchpoint.settings import Settings
@@ -100,15 +101,10 @@ def alerts_on_topics(settings: Settings) -> list[dict[str, object]]:
 
 
 def drained(settings: Settings, after: int = -1) -> bool:
-    """Whether the worker has committed all of ``accepted`` (past ``after``) and the projections are at every end."""
-    accepted_end = end_offset(settings, settings.topic("accepted"))[0]
-    caught = committed(settings) >= accepted_end > after
-    for topic, projection in (("customer-views", "customers"), ("loyalty", "loyalty"),
-                              ("alerts.dormancy", "alerts"), ("alerts.churn", "alerts")):
-        positions = projected_positions(settings, projection, topic)
-        caught = caught and all(positions.get(p, 0) >= offset
-                                for p, offset in end_offset(settings, settings.topic(topic)).items())
-    return caught
+    """Whether every stage has caught up: ingest on the channel topics, the worker on ``accepted`` (past
+    ``after``), every projection on its topics (stages checked in pipeline order, each commits only
+    after its output was acknowledged)."""
+    return committed(settings) > after and not any(pipeline_lag(settings).values())
 
 
 def assert_equals_oracle(settings: Settings) -> dict[str, Any]:
