@@ -528,10 +528,11 @@ class _Gateway:
         if wait > 0:
             retry_after = max(1, math.ceil(wait))
             self.stats.count(source.name, "rate_limited")
-            log.info("gateway: request refused", extra={"status": 429, "reason": "rate_limited", "source": source.name})
-            raise Refusal(429, f"source {source.name} is over its rate of {self.limiter.rate(source):g} "
-                               "requests per second; "
-                               f"retry after {retry_after} s", {"Retry-After": str(retry_after)})
+            log.info("gateway: request refused",
+                     extra={"status": 429, "reason": "rate_limited", "source": source.name})
+            detail = (f"source {source.name} is over its rate of {self.limiter.rate(source):g} requests per second; "
+                      f"retry after {retry_after} s")
+            raise Refusal(429, detail, {"Retry-After": str(retry_after)})
         return source
 
     async def ingest(self, request: Request) -> JSONResponse:
