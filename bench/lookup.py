@@ -1,0 +1,508 @@
+"""Benchmark of the front-line lookup (issue 8): HTTP latency at a fixed offered rate, next to raw PostgreSQL.
+
+Preparation (timed and printed, not part of the figures):
+
+1. A fresh database ``touchpoint_bench_<id>`` (migrated with
+   :func:`projections.migrate.migrate`) and topic prefix ``bench-<id>``, both
+   removed at the end, also on SIGTERM or Ctrl-C.
+2. **A million cards.** A small generated population is folded with the real
+   core (:class:`~touchpoint.core.fold.Folder`, cards rendered with
+   :func:`~touchpoint.core.profile.render`), so the cards have the size and
+   shape the customers agent writes. They are replicated to ``--customers``
+   rows of ``customers``, each with its own customer id, phone
+   (``+447400000000 + n``; the generator's are ``+447700900000 + n``) and
+   e-mail (``u<n>@example.com``), and two ``customer_identifiers`` rows
+   holding those identifiers' keyed hashes. The keys are
+   :func:`~touchpoint.core.normalise.identifier_key` of the normalised value
+   (what :func:`~touchpoint.core.normalise.normalise` computes; every 997th is
+   checked against ``normalise()`` itself, which costs ~85 us a phone). Rows
+   go in with ``COPY``, then ``ANALYZE``.
+3. The lookup API (``python -m touchpoint api``, one agent-role key in
+   ``TOUCHPOINT_API_KEYS``), a worker (``touchpoint worker``) and the
+   projection writers (``touchpoint project``) as subprocesses on the bench's
+   database and topics, and a publisher of generated events at ``--ingest-rate``
+   events/s with the producer library. The publisher is a child process, not
+   a thread: in this process it would share the GIL with the load generator
+   and its pauses would show up as lookup latency.
+
+Measured, while the ingest runs:
+
+* **HTTP.** For each ``--rates`` value, an open-loop load generator
+  (asyncio + httpx, a pool of ``--connections`` keep-alive connections)
+  sends ``GET /v1/customers/lookup?phone=…`` on a fixed timetable for
+  ``--seconds``; latency is measured from each request's *scheduled* send
+  time, so a stall delays the requests behind it and is counted for all of
+  them (no coordinated omission). Phones are drawn at random among the
+  loaded customers, half written nationally (``07400 …``), and
+  ``--miss-share`` of them belong to nobody (404 expected). Printed:
+  p50/p99/p99.9/max, the achieved rate, statuses, errors (anything else than
+  200 for a hit and 404 for a miss), and the CPU the API process and this
+  process spent per request. A short warm-up at the first rate comes first
+  and is not counted.
+* **Raw PostgreSQL.** After each rate, the same kind of lookups
+  sequentially on one psycopg connection with the API's own SQL
+  (``connectors.lookup._CARD_BY_KEY`` and ``_AUDIT``, imported, not copied):
+  the card query alone and the API's whole transaction (query, audit row,
+  commit). Printed: p50/p99/p99.9, and the ratios HTTP / raw (the API's
+  overhead: HTTP, auth, normalising, masking, JSON).
+
+Every figure line carries the load average at that moment: two cores shared
+with other work make the wall clock measure the neighbours too.
+
+    python -m bench.lookup                     # 1,000,000 customers, 200 then 1,000 requests/s, 20 s each
+    python -m bench.lookup --customers 100000 --rates 200 --seconds 10
+    python -m bench.lookup --tiny              # CI smoke: 1,000 customers, 2 s at 20 and 50 requests/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.machine import machine_line
+
+_PHONE_BASE = 447_400_000_000  # +44 7400 000000: a UK mobile range the generator does not use
+_CHUNK = 20_000  # rows per COPY transaction
+_TOPIC = "customer-views"
+
+
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def _pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (values in seconds); 0.0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(values: list[float]) -> str:
+    return (f"p50 {_pct(values, 0.5) * 1e3:.2f} ms, p99 {_pct(values, 0.99) * 1e3:.2f} ms, "
+            f"p99.9 {_pct(values, 0.999) * 1e3:.2f} ms, max {max(values, default=0.0) * 1e3:.2f} ms")
+
+
+def _phone(n: int) -> str:
+    return f"+{_PHONE_BASE + n}"
+
+
+def _national(n: int) -> str:
+    digits = str(_PHONE_BASE + n)[2:]  # 7400nnnnnn
+    return f"0{digits[:4]} {digits[4:]}"
+
+
+def _email(n: int) -> str:
+    return f"u{n}@example.com"
+
+
+# --- the read model: a folded population, replicated ---
+
+def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[list[tuple[str, str, str]], int]:
+    """Cards of a folded generated population as ``(json template, as_of, value_segment)``, and events folded.
+
+    The template is the card's JSON (keys sorted, as COPY text: backslashes doubled) with ``@@CID@@`` for the
+    customer id and ``"@@IDS@@"`` for the identifiers.
+    """
+    from touchpoint.contract.models import ContractViolation, validate_event
+    from touchpoint.core.fold import Folder, FoldConfig
+    from touchpoint.core.profile import render
+    from touchpoint.generate import generate
+
+    folder = Folder(FoldConfig(), secret=secret, keep_decisions=False, log_clock_check=False)
+    folded = 0
+    for doc in generate(customers, days, seed):
+        try:
+            folder.add(validate_event(doc, None))
+        except ContractViolation:
+            continue
+        folded += 1
+    as_of = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
+    stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    out = []
+    for customer_id in sorted(folder.views):
+        card = render(folder.views[customer_id], as_of, folder.config.segment, folder.rules)
+        card = {**card, "customer_id": "@@CID@@", "identifiers": "@@IDS@@", "aliases": []}
+        out.append((json.dumps(card, sort_keys=True).replace("\\", "\\\\"), stamp, str(card["value_segment"])))
+    return out, folded
+
+
+def _fill(conninfo: str, templates: list[tuple[str, str, str]], customers: int, secret: bytes,
+          source_topic: str) -> None:
+    """COPY ``customers`` rows (cards from ``templates``, round robin) and their phone and e-mail keys."""
+    from tqdm import tqdm
+
+    import psycopg
+    from touchpoint.core.normalise import identifier_key, normalise
+
+    with psycopg.connect(conninfo) as conn, tqdm(total=customers, unit=" customers", unit_scale=True,
+                                                 desc="loading", file=sys.stderr, mininterval=1.0) as bar:
+        conn.execute("SET synchronous_commit = off")  # a bulk load; the COMMIT at the end is what counts
+        for start in range(0, customers, _CHUNK):
+            cards, keys = [], []
+            for n in range(start, min(customers, start + _CHUNK)):
+                template, as_of, segment = templates[n % len(templates)]
+                customer_id = f"cus_{n:016x}"
+                phone, email = _phone(n), _email(n)
+                phone_key, email_key = identifier_key("phone", phone, secret), identifier_key("email", email, secret)
+                if n % 997 == 0:  # the keys are what ingestion and the API compute
+                    assert normalise("phone", _national(n), secret=secret).key == phone_key, phone
+                    assert normalise("email", email.upper(), secret=secret).key == email_key, email
+                ids = json.dumps({"email": [email], "phone": [phone]})
+                view = template.replace("@@CID@@", customer_id, 1).replace('"@@IDS@@"', ids, 1)
+                cards.append(f"{customer_id}\t{view}\t{as_of}\t{segment}\t{source_topic}\t0\t0\n")
+                keys.append(f"{phone_key}\tphone\t{customer_id}\t0\n{email_key}\temail\t{customer_id}\t0\n")
+            with conn.cursor() as cur:
+                with cur.copy("COPY customers (customer_id, view, as_of, value_segment, source_topic, "
+                              "source_partition, source_offset) FROM STDIN") as copy:
+                    copy.write("".join(cards).encode())
+                with cur.copy("COPY customer_identifiers (key, kind, customer_id, source_offset) FROM STDIN") as copy:
+                    copy.write("".join(keys).encode())
+            conn.commit()
+            bar.update(len(cards))
+        conn.autocommit = True
+        conn.execute("ANALYZE customers")
+        conn.execute("ANALYZE customer_identifiers")
+
+
+# --- the ingest that runs meanwhile ---
+
+def _publish_events(topic_prefix: str, database: str, rate: float, customers: int, days: int,
+                    ready: Any, stop: Any, published: Any) -> None:
+    """Child process: publish generated events at ``rate``/s until ``stop`` is set (or they run out)."""
+    from connectors.producer import Delivered, EventProducer
+    from touchpoint.generate import generate
+    from touchpoint.settings import load_settings
+
+    settings = load_settings(topic_prefix=topic_prefix, pg_database=database)
+    events = [e for e in generate(customers, days, seed=17) if e["event_id"].startswith("ev-")]
+    batch = max(1, int(rate / 10))
+    with EventProducer(settings) as producer:
+        ready.set()
+        began = time.perf_counter()
+        for i in range(0, len(events), batch):
+            if stop.is_set():
+                break
+            delivered = sum(isinstance(r, Delivered) for r in producer.publish(events[i:i + batch], datetime.now(UTC)))
+            with published.get_lock():
+                published.value += delivered
+            ahead = began + (i + batch) / rate - time.perf_counter()
+            if ahead > 0:
+                stop.wait(ahead)
+
+
+# --- the load generator ---
+
+@dataclass
+class _Run:
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    span_s: float = 0.0
+
+
+def _lookups(rng: random.Random, customers: int, n: int, miss_share: float) -> list[tuple[int, bool]]:
+    """``n`` phones as (number index, hit?): misses are indices past the loaded customers."""
+    out = []
+    for _ in range(n):
+        if rng.random() < miss_share:
+            out.append((customers + rng.randrange(customers), False))
+        else:
+            out.append((rng.randrange(customers), True))
+    return out
+
+
+async def _offer(base_url: str, api_key: str, rate: float, seconds: float, lookups: list[tuple[int, bool]],
+                 connections: int) -> _Run:
+    """Send ``rate`` requests/s for ``seconds`` on a fixed timetable; latency from each scheduled time."""
+    import httpx
+
+    run = _Run()
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"},
+                                 limits=limits, timeout=httpx.Timeout(10.0)) as client:
+
+        async def one(i: int, scheduled: float) -> None:
+            index, hit = lookups[i % len(lookups)]
+            phone = _national(index) if i % 2 else _phone(index)
+            try:
+                response = await client.get("/v1/customers/lookup", params={"phone": phone})
+            except httpx.HTTPError as exc:
+                run.errors[type(exc).__name__] += 1
+                return
+            finally:
+                run.latencies.append(time.perf_counter() - scheduled)
+            run.statuses[response.status_code] += 1
+            if response.status_code != (200 if hit else 404):
+                run.errors[f"status {response.status_code} for a {'hit' if hit else 'miss'}"] += 1
+
+        total = int(rate * seconds)
+        tasks = []
+        start = time.perf_counter() + 0.01
+        i = 0
+        while i < total:
+            now = time.perf_counter()
+            while i < total and start + i / rate <= now:
+                tasks.append(asyncio.create_task(one(i, start + i / rate)))
+                i += 1
+            if i < total:
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        await asyncio.gather(*tasks)
+        run.sent = total
+        run.span_s = time.perf_counter() - start
+    return run
+
+
+def _raw(conninfo: str, secret: bytes, lookups: list[tuple[int, bool]]) -> tuple[list[float], list[float]]:
+    """The API's SQL for each lookup, one after another: (card query times, whole transaction times)."""
+    import psycopg
+
+    from connectors.lookup import _AUDIT, _CARD_BY_KEY
+    from touchpoint.core.normalise import normalise
+
+    query, whole = [], []
+    with psycopg.connect(conninfo) as conn:
+        for i, (index, _) in enumerate(lookups):
+            key = normalise("phone", _national(index) if i % 2 else _phone(index), secret=secret).key
+            began = time.perf_counter()
+            row = conn.execute(_CARD_BY_KEY, {"key": key}).fetchone()
+            queried = time.perf_counter()
+            conn.execute(_AUDIT, {"key_name": "bench-raw", "role": "agent", "endpoint": "lookup", "kind": "phone",
+                                  "key": key, "customer_id": row[0] if row else None,
+                                  "status": 200 if row else 404, "unmasked": False})
+            conn.commit()
+            done = time.perf_counter()
+            query.append(queried - began)
+            whole.append(done - began)
+    return query, whole
+
+
+# --- processes ---
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spawn(verb: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+    with (logs / f"{verb}.log").open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "touchpoint", verb], env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_ready(base_url: str, api: subprocess.Popen[bytes], logs: Path, timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if api.poll() is not None:
+            raise RuntimeError(f"the API exited with {api.returncode}: {(logs / 'api.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API was not ready in {timeout_s:.0f}s: {(logs / 'api.log').read_text()[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.lookup", description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=1_000_000, help="cards in the read model")
+    parser.add_argument("--template-customers", type=int, default=1_000,
+                        help="size of the folded population whose cards are replicated")
+    parser.add_argument("--template-days", type=int, default=365)
+    parser.add_argument("--rates", type=float, nargs="+", default=[200.0, 1000.0], help="requests/s offered")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per rate")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds at the first rate before measuring")
+    parser.add_argument("--connections", type=int, default=64, help="the load generator's connection pool")
+    parser.add_argument("--miss-share", type=float, default=0.05, help="share of phones that match nobody")
+    parser.add_argument("--raw", type=int, default=5_000, help="sequential raw PostgreSQL lookups per rate")
+    parser.add_argument("--ingest-rate", type=float, default=300.0, help="events/s published meanwhile (0: none)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tiny", action="store_true",
+                        help="a smoke run: 1,000 customers, 2 s at 20 then 50 requests/s, ingest at 50 events/s")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.customers, args.template_customers, args.template_days = 1_000, 50, 60
+        args.rates, args.seconds, args.warmup, args.raw, args.ingest_rate = [20.0, 50.0], 2.0, 1.0, 200, 50.0
+    if args.customers < 1 or args.template_customers < 1 or args.seconds <= 0 or min(args.rates) <= 0:
+        parser.error("--customers, --template-customers, --seconds and --rates must be positive")
+    # A SIGTERM (a timeout) still stops the children and drops the database and topics in the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(machine_line())
+    print(f"start: {_load()}", flush=True)
+
+    import psycopg
+    from kafka import KafkaAdminClient
+    from psycopg import sql
+
+    from connectors.access import digest
+    from connectors.topics import ensure_topics
+    from projections.migrate import migrate
+    from touchpoint.settings import load_settings
+
+    run_id = uuid.uuid4().hex[:10]
+    base = load_settings()
+    settings = base.model_copy(update={"topic_prefix": f"bench-{run_id}", "pg_database": f"touchpoint_bench_{run_id}"})
+    secret = settings.identifier_key.get_secret_value().encode()
+    admin = settings.pg_conninfo("postgres")
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
+    except psycopg.OperationalError as exc:
+        print(f"PostgreSQL at {settings.pg_host}:{settings.pg_port} is not reachable (touchpoint stack up?): {exc}",
+              file=sys.stderr)
+        return 2
+    children: list[subprocess.Popen[bytes]] = []
+    spawn_ctx = multiprocessing.get_context("spawn")
+    stop_ingest = spawn_ctx.Event()
+    publisher: Any = None
+    logs = Path(tempfile.mkdtemp(prefix="bench-lookup-"))
+    try:
+        ensure_topics(settings)
+        migrate(settings)
+        conninfo = settings.pg_conninfo()
+        env = {**os.environ, "TOUCHPOINT_TOPIC_PREFIX": settings.topic_prefix,
+               "TOUCHPOINT_PG_DATABASE": settings.pg_database, "TOUCHPOINT_LOG_LEVEL": "WARNING"}
+        if args.ingest_rate > 0:  # started first: they have joined their groups by the time it matters
+            children += [_spawn("worker", env, logs), _spawn("project", env, logs)]
+
+        began = time.perf_counter()
+        templates, folded = _templates(args.template_customers, args.template_days, args.seed, secret)
+        sizes = sorted(len(t) for t, _, _ in templates)
+        print(f"templates: {folded} events of {args.template_customers} generated customers x {args.template_days} "
+              f"days folded into {len(templates)} cards (JSON p50 {sizes[len(sizes) // 2]:,} B, "
+              f"max {sizes[-1]:,} B) in {time.perf_counter() - began:.1f}s; {_load()}", flush=True)
+        began = time.perf_counter()
+        _fill(conninfo, templates, args.customers, secret, settings.topic(_TOPIC))
+        took = time.perf_counter() - began
+        with psycopg.connect(conninfo) as conn:
+            size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('customers')), "
+                                "pg_size_pretty(pg_total_relation_size('customer_identifiers'))").fetchone()
+        print(f"read model: {args.customers:,} customers and {2 * args.customers:,} identifier keys loaded with COPY "
+              f"+ ANALYZE in {took:.1f}s ({args.customers / took:,.0f} customers/s); customers {size[0]}, "
+              f"customer_identifiers {size[1]}; {_load()}", flush=True)  # type: ignore[index]
+
+        api_key = secrets.token_urlsafe(32)
+        port = _free_port()
+        api_env = {**env, "TOUCHPOINT_API_PORT": str(port),
+                   "TOUCHPOINT_API_KEYS": json.dumps({digest(api_key): {"name": "bench-agent", "role": "agent"}})}
+        api = _spawn("api", api_env, logs)
+        children.append(api)
+        base_url = f"http://{settings.gateway_host}:{port}"
+        _wait_ready(base_url, api, logs)
+
+        published = spawn_ctx.Value("q", 0)
+        ingest_began = 0.0
+        if args.ingest_rate > 0:
+            ready = spawn_ctx.Event()
+            needed = args.ingest_rate * (args.warmup + len(args.rates) * (args.seconds + 15) + 30)
+            publisher = spawn_ctx.Process(target=_publish_events, daemon=True, args=(
+                settings.topic_prefix, settings.pg_database, args.ingest_rate, max(20, int(needed / 60) + 1), 365,
+                ready, stop_ingest, published))
+            publisher.start()
+            if not ready.wait(120):
+                raise RuntimeError("the event publisher did not start in 120 s")
+            ingest_began = time.perf_counter()
+            print(f"ingest: publishing generated events at {args.ingest_rate:g}/s to {settings.topic_prefix}.* "
+                  "(worker and projection writers running)", flush=True)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            rows_before = conn.execute("SELECT count(*) FROM interactions").fetchone()[0]  # type: ignore[index]
+
+        rng = random.Random(args.seed)
+        if args.warmup > 0:
+            warm = asyncio.run(_offer(base_url, api_key, args.rates[0], args.warmup,
+                                      _lookups(rng, args.customers, 5_000, args.miss_share), args.connections))
+            print(f"warm-up: {warm.sent} requests at {args.rates[0]:g}/s, not counted; {_load()}", flush=True)
+        for rate in args.rates:
+            lookups = _lookups(rng, args.customers, int(rate * args.seconds), args.miss_share)
+            api_cpu, own_cpu = _cpu_s(api.pid), time.process_time()
+            result = asyncio.run(_offer(base_url, api_key, rate, args.seconds, lookups, args.connections))
+            api_cpu, own_cpu = _cpu_s(api.pid) - api_cpu, time.process_time() - own_cpu
+            done = len(result.latencies)
+            errors = sum(result.errors.values())
+            statuses = ", ".join(f"{s}: {c}" for s, c in sorted(result.statuses.items()))
+            print(f"HTTP lookup at {rate:g} req/s offered, {args.customers:,} customers: {_ms(result.latencies)}; "
+                  f"achieved {done / result.span_s:,.0f} req/s ({done} in {result.span_s:.1f}s; {statuses}); "
+                  f"errors {errors}{' ' + str(dict(result.errors)) if errors else ''}; "
+                  f"CPU per request: API {api_cpu / max(done, 1) * 1e3:.2f} ms, load generator "
+                  f"{own_cpu / max(done, 1) * 1e3:.2f} ms; {_load()}", flush=True)
+            query, whole = _raw(conninfo, secret, lookups[:args.raw])
+            print(f"raw PostgreSQL, {len(query)} sequential lookups after it: card query {_ms(query)}; "
+                  f"query + audit row + commit (the API's transaction) {_ms(whole)}; {_load()}", flush=True)
+            http50, http99 = _pct(result.latencies, 0.5), _pct(result.latencies, 0.99)
+            print(f"ratio HTTP / raw transaction at {rate:g} req/s: p50 {http50 / _pct(whole, 0.5):.1f}x, "
+                  f"p99 {http99 / _pct(whole, 0.99):.1f}x (HTTP / card query: p50 {http50 / _pct(query, 0.5):.1f}x, "
+                  f"p99 {http99 / _pct(query, 0.99):.1f}x)", flush=True)
+        if publisher is not None:
+            stop_ingest.set()
+            publisher.join(30)
+            span = time.perf_counter() - ingest_began
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                rows_after = conn.execute("SELECT count(*) FROM interactions").fetchone()[0]  # type: ignore[index]
+            print(f"ingest meanwhile: {published.value} events published in {span:.1f}s "  # type: ignore[attr-defined]
+                  f"({published.value / span:,.0f}/s), {rows_after - rows_before} interaction rows "  # type: ignore[attr-defined]
+                  f"projected during the measurement", flush=True)
+        return 0
+    finally:
+        stop_ingest.set()
+        if publisher is not None:
+            publisher.join(10)
+            if publisher.is_alive():
+                publisher.terminate()
+        for child in children:
+            _stop(child)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(settings.pg_database)))
+        kafka_admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            ours = [t for t in kafka_admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+            if ours:
+                kafka_admin.delete_topics(ours)
+        finally:
+            kafka_admin.close()
+        for log in sorted(logs.iterdir()):
+            log.unlink()
+        logs.rmdir()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
