@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import Popen
-from typing import Any
 
 import psycopg
 import pytest
@@ -71,7 +70,7 @@ class Pipeline:
 def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """A worker and the projection writer on a topic prefix and database of this module's own."""
     logs = tmp_path_factory.mktemp("hostile")
-    with scoped(settings, f"{settings.pg_database}_hostile", f"{settings.topic_prefix}-hostile") as own:
+    with scoped(settings, f"{settings.pg_database}_hostile", f"{settings.topic_prefix}-hostile-stream") as own:
         worker = spawn_touchpoint(own, "worker", log=logs / "worker.log")
         writer = spawn_touchpoint(own, "project", log=logs / "project.log")
         try:
@@ -219,8 +218,9 @@ def _topics_raw(settings: Settings) -> dict[str, bytes]:
                              isolation_level="read_uncommitted", consumer_timeout_ms=5000,
                              fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024)
     try:
-        topics = sorted(t for t in consumer.topics() if t.startswith(f"{settings.topic_prefix}.")
-                        or settings.topic_prefix in t)
+        # The backbone's topics and Faust's own (``<prefix>-__assignor-__leader``); no other module's
+        # prefix starts with this one.
+        topics = sorted(t for t in consumer.topics() if t.startswith(settings.topic_prefix))
         blobs: dict[str, bytearray] = {t: bytearray() for t in topics}
         parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = consumer.end_offsets(parts)
@@ -291,9 +291,9 @@ CLEAR_ON_THE_LOG = (
     "DESIGN.md §6 says topics never hold a clear card number, but nothing pseudonymises identifiers at the "
     "edge: EventProducer.publish (connectors/producer.py) Avro-encodes the event's identifiers map as given, so "
     "the channel topic holds the clear card number; the ingest agent (streams/ingest.py) forwards those bytes "
-    "to {prefix}.accepted unchanged, and the customers agent (streams/customers.py) writes the "
-    "event's original bytes again to {prefix}.customer-events. (Generated cards travel on branch events only; any channel "
-    "topic carries a card as it was given.)")
+    "to {prefix}.accepted unchanged, and the customers agent (streams/customers.py) writes the event's "
+    "original bytes again to {prefix}.customer-events. (Generated cards travel on branch events only; any "
+    "channel topic carries a card as it was given.)")
 HOLDS_CLEAR_CARDS = {"events.branch", "accepted", "customer-events"}
 
 
