@@ -28,7 +28,7 @@ Preparation (timed and printed, not part of the figures):
 Measured, while the ingest runs:
 
 * **HTTP.** For each ``--rates`` value, an open-loop load generator
-  (asyncio + httpx, a pool of ``--connections`` keep-alive connections)
+  (asyncio streams, a pool of ``--connections`` keep-alive HTTP/1.1 connections)
   sends ``GET /v1/customers/lookup?phone=…`` on a fixed timetable for
   ``--seconds``; latency is measured from each request's *scheduled* send
   time, so a stall delays the requests behind it and is counted for all of
@@ -75,6 +75,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from bench.machine import machine_line
 
@@ -230,34 +231,87 @@ def _lookups(rng: random.Random, customers: int, n: int, miss_share: float) -> l
     return out
 
 
-async def _offer(base_url: str, api_key: str, rate: float, seconds: float, lookups: list[tuple[int, bool]],
+class _Connections:
+    """Keep-alive HTTP/1.1 connections to one host, at most ``size``; taking one is O(1).
+
+    A minimal client on asyncio streams rather than httpx: httpx's pool scans every queued request on each
+    assignment (quadratic once thousands wait), and its per-request CPU (~5 ms here under load) would compete
+    with the API for the same two cores.
+    """
+
+    def __init__(self, host: str, port: int, size: int) -> None:
+        self.host, self.port = host, port
+        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = asyncio.Queue()
+        for _ in range(size):
+            self.free.put_nowait(None)  # a slot not connected yet
+
+    async def get(self, request: bytes, timeout_s: float) -> int:
+        """Send one request and read its answer; its status."""
+        slot = await self.free.get()
+        try:
+            async with asyncio.timeout(timeout_s):
+                if slot is None:
+                    slot = await asyncio.open_connection(self.host, self.port)
+                reader, writer = slot
+                writer.write(request)
+                status = int((await reader.readline()).split()[1])
+                length, close = None, False
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value)
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                if length is None:
+                    raise ConnectionError("an answer without Content-Length")
+                await reader.readexactly(length)
+            if close:
+                writer.close()
+                slot = None
+            return status
+        except BaseException:
+            if slot is not None:
+                slot[1].close()
+            slot = None
+            raise
+        finally:
+            self.free.put_nowait(slot)
+
+    async def close(self) -> None:
+        while not self.free.empty():
+            slot = self.free.get_nowait()
+            if slot is not None:
+                slot[1].close()
+
+
+async def _offer(host: str, port: int, api_key: str, rate: float, seconds: float, lookups: list[tuple[int, bool]],
                  connections: int) -> _Run:
     """Send ``rate`` requests/s for ``seconds`` on a fixed timetable; latency from each scheduled time."""
-    import httpx
-
     run = _Run()
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"},
-                                 limits=limits, timeout=httpx.Timeout(10.0)) as client:
+    pool = _Connections(host, port, connections)
+    head = f"Host: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\nAccept: application/json\r\n\r\n"
 
-        async def one(i: int, scheduled: float) -> None:
-            index, hit = lookups[i % len(lookups)]
-            phone = _national(index) if i % 2 else _phone(index)
-            try:
-                response = await client.get("/v1/customers/lookup", params={"phone": phone})
-            except httpx.HTTPError as exc:
-                run.errors[type(exc).__name__] += 1
-                return
-            finally:
-                run.latencies.append(time.perf_counter() - scheduled)
-            run.statuses[response.status_code] += 1
-            if response.status_code != (200 if hit else 404):
-                run.errors[f"status {response.status_code} for a {'hit' if hit else 'miss'}"] += 1
+    async def one(i: int, scheduled: float) -> None:
+        index, hit = lookups[i % len(lookups)]
+        phone = _national(index) if i % 2 else _phone(index)
+        request = f"GET /v1/customers/lookup?phone={quote(phone)} HTTP/1.1\r\n{head}".encode()
+        try:
+            status = await pool.get(request, 10.0)
+        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            run.errors[type(exc).__name__] += 1
+            return
+        finally:
+            run.latencies.append(time.perf_counter() - scheduled)
+        run.statuses[status] += 1
+        if status != (200 if hit else 404):
+            run.errors[f"status {status} for a {'hit' if hit else 'miss'}"] += 1
 
-        total = int(rate * seconds)
-        tasks = []
-        start = time.perf_counter() + 0.01
-        i = 0
+    total = int(rate * seconds)
+    tasks = []
+    start = time.perf_counter() + 0.01
+    i = 0
+    try:
         while i < total:
             now = time.perf_counter()
             while i < total and start + i / rate <= now:
@@ -266,8 +320,10 @@ async def _offer(base_url: str, api_key: str, rate: float, seconds: float, looku
             if i < total:
                 await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
         await asyncio.gather(*tasks)
-        run.sent = total
-        run.span_s = time.perf_counter() - start
+    finally:
+        await pool.close()
+    run.sent = total
+    run.span_s = time.perf_counter() - start
     return run
 
 
@@ -426,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                    "TOUCHPOINT_API_KEYS": json.dumps({digest(api_key): {"name": "bench-agent", "role": "agent"}})}
         api = _spawn("api", api_env, logs)
         children.append(api)
-        base_url = f"http://{settings.gateway_host}:{port}"
+        host = settings.gateway_host
+        base_url = f"http://{host}:{port}"
         _wait_ready(base_url, api, logs)
 
         published = spawn_ctx.Value("q", 0)
@@ -435,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             ready = spawn_ctx.Event()
             needed = args.ingest_rate * (args.warmup + len(args.rates) * (args.seconds + 15) + 30)
             publisher = spawn_ctx.Process(target=_publish_events, daemon=True, args=(
-                settings.topic_prefix, settings.pg_database, args.ingest_rate, max(20, int(needed / 60) + 1), 365,
+                settings.topic_prefix, settings.pg_database, args.ingest_rate, max(20, int(needed / 30) + 1), 365,
                 ready, stop_ingest, published))
             publisher.start()
             if not ready.wait(120):
@@ -448,13 +505,13 @@ def main(argv: list[str] | None = None) -> int:
 
         rng = random.Random(args.seed)
         if args.warmup > 0:
-            warm = asyncio.run(_offer(base_url, api_key, args.rates[0], args.warmup,
+            warm = asyncio.run(_offer(host, port, api_key, args.rates[0], args.warmup,
                                       _lookups(rng, args.customers, 5_000, args.miss_share), args.connections))
             print(f"warm-up: {warm.sent} requests at {args.rates[0]:g}/s, not counted; {_load()}", flush=True)
         for rate in args.rates:
             lookups = _lookups(rng, args.customers, int(rate * args.seconds), args.miss_share)
             api_cpu, own_cpu = _cpu_s(api.pid), time.process_time()
-            result = asyncio.run(_offer(base_url, api_key, rate, args.seconds, lookups, args.connections))
+            result = asyncio.run(_offer(host, port, api_key, rate, args.seconds, lookups, args.connections))
             api_cpu, own_cpu = _cpu_s(api.pid) - api_cpu, time.process_time() - own_cpu
             done = len(result.latencies)
             errors = sum(result.errors.values())
