@@ -29,16 +29,16 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from connectors.alerts import AlertSerde, alert_topic
-from projections.writer import Record
+from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.errors import SerializationError
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_UPSERT = (
-    "INSERT INTO alerts (customer_id, kind, alert_id, state, severity, since, raised_at, at, segment, value_minor, "
-    "contactable, reasons, source_topic, source_partition, source_offset) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+_COLUMNS = ("customer_id", "kind", "alert_id", "state", "severity", "since", "raised_at", "at", "segment",
+            "value_minor", "contactable", "reasons", "source_topic", "source_partition", "source_offset")
+
+_ON_CONFLICT = (
     "ON CONFLICT (customer_id, kind) DO UPDATE SET alert_id = EXCLUDED.alert_id, state = EXCLUDED.state, "
     "severity = EXCLUDED.severity, since = EXCLUDED.since, raised_at = EXCLUDED.raised_at, at = EXCLUDED.at, "
     "segment = EXCLUDED.segment, value_minor = EXCLUDED.value_minor, contactable = EXCLUDED.contactable, "
@@ -67,7 +67,7 @@ def alert_row(record: Record, doc: dict[str, Any]) -> tuple[object, ...]:
     return (
         doc["customer_id"], doc["kind"], doc["alert_id"], doc["state"], doc["severity"],
         _instant(doc["since"]), _instant(doc["raised_at"]), _instant(doc["at"]), doc["segment"],
-        doc["value_minor"], Jsonb(doc["contactable"]), Jsonb(doc["reasons"]),
+        doc["value_minor"], Jsonb(doc["contactable"], dumps=json_dumps), Jsonb(doc["reasons"], dumps=json_dumps),
         record.topic, record.partition, record.offset,
     )
 
@@ -94,5 +94,5 @@ class AlertsProjection:
             key = (doc["customer_id"], doc["kind"])
             if key not in latest or _newer(latest[key], (record, doc)):
                 latest[key] = (record, doc)
-        if latest:
-            cur.executemany(_UPSERT, [alert_row(record, doc) for record, doc in latest.values()])
+        copy_upsert(cur, "alerts", _COLUMNS, [alert_row(record, doc) for record, doc in latest.values()],
+                    _ON_CONFLICT)

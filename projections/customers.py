@@ -1,10 +1,15 @@
 """The customers projection: the latest card per customer, and aliases of merged ones.
 
-Fed by ``touchpoint.customer-views``. A card only replaces one written from
-an earlier offset of the same partition (the topic is keyed by customer id,
-so a customer's cards arrive in order on one partition): a replayed or stale
-card never overwrites a newer one. A merged-away customer's row is deleted
-and its id kept as an alias of the survivor.
+Fed by ``touchpoint.customer-views``. Stale writes: a card replaces the
+stored one only when it is newer, i.e. its ``as_of`` (the log's clock when
+the agent rendered it) is later, or equal and it comes from a later offset of
+the same partition (the topic is keyed by customer id, so a customer's cards
+arrive in order on one partition). So neither a replayed card nor an older
+version re-emitted later (an agent restarted on an older state) ever
+overwrites a newer one. Within a batch the same order picks the winner
+(:func:`newer`), so how the log is cut into batches never changes the result.
+A merged-away customer's row is deleted and its id kept as an alias of the
+survivor.
 
 Identifiers. A card carries the keyed hashes of its customer's identifiers
 (``"keys": {kind: [key, ...]}``; older records lack the field and add none);
@@ -18,12 +23,38 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from projections.writer import Record
+from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.settings import Settings
+
+_COLUMNS = ("customer_id", "view", "as_of", "value_segment", "source_topic", "source_partition", "source_offset")
+
+# The SQL form of newer(): (as_of, offset on the same partition) must grow; another partition: as_of alone.
+_ON_CONFLICT = (
+    "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, as_of = EXCLUDED.as_of, "
+    "value_segment = EXCLUDED.value_segment, source_topic = EXCLUDED.source_topic, "
+    "source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, "
+    "updated_at = clock_timestamp() "
+    "WHERE customers.as_of < EXCLUDED.as_of OR (customers.as_of = EXCLUDED.as_of AND ("
+    "(customers.source_topic, customers.source_partition) <> (EXCLUDED.source_topic, EXCLUDED.source_partition) "
+    "OR customers.source_offset < EXCLUDED.source_offset))"
+)
+
+
+def newer(old: tuple[Record, dict[str, Any]], new: tuple[Record, dict[str, Any]]) -> bool:
+    """Whether the record ``new`` supersedes ``old`` for one customer id (``_ON_CONFLICT``'s rule)."""
+    (old_record, old_doc), (new_record, new_doc) = old, new
+    old_at, new_at = datetime.fromisoformat(old_doc["as_of"]), datetime.fromisoformat(new_doc["as_of"])
+    if old_at != new_at:
+        return new_at > old_at
+    if (old_record.topic, old_record.partition) != (new_record.topic, new_record.partition):
+        return True
+    return new_record.offset > old_record.offset
 
 
 class CustomersProjection:
@@ -35,11 +66,13 @@ class CustomersProjection:
         self.topics = [settings.topic("customer-views")]
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
-        # Within a batch only the last record per customer matters.
-        latest: dict[str, tuple[Record, dict[str, object]]] = {}
+        # Within a batch only the newest record per customer id matters.
+        latest: dict[str, tuple[Record, dict[str, Any]]] = {}
         for record in records:
             doc = json.loads(record.value)
-            latest[str(doc["customer_id"])] = (record, doc)
+            customer_id = str(doc["customer_id"])
+            if customer_id not in latest or newer(latest[customer_id], (record, doc)):
+                latest[customer_id] = (record, doc)
         cards, aliases = [], []
         # (key, kind, customer_id, offset); a key listed twice in the batch goes to the later card.
         keys: dict[str, tuple[str, str, str, int]] = {}
@@ -48,23 +81,14 @@ class CustomersProjection:
                 aliases.append((customer_id, doc["merged_into"], record.offset))
             else:
                 view = doc["view"]
-                cards.append((customer_id, Jsonb(view), doc["as_of"], view["value_segment"],  # type: ignore[index]
+                cards.append((customer_id, Jsonb(view, dumps=json_dumps), doc["as_of"], view["value_segment"],
                               record.topic, record.partition, record.offset))
                 found = doc.get("keys") or {}
-                for kind, kind_keys in found.items():  # type: ignore[attr-defined]
+                for kind, kind_keys in found.items():
                     for key in kind_keys:
                         if key not in keys or keys[key][3] < record.offset:
                             keys[key] = (key, kind, customer_id, record.offset)
-        if cards:
-            cur.executemany(
-                "INSERT INTO customers (customer_id, view, as_of, value_segment, source_topic, source_partition, "
-                "source_offset) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, as_of = EXCLUDED.as_of, "
-                "value_segment = EXCLUDED.value_segment, source_offset = EXCLUDED.source_offset, "
-                "updated_at = clock_timestamp() "
-                "WHERE customers.source_offset < EXCLUDED.source_offset",
-                cards,
-            )
+        copy_upsert(cur, "customers", _COLUMNS, cards, _ON_CONFLICT)
         if keys:
             # Set-based, one round trip: only cards whose row now carries their offset (they were not stale).
             rows = list(keys.values())
@@ -80,10 +104,11 @@ class CustomersProjection:
                 ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
             )
         if aliases:
-            cur.executemany(
-                "INSERT INTO customer_aliases (alias, survivor, source_offset) VALUES (%s, %s, %s) "
+            cur.execute(
+                "INSERT INTO customer_aliases (alias, survivor, source_offset) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
                 "ON CONFLICT (alias) DO UPDATE SET survivor = EXCLUDED.survivor, "
                 "source_offset = EXCLUDED.source_offset WHERE customer_aliases.source_offset < EXCLUDED.source_offset",
-                aliases,
+                ([a for a, _, _ in aliases], [s for _, s, _ in aliases], [o for _, _, o in aliases]),
             )
-            cur.executemany("DELETE FROM customers WHERE customer_id = %s", [(alias,) for alias, _, _ in aliases])
+            cur.execute("DELETE FROM customers WHERE customer_id = ANY(%s)", ([alias for alias, _, _ in aliases],))

@@ -12,8 +12,12 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from connectors.serde import EventSerde
-from projections.writer import Record
+from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.settings import Settings
+
+
+_COLUMNS = ("event_id", "customer_key", "type", "channel", "occurred_at", "payload", "source_topic",
+            "source_partition", "source_offset")
 
 
 def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
@@ -25,7 +29,7 @@ def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
         event.type,
         event.channel,
         event.occurred_at,
-        Jsonb(event.payload.model_dump(mode="json")),
+        Jsonb(event.payload.model_dump(mode="json"), dumps=json_dumps),
         record.topic,
         record.partition,
         record.offset,
@@ -42,9 +46,5 @@ class InteractionsProjection:
         self._serde = serde
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
-        cur.executemany(
-            "INSERT INTO interactions (event_id, customer_key, type, channel, occurred_at, payload, "
-            "source_topic, source_partition, source_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (event_id) DO NOTHING",
-            [interaction_row(self._serde, r) for r in records],
-        )
+        copy_upsert(cur, "interactions", _COLUMNS, [interaction_row(self._serde, r) for r in records],
+                    "ON CONFLICT (event_id) DO NOTHING")

@@ -15,8 +15,12 @@ from collections.abc import Sequence
 
 import psycopg
 
-from projections.writer import Record
+from projections.writer import Record, copy_upsert
 from touchpoint.settings import Settings
+
+
+_COLUMNS = ("entry_id", "customer_id", "kind", "points", "occurred_at", "source_event_id", "transaction_id",
+            "rule_version", "rule_id", "multiplier", "reason", "source_topic", "source_partition", "source_offset")
 
 
 class LedgerProjection:
@@ -36,11 +40,4 @@ class LedgerProjection:
                          entry["source_event_id"], entry.get("transaction_id"), entry["rule_version"],
                          entry["rule_id"], entry.get("multiplier"), entry["reason"],
                          record.topic, record.partition, record.offset))
-        if rows:
-            cur.executemany(
-                "INSERT INTO loyalty_ledger (entry_id, customer_id, kind, points, occurred_at, source_event_id, "
-                "transaction_id, rule_version, rule_id, multiplier, reason, source_topic, source_partition, "
-                "source_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (entry_id) DO NOTHING",
-                rows,
-            )
+        copy_upsert(cur, "loyalty_ledger", _COLUMNS, rows, "ON CONFLICT (entry_id) DO NOTHING")

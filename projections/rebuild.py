@@ -33,6 +33,7 @@ from kafka import KafkaConsumer, TopicPartition
 from psycopg import sql
 from tqdm import tqdm
 
+from connectors.registry import RegistryClient
 from projections.migrate import migrate
 from projections.run import READ_MODEL_TABLES, all_projections
 from projections.writer import Projection, Record, write_batch
@@ -88,10 +89,11 @@ def rebuild(settings: Settings, projections: Sequence[Projection] | None = None,
     :param progress: draw a progress bar on stderr.
     :param batch_size: records per poll; each poll is one transaction per projection it touched.
     """
+    if projections is None:
+        with RegistryClient(settings.registry_url) as registry:
+            return rebuild(settings, all_projections(settings, registry), progress=progress, batch_size=batch_size)
     began = time.perf_counter()
     migrate(settings)
-    if projections is None:
-        projections = all_projections(settings)
     unknown = [p.name for p in projections if p.name not in READ_MODEL_TABLES]
     if unknown:
         raise StackError(f"rebuild: no read-model tables known for projection(s) {', '.join(unknown)}")
@@ -100,6 +102,9 @@ def rebuild(settings: Settings, projections: Sequence[Projection] | None = None,
         bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
         isolation_level="read_committed", client_id="touchpoint-rebuild",
         max_poll_records=batch_size, max_partition_fetch_bytes=8 * 1024 * 1024,
+        # kafka-python checks CRC32C in pure Python without the optional crc32c package: most of a
+        # rebuild's CPU on large cards. The broker checked every batch when it was appended.
+        check_crcs=False,
     )
     report = RebuildReport(records={p.name: 0 for p in projections})
     try:

@@ -34,9 +34,9 @@ def read_model_tables() -> list[str]:
     return [table for tables in READ_MODEL_TABLES.values() for table in tables]
 
 
-def all_projections(settings: Settings) -> list[Projection]:
-    """Every read model the front line uses."""
-    registry = RegistryClient(settings.registry_url)
+def all_projections(settings: Settings, registry: RegistryClient | None = None) -> list[Projection]:
+    """Every read model the front line uses (pass ``registry`` to close it yourself)."""
+    registry = registry or RegistryClient(settings.registry_url)
     return [InteractionsProjection(settings, EventSerde(registry)), CustomersProjection(settings),
             LedgerProjection(settings), AlertsProjection(settings, AlertSerde(registry))]
 

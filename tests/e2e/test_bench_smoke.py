@@ -28,3 +28,23 @@ def test_benchmark_runs_at_a_tiny_size(settings: Settings, args: list[str], expe
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for text in expected:
         assert text in result.stdout, result.stdout[-3000:]
+
+
+def test_projections_benchmark_runs_at_a_tiny_size(settings: Settings) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.projections", "--tiny"], env=settings_env(settings),
+                            cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for text in ("machine: ", "write throughput: ", "records/s", "rebuild: rebuilt from", "(equal;"):
+        assert text in result.stdout, result.stdout[-3000:]
+
+
+def test_lookup_benchmark_runs_at_a_tiny_size(settings: Settings) -> None:
+    """bench.lookup --tiny: 1,000 cards, the API, a worker and projection writers, ~20 s."""
+    result = subprocess.run([sys.executable, "-m", "bench.lookup", "--tiny"], env=settings_env(settings), cwd=REPO,
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for text in ("machine: ", "read model: 1,000 customers", "HTTP lookup at 20 req/s", "HTTP lookup at 50 req/s",
+                 "raw PostgreSQL", "ratio HTTP / raw transaction", "ingest meanwhile: "):
+        assert text in result.stdout, result.stdout[-3000:]
+    assert "errors 0;" in result.stdout, result.stdout[-3000:]
