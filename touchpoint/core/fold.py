@@ -11,8 +11,11 @@ Per event, in log order:
 1. **validate** against the contract (the same checks as
    :func:`~touchpoint.contract.models.validate_event`; the JSON text is
    validated directly by pydantic, which is several times faster than
-   ``json.loads`` plus dict validation, and a failure is re-checked by
-   ``validate_event`` so the reason is the contract's own wording);
+   ``json.loads`` plus dict validation; first by the stricter
+   :mod:`touchpoint.contract.fast` check, and what it refuses by the
+   contract's own model, so exactly what the contract accepts is accepted;
+   a failure is re-checked by ``validate_event`` so the reason is the
+   contract's own wording);
 2. **event time**: when the caller gives ``now_for_validation`` (or
    ``as_of``) events more than 24h after it are rejected, as on ingest. With
    neither, a historic file is judged by its own clock, never the wall clock:
@@ -59,6 +62,7 @@ from typing import Any, Self
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from touchpoint.contract.fast import validate_json as validate_fast
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.alerts import KINDS as ALERT_KINDS
 from touchpoint.core.alerts import Alert, AlertConfig, AlertState, DueIndex, decide, next_due_ms, retire
@@ -257,11 +261,16 @@ class Folder:
         """Validate one JSON-lines event and :meth:`add` it; a failure is recorded as rejected."""
         self._lines += 1
         try:
-            event = Event.model_validate_json(line, context=self._context)
+            # The contract's rules as pydantic-core constraints (stricter, never looser); what it
+            # refuses, the contract judges below, with its own wording.
+            event = validate_fast(line, self._context)
         except ValidationError:
-            event = self._slow_validate(line)
-            if event is None:
-                return []
+            try:
+                event = Event.model_validate_json(line, context=self._context)
+            except ValidationError:
+                event = self._slow_validate(line)
+                if event is None:
+                    return []
         return self.add(event)
 
     def add_tick(self, line: str | bytes) -> None:
