@@ -204,7 +204,15 @@ def evolve(
         ms = epoch_ms(event.occurred_at)
     channel = event.channel
     typ = event.type
-    seen[event_id] = (ms, channel, typ, _customer_initiated(event))
+    payload: Any = event.payload
+    # _customer_initiated, inline: once per event.
+    if typ == "email" or typ == "sms":
+        active = payload.action not in _OUTBOUND
+    elif typ == "call":
+        active = payload.direction == "inbound"
+    else:
+        active = typ != "campaign"
+    seen[event_id] = (ms, channel, typ, active)
     heap = view.seen_heap
     if len(heap) < DEDUPE_WINDOW:
         heapq.heappush(heap, (ms, event_id))
@@ -231,7 +239,6 @@ def evolve(
         else:
             displays[ident.display] = None
 
-    payload: Any = event.payload
     if typ == "purchase":
         _latest(view.purchases, payload.transaction_id, (ms, payload.total_minor))
     elif typ == "refund":
@@ -244,8 +251,12 @@ def evolve(
         _latest(view.consent, ("marketing", "sms"), (ms, event_id, False))
     elif typ == "email" and payload.action == "unsubscribed":
         _latest(view.consent, ("marketing", "email"), (ms, event_id, False))
-    evolve_reasons(view.reasons, event, ms)
+    if typ not in _NO_REASONS:
+        evolve_reasons(view.reasons, event, ms)
     return True
+
+
+_NO_REASONS = frozenset({"purchase", "branch_visit", "consent"})  # types reasons.evolve ignores
 
 
 _OUTBOUND = frozenset({"sent", "delivered", "bounced"})
