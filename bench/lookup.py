@@ -419,6 +419,16 @@ def _wait_ready(base_url: str, api: subprocess.Popen[bytes], logs: Path, timeout
     raise RuntimeError(f"the API was not ready in {timeout_s:.0f}s: {(logs / 'api.log').read_text()[-2000:]}")
 
 
+def _settle(pid: int, timeout_s: float = 30.0) -> None:
+    """Wait until the API has finished what an overloaded phase left it (it idles: < 10 % of a core)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = _cpu_s(pid)
+        time.sleep(0.5)
+        if _cpu_s(pid) - before < 0.05:
+            return
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -541,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                                       _lookups(rng, args.customers, 5_000, args.miss_share), args.connections))
             print(f"warm-up: {warm.sent} requests at {args.rates[0]:g}/s, not counted; {_load()}", flush=True)
         for rate in args.rates:
+            _settle(api.pid)  # requests cancelled by an earlier phase may still be running in the API
             lookups = _lookups(rng, args.customers, int(rate * args.seconds), args.miss_share)
             api_cpu, own_cpu = _cpu_s(api.pid), time.process_time()
             result = asyncio.run(_offer(host, port, api_key, rate, args.seconds, lookups, args.connections))
