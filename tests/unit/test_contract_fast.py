@@ -187,3 +187,21 @@ def test_the_instant_is_the_contracts_to_the_millisecond() -> None:
     quick = assert_never_looser(doc, {"now": None, "pseudonymised": False})
     assert quick is not None
     assert epoch_ms(quick.occurred_at) == epoch_ms(datetime(1970, 1, 1, 0, 29, 59, 999000, tzinfo=UTC))
+
+
+def test_any_zone_ms_is_epoch_ms() -> None:
+    from datetime import timedelta, timezone
+    from random import Random
+
+    from pydantic_core import TzInfo
+
+    from touchpoint.core.instants import any_zone_ms
+
+    rng = Random(3)
+    zones = [UTC, TzInfo(0), timezone(timedelta(0)), TzInfo(3600), timezone(timedelta(hours=-5, minutes=-30))]
+    for _ in range(20_000):
+        instant = datetime(1, 1, 2, tzinfo=UTC) + timedelta(microseconds=rng.randint(0, 315_000_000_000_000_000))
+        instant = instant.replace(tzinfo=rng.choice(zones))
+        assert any_zone_ms(instant) == epoch_ms(instant)
+    with pytest.raises(TypeError):
+        any_zone_ms(datetime(2020, 1, 1))

@@ -78,7 +78,7 @@ from touchpoint.core.identity import (
     resolve,
 )
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
-from touchpoint.core.instants import epoch_ms
+from touchpoint.core.instants import any_zone_ms, epoch_ms
 from touchpoint.core.loyalty import (
     LedgerEntry,
     LoyaltyRules,
@@ -329,7 +329,7 @@ class Folder:
         return touched, merged
 
     def _add(self, event: Event) -> list[Decision]:
-        ms = epoch_ms(event.occurred_at)
+        ms = any_zone_ms(event.occurred_at)
         latest = self.latest_ms
         if self.now is None and latest is not None and self._ahead_ms is not None and ms > latest + self._ahead_ms:
             days = (ms - latest) / _DAY_MS

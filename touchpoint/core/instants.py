@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["DAY_MS", "epoch_ms", "iso_ms"]
+__all__ = ["DAY_MS", "any_zone_ms", "epoch_ms", "iso_ms"]
 
 DAY_MS = 86_400_000
 _DAY_MS = DAY_MS
@@ -19,6 +19,22 @@ _MS = timedelta(milliseconds=1)
 def epoch_ms(instant: datetime) -> int:
     """An aware datetime as integer milliseconds since the epoch."""
     return (instant - _EPOCH) // _MS
+
+
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+
+
+def any_zone_ms(instant: datetime) -> int:
+    """:func:`epoch_ms`, faster for an instant at offset zero in a zone other than ``UTC``.
+
+    Pydantic parses ``...Z`` to its own ``TzInfo(0)``, and subtracting across two
+    zone objects costs several times the arithmetic on the fields done here.
+    """
+    offset = instant.utcoffset()
+    if offset is None or offset:  # (a naive datetime fails in epoch_ms, as it should)
+        return epoch_ms(instant)
+    return (((instant.toordinal() - _EPOCH_ORDINAL) * 86_400 + instant.hour * 3_600 + instant.minute * 60
+             + instant.second) * 1_000 + instant.microsecond // 1_000)
 
 
 _DAY_PREFIX: dict[int, str] = {}
