@@ -601,7 +601,16 @@ def score(facts: PurchaseFacts, version: RuleVersion, invitations: Iterable[Invi
     :param version: the rule version in force at ``facts.ms``.
     :param invitations: the customer's campaign invitations.
     """
-    ctx = ScoringContext(version, tuple(invitations))
+    invited = tuple(invitations)
+    if invited:
+        ctx = ScoringContext(version, invited)
+    else:  # most customers hold no invitation: one frozen context per version will do
+        cached = _BARE_CONTEXTS.get(id(version))
+        if cached is None or cached.version is not version:
+            if len(_BARE_CONTEXTS) >= 64:
+                _BARE_CONTEXTS.clear()
+            cached = _BARE_CONTEXTS[id(version)] = ScoringContext(version)
+        ctx = cached
     minor_per_point = version.minor_per_point
     base = facts.total_minor // minor_per_point
     best: tuple[int, str, str, bool] | None = None
@@ -625,6 +634,7 @@ def score(facts: PurchaseFacts, version: RuleVersion, invitations: Iterable[Invi
     return _new_tuple(Score, (base * multiplier, multiplier, rule_ids, reason))
 
 
+_BARE_CONTEXTS: dict[int, ScoringContext] = {}  # id(version) -> its context without invitations
 # (minor_per_point, best, *stacked) -> (multiplier, rule ids, reason): the same few combinations
 # recur on every purchase.
 _OUTCOMES: dict[tuple[Any, ...], tuple[int, tuple[str, ...], str]] = {}
