@@ -597,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
                 sql.Identifier(settings.pg_database)))
         kafka_admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
         try:
-            ours = [t for t in kafka_admin.list_topics() if t.startswith(settings.topic_prefix + ".")]
+            # The prefix's topics, and the worker's Faust leader topic (``<prefix>-__assignor-__leader``).
+            ours = [t for t in kafka_admin.list_topics() if t.startswith((settings.topic_prefix + ".",
+                                                                          settings.topic_prefix + "-"))]
             if ours:
                 kafka_admin.delete_topics(ours)
         finally:
