@@ -13,14 +13,12 @@ is timed too: it is the no-op a re-run costs. The stack must be up
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from bench.generate import _mem_total_gib
+from bench.machine import machine_line
 from connectors.file_import import import_file
 from connectors.topics import ensure_topics
 from touchpoint.generate import generate, write_jsonl
@@ -37,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = load_settings().model_copy(update={"topic_prefix": f"bench-import-{uuid.uuid4().hex[:8]}"})
-    print(f"machine: {os.cpu_count()} CPUs, {_mem_total_gib():.1f} GiB RAM, Python {sys.version.split()[0]}")
+    print(machine_line())
     print(f"population: {args.customers} customers x {args.days} days, seed {args.seed}; "
           f"batch {args.batch_size}; topics {settings.topic_prefix}.*")
     ensure_topics(settings)
