@@ -408,7 +408,8 @@ def test_lag_per_partition(lookup_settings: Settings, client: TestClient) -> Non
     # The records went in straight through the projection (offsets up to 112 at least); the topic itself
     # is empty, and a projection ahead of its topic is not behind.
     assert stored["next_offset"] >= 113
-    assert (stored["end_offset"], stored["behind"]) == (0, 0)
+    # The session's topics also carry other tests' records: behind is what the topic holds past the stored offset.
+    assert stored["behind"] == max(0, stored["end_offset"] - stored["next_offset"])
     assert stored["updated_at"] is not None
     assert {p["projection"] for p in lag["partitions"]} == {"interactions", "customers", "loyalty", "alerts"}
     assert lag["behind"] == sum(p["behind"] for p in lag["partitions"])
