@@ -103,6 +103,7 @@ from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from opentelemetry import propagate, trace
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
@@ -111,8 +112,11 @@ from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Fa
 from touchpoint.contract.models import AnyEvent, ContractViolation, validate_event
 from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings
+from touchpoint.telemetry import tracer
+from touchpoint.telemetry_attrs import HTTP_ROUTE
 
 log = logging.getLogger(__name__)
+_TRACER = tracer(__name__)
 Publisher = EventProducer | AsyncEventProducer
 
 JSON_TYPES = frozenset({"application/json"})
@@ -717,7 +721,10 @@ def create_gateway(settings: Settings, producer: EventProducer | AsyncEventProdu
     @app.post("/v1/events", status_code=202, response_model=IngestResponse, responses=_INGEST_RESPONSES,
               openapi_extra={"requestBody": _REQUEST_BODY}, summary="Publish one event, a JSON array or NDJSON")
     async def post_events(request: Request) -> JSONResponse:
-        return await gateway.ingest(request)
+        # The request's span; the caller's own traceparent, if it sent one, is its parent.
+        with _TRACER.start_as_current_span("gateway", context=propagate.extract(request.headers),
+                                           kind=trace.SpanKind.SERVER, attributes={HTTP_ROUTE: "/v1/events"}):
+            return await gateway.ingest(request)
 
     @app.get("/v1/stats", response_model=StatsResponse, summary="Refusals and outcomes counted by this process")
     async def stats() -> dict[str, Any]:

@@ -27,12 +27,16 @@ from typing import Protocol
 import orjson
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
+from opentelemetry import trace
 from psycopg import sql
 
 from touchpoint.errors import RegistryError, StackError
 from touchpoint.settings import Settings
+from touchpoint.telemetry import context_from_headers, tracer
+from touchpoint.telemetry_attrs import BATCH_SIZE, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC, PROJECTION
 
 log = logging.getLogger(__name__)
+_TRACER = tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 class Projection(Protocol):
@@ -95,8 +100,32 @@ def stored_offsets(conn: psycopg.Connection, projection: str) -> dict[tuple[str,
     return {(topic, partition): next_offset for topic, partition, next_offset in rows}
 
 
+def _project_spans(projection: str, records: Sequence[Record]) -> list[trace.Span]:
+    """One ``project`` span per record that carries a trace, each a child of the record's own trace.
+
+    Records without a ``traceparent`` (tracing off upstream) cost one empty check.
+    """
+    spans = []
+    for record in records:
+        if record.headers and (context := context_from_headers(record.headers)) is not None:
+            spans.append(_TRACER.start_span("project", context=context, kind=trace.SpanKind.CONSUMER, attributes={
+                PROJECTION: projection, MESSAGING_TOPIC: record.topic,
+                MESSAGING_PARTITION: record.partition, MESSAGING_OFFSET: record.offset,
+                BATCH_SIZE: len(records)}))
+    return spans
+
+
 def write_batch(conn: psycopg.Connection, projection: Projection, records: Sequence[Record]) -> None:
     """Upsert the batch's rows and its offsets in one transaction."""
+    spans = _project_spans(projection.name, records)
+    try:
+        _write_batch(conn, projection, records)
+    finally:
+        for span in spans:
+            span.end()
+
+
+def _write_batch(conn: psycopg.Connection, projection: Projection, records: Sequence[Record]) -> None:
     next_offsets: dict[tuple[str, int], int] = {}
     for record in records:
         key = (record.topic, record.partition)
@@ -158,7 +187,7 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
         while not stop.is_set():
             polled = consumer.poll(timeout_ms=poll_ms, max_records=batch_size)
             records = [
-                Record(m.topic, m.partition, m.offset, m.key, m.value)
+                Record(m.topic, m.partition, m.offset, m.key, m.value, m.headers or ())
                 for messages in polled.values()
                 for m in messages
             ]
