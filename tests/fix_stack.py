@@ -89,11 +89,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def spawn_touchpoint(settings: Settings, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``python -m touchpoint ARGS`` with these settings, output to ``log``."""
+def spawn_touchpoint(settings: Settings, *args: str, log: Path,
+                     env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python -m touchpoint ARGS`` with these settings (plus ``env``), output to ``log``."""
     with log.open("wb") as out:
         return subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "touchpoint", *args], env=settings_env(settings), stdout=out,
+            [sys.executable, "-m", "touchpoint", *args], env={**settings_env(settings), **(env or {})}, stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
         )
 

@@ -1,0 +1,162 @@
+"""One event's whole path is one trace: gateway -> publish -> ingest -> customers -> project.
+
+The gateway, the worker and the projection writers run as child processes
+with tracing on, exporting over OTLP/HTTP to a receiver in this test, which
+keeps every span it is sent in memory (the in-memory exporter of a test
+spanning processes). One event is posted to the gateway; the test then
+waits for its spans and checks that they share one trace id, that each is
+the child of the one before (the context rode in the Kafka headers), which
+service sent each, and that no span attribute holds the event's clear
+identifiers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from connectors.access import digest
+from tests.e2e.test_pipeline import wait_until
+from tests.fix_stack import scoped, spawn_touchpoint, stop_process
+from touchpoint.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+KEY = "trace-key-0123456789abcdef"
+PATH = ["gateway", "publish", "ingest", "customers", "project"]
+SERVICE = {"gateway": "touchpoint-gateway", "publish": "touchpoint-gateway", "ingest": "touchpoint-worker",
+           "customers": "touchpoint-worker", "project": "touchpoint-projections"}
+
+
+@dataclass(frozen=True)
+class Span:
+    name: str
+    service: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, str]
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP (protobuf) trace endpoint that keeps what it receives."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.spans: list[Span] = []
+        self.lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1/traces"
+
+    def keep(self, body: bytes) -> None:
+        request = ExportTraceServiceRequest.FromString(body)
+        received = []
+        for resource_spans in request.resource_spans:
+            service = next((a.value.string_value for a in resource_spans.resource.attributes
+                            if a.key == "service.name"), "")
+            for scope_spans in resource_spans.scope_spans:
+                received += [Span(s.name, service, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
+                                  {a.key: str(a.value) for a in s.attributes})
+                             for s in scope_spans.spans]
+        with self.lock:
+            self.spans += received
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.server.keep(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trace_of(spans: list[Span], event_id: str) -> list[Span] | None:
+    """The spans of the event's trace in path order, once every stage has sent its own."""
+    starts = [s for s in spans if s.name == "publish" and event_id in s.attributes.get("touchpoint.event_id", "")]
+    if not starts:
+        return None
+    trace_id = starts[0].trace_id
+    mine = {s.name: s for s in spans if s.trace_id == trace_id}
+    return [mine[name] for name in PATH] if all(name in mine for name in PATH) else None
+
+
+def test_one_event_is_one_trace_from_gateway_to_projection(settings: Settings, receiver: Receiver,
+                                                           tmp_path: Path) -> None:
+    port = free_port()
+    traced = {"TOUCHPOINT_TRACING": "true", "TOUCHPOINT_OTLP_ENDPOINT": receiver.endpoint}
+    gateway_env = {**traced, "TOUCHPOINT_GATEWAY_PORT": str(port), "TOUCHPOINT_GATEWAY_KEYS": json.dumps(
+        {digest(KEY): {"name": "trace-test", "channels": ["*"], "types": ["*"]}})}
+    event_id = f"trace-{uuid.uuid4().hex[:10]}"
+    email = f"tracer.{uuid.uuid4().hex[:6]}@example.com"
+    event = {"event_id": event_id, "type": "web", "channel": "web",
+             "occurred_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+             "identifiers": {"email": email, "phone": "+447700900555"},
+             "payload": {"session_id": f"s-{event_id}", "action": "login"}}
+    with scoped(settings, f"{settings.pg_database}_trace", topic_prefix=f"{settings.topic_prefix}-trace") as own:
+        procs = [spawn_touchpoint(own, verb, log=tmp_path / f"{verb}.log",
+                                  env=gateway_env if verb == "gateway" else traced)
+                 for verb in ("gateway", "worker", "project")]
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _ready(url), 60, "the gateway to be ready", tuple(procs))
+            answer = httpx.post(f"{url}/v1/events", json=event, headers={"Authorization": f"Bearer {KEY}"},
+                                timeout=30)
+            assert answer.status_code == 202, answer.text
+            path = wait_until(lambda: trace_of(receiver.spans, event_id), 120,
+                              "the event's spans from every stage", tuple(procs))
+        finally:
+            for proc in procs:
+                stop_process(proc)
+
+    assert len({s.trace_id for s in path}) == 1
+    for parent, child in zip(path, path[1:], strict=False):
+        assert child.parent_id == parent.span_id, f"{child.name} is not the child of {parent.name}"
+    assert {s.name: s.service for s in path} == SERVICE
+    leaked = [(s.name, key) for s in receiver.spans for key, value in s.attributes.items()
+              if email in value or "7700900555" in value]
+    assert leaked == [], f"clear identifiers in span attributes: {leaked}"
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
