@@ -12,6 +12,12 @@ Kafka settings: idempotent producer, ``acks=all``, small linger for batching;
 every wait is bounded (``timeout_s``), so a dead broker gives ``Failed``
 results or a :class:`PublishError`, never a hang.
 
+Pseudonyms: a card number never reaches a topic. Each accepted event's card
+becomes its pseudonym (:func:`touchpoint.core.normalise.pseudonym`: keyed
+hash and last four) before it is serialised, and a card the identity rules
+would refuse (not 12-19 digits, failing the Luhn check) is refused here, with
+the reason, rather than carried in clear to the dead-letter topic.
+
 Partition key: a keyed hash (HMAC-SHA256) of the event's strongest
 identifier, so all of one person's events on a channel stay in order on one
 partition while the key itself reveals nothing.
@@ -39,6 +45,7 @@ from connectors.serde import EventSerde
 from connectors.topics import event_topic
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.identifiers import strongest_identifier
+from touchpoint.core.normalise import PSEUDONYMISED_AT_THE_EDGE, InvalidIdentifier, normalise, pseudonym
 from touchpoint.errors import PublishError
 from touchpoint.settings import Settings
 from touchpoint.telemetry import kafka_headers, tracer
@@ -71,6 +78,23 @@ Result = Delivered | Refused | Failed
 T = TypeVar("T")
 
 
+def pseudonymise(event: Event, secret: bytes, region: str) -> Event:
+    """``event`` with the identifiers the edge pseudonymises in their pseudonym form.
+
+    :raises ContractViolation: such an identifier is not a valid one of its kind.
+    """
+    identifiers = dict(event.identifiers)
+    problems = []
+    for kind in PSEUDONYMISED_AT_THE_EDGE.intersection(identifiers):
+        try:
+            identifiers[kind] = pseudonym(normalise(kind, identifiers[kind], region=region, secret=secret))
+        except InvalidIdentifier as exc:
+            problems.append((f"identifiers.{kind}", exc.reason))
+    if problems:
+        raise ContractViolation(problems)
+    return event.model_copy(update={"identifiers": identifiers}) if identifiers != event.identifiers else event
+
+
 def partition_key(event: Event, secret: bytes) -> bytes:
     """Keyed hash of the strongest identifier: stable per person, meaningless to a reader."""
     kind, value = strongest_identifier(dict(event.identifiers))
@@ -93,6 +117,7 @@ class AsyncEventProducer:
         self._timeout_s = timeout_s
         self._own_registry = own_registry
         self._secret = settings.identifier_key.get_secret_value().encode()
+        self._region = settings.phone_region
 
     @classmethod
     async def start(cls, settings: Settings, registry: RegistryClient | None = None, *,
@@ -141,7 +166,8 @@ class AsyncEventProducer:
         pending: list[tuple[int, str, asyncio.Future[Any]]] = []
         for doc in docs:
             try:
-                event = doc if isinstance(doc, Event) else validate_event(doc, now)
+                event = pseudonymise(doc if isinstance(doc, Event) else validate_event(doc, now), self._secret,
+                                     self._region)
             except ContractViolation as exc:
                 event_id = doc.get("event_id") if isinstance(doc, dict) else None
                 results.append(Refused(event_id if isinstance(event_id, str) else None, exc.problems))

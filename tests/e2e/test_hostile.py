@@ -13,7 +13,8 @@ Card numbers. A generated population with card identifiers goes through the
 real pipeline (worker and projection writer); then ``pg_dump`` of the
 database and every record (key, value, headers) of every topic of the
 prefix are searched for each card number the population used, as given and
-as bare digits. DESIGN.md §6 says topics never hold a clear card number.
+as bare digits. DESIGN.md §6 says topics never hold a clear card number: the
+producer library writes each card as its pseudonym (keyed hash and last four).
 
 The module has its own topic prefix and database, so its dead letters and
 topics hold only what it wrote.
@@ -287,20 +288,9 @@ def test_pg_dump_holds_no_card_number_in_clear(scan: Scan) -> None:
 # Every topic the backbone creates, by its name after the prefix (connectors.topics.topic_specs).
 TOPIC_SUFFIXES = (*(f"events.{ch}" for ch in CHANNELS), "dlq", "accepted", "customer-views", "customer-events",
                   "identity", "loyalty", "alerts.dormancy", "alerts.churn", "customer-state")
-CLEAR_ON_THE_LOG = (
-    "DESIGN.md §6 says topics never hold a clear card number, but nothing pseudonymises identifiers at the "
-    "edge: EventProducer.publish (connectors/producer.py) Avro-encodes the event's identifiers map as given, so "
-    "the channel topic holds the clear card number; the ingest agent (streams/ingest.py) forwards those bytes "
-    "to {prefix}.accepted unchanged, and the customers agent (streams/customers.py) writes the event's "
-    "original bytes again to {prefix}.customer-events. (Generated cards travel on branch events only; any "
-    "channel topic carries a card as it was given.)")
-HOLDS_CLEAR_CARDS = {"events.branch", "accepted", "customer-events"}
 
 
-@pytest.mark.parametrize("suffix", [
-    pytest.param(suffix, marks=pytest.mark.xfail(strict=True, reason=CLEAR_ON_THE_LOG)
-                 if suffix in HOLDS_CLEAR_CARDS else ())
-    for suffix in TOPIC_SUFFIXES])
+@pytest.mark.parametrize("suffix", TOPIC_SUFFIXES)
 def test_topic_holds_no_card_number_in_clear(scan: Scan, pipeline: Pipeline, suffix: str) -> None:
     place = f"topic {pipeline.settings.topic(suffix)}"
     assert place in scan.places, f"{place} exists"

@@ -26,6 +26,7 @@ from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import event_topic
 from tests.unit.contract_samples import sample
+from touchpoint.contract.models import Event
 from touchpoint.errors import ConfigError, PublishError
 from touchpoint.settings import Settings
 
@@ -89,8 +90,8 @@ async def client(make_client: Callable[..., httpx.AsyncClient]) -> AsyncIterator
         yield c
 
 
-def read_back(settings: Settings, topic: str, partition: int, offset: int) -> tuple[bytes | None, str]:
-    """The message at (topic, partition, offset) and its decoded event id."""
+def read_back(settings: Settings, topic: str, partition: int, offset: int) -> tuple[bytes | None, bytes, Event]:
+    """The message at (topic, partition, offset): its key, its bytes and its event."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                              consumer_timeout_ms=10_000)
     try:
@@ -103,7 +104,7 @@ def read_back(settings: Settings, topic: str, partition: int, offset: int) -> tu
     assert message.offset == offset
     with RegistryClient(settings.registry_url) as registry:
         event = EventSerde(registry).deserialize(message.value)
-    return message.key, event.event_id
+    return message.key, message.value, event
 
 
 async def test_one_event_is_on_its_channel_topic_at_the_offset_answered(
@@ -116,9 +117,33 @@ async def test_one_event_is_on_its_channel_topic_at_the_offset_answered(
     [result] = body["results"]
     assert result["status"] == "accepted" and result["index"] == 0 and result["event_id"] == event["event_id"]
     assert result["topic"] == event_topic(settings, "phone")
-    key, event_id = read_back(settings, result["topic"], result["partition"], result["offset"])
-    assert event_id == event["event_id"]
+    key, _, published = read_back(settings, result["topic"], result["partition"], result["offset"])
+    assert published.event_id == event["event_id"]
     assert key is not None and b"+44" not in key  # keyed hash, never the clear phone number
+
+
+async def test_a_card_reaches_the_topic_as_its_pseudonym_only(client: httpx.AsyncClient, settings: Settings) -> None:
+    event = fresh("purchase")
+    card = event["identifiers"]["card"]
+    response = await client.post("/v1/events", json=event)
+    assert response.status_code == 202, response.text
+    [result] = response.json()["results"]
+    _, raw, published = read_back(settings, result["topic"], result["partition"], result["offset"])
+    assert card.encode() not in raw and card[:-4].encode() not in raw
+    token = published.identifiers["card"]
+    assert token.startswith("tp1:card:") and token.endswith("…" + card[-4:])
+    assert published.identifiers["customer_no"] == event["identifiers"]["customer_no"]
+
+
+async def test_a_card_failing_luhn_is_refused_at_the_edge_without_quoting_it(client: httpx.AsyncClient) -> None:
+    event = fresh("purchase")
+    event["identifiers"]["card"] = "6011000990139425"  # the sample's number with its check digit broken
+    response = await client.post("/v1/events", json=event)
+    assert response.status_code == 422, response.text
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    assert "Luhn" in response.text and "identifiers.card" in response.text
+    assert "6011000990139425" not in response.text
 
 
 async def test_array_with_one_bad_event_accepts_the_others_and_names_the_field(client: httpx.AsyncClient) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from touchpoint.core.normalise import Identifier, InvalidIdentifier, identifier_key, normalise
+from touchpoint.core.normalise import Identifier, InvalidIdentifier, identifier_key, normalise, pseudonym
 
 SECRET = b"test-secret"
 
@@ -104,3 +104,31 @@ def test_card_reason_never_quotes_the_number() -> None:
 def test_non_string_is_refused() -> None:
     with pytest.raises(InvalidIdentifier, match="must be a string"):
         normalise("cookie", 12, secret=SECRET)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["4111 1111 1111 1111", "4000-0012-3456-7899", "424242424242"])
+def test_a_card_pseudonym_reads_back_as_the_card_and_holds_no_clear_number(given: str) -> None:
+    card = normalise("card", given, secret=SECRET)
+    token = pseudonym(card)
+    digits = given.replace(" ", "").replace("-", "")
+    assert token.startswith("tp1:card:") and digits not in token and digits[:-4] not in token
+    assert normalise("card", token, secret=SECRET) == card
+    assert normalise("card", token, secret=b"another secret") == card  # the edge keyed it already
+
+
+def test_only_cards_have_a_pseudonym_yet() -> None:
+    with pytest.raises(ValueError, match="clear value"):
+        pseudonym(normalise("email", "ann@example.com", secret=SECRET))
+
+
+@pytest.mark.parametrize(("kind", "token", "reason"), [
+    ("email", "tp1:card:" + "a" * 32 + ":…1111", "of a card kind, not of email"),
+    ("email", "tp1:email:" + "a" * 32 + ":x", "no pseudonym form"),
+    ("card", "tp1:card:" + "a" * 31 + ":…1111", "not a well-formed pseudonym"),
+    ("card", "tp1:card:" + "A" * 32 + ":…1111", "not a well-formed pseudonym"),
+    ("card", "tp1:card:" + "a" * 32 + ":", "not a well-formed pseudonym"),
+    ("card", "tp1:", "of a missing kind"),
+])
+def test_malformed_pseudonyms_are_refused_with_a_reason(kind: str, token: str, reason: str) -> None:
+    with pytest.raises(InvalidIdentifier, match=reason):
+        normalise(kind, token, secret=SECRET)
