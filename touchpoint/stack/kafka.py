@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import uuid
 from importlib import resources
+from pathlib import Path
 
 from touchpoint.errors import StackError
 from touchpoint.settings import Settings
@@ -31,11 +32,16 @@ def _require(tool: str, hint: str) -> str:
     return path
 
 
+def jars_dir(home: Path) -> Path:
+    """Where the broker's jars are fetched to under a stack home."""
+    return home.resolve() / "kafka" / "libs"
+
+
 def kafka_component(settings: Settings) -> Component:
     """The broker as a stack component."""
     home = settings.home.resolve()
     base = home / "kafka"
-    libs = base / "libs"
+    libs = jars_dir(home)
     data = base / "data"
     props = base / "server.properties"
     host, port = settings.kafka_host_port

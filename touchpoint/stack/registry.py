@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import httpx
 
@@ -30,11 +31,16 @@ ARTIFACT = f"io.apicurio:apicurio-registry-app:{APICURIO_VERSION}:tar.gz:all"
 RUNNER = f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
 
 
+def dist_dir(home: Path) -> Path:
+    """Where the unpacked distribution lives under a stack home."""
+    return home.resolve() / "registry" / APICURIO_VERSION
+
+
 def registry_component(settings: Settings) -> Component:
     """The registry as a stack component (started after Kafka, which stores its schemas)."""
     home = settings.home.resolve()
     base = home / "registry"
-    dist = base / APICURIO_VERSION
+    dist = dist_dir(home)
     host, port = settings.registry_host_port
     origin = settings.registry_url.split("/apis/", 1)[0]
 
