@@ -14,10 +14,16 @@ cost one probe a second. Kafka being unreachable is an answer too (``kafka``
 says why, the offsets from PostgreSQL are still there), never a hang beyond
 the client's short timeouts: the read model is served from PostgreSQL, so
 the lookup keeps working without Kafka.
+
+The API is asynchronous: PostgreSQL is asked through its
+:class:`~psycopg_pool.AsyncConnectionPool`, and the blocking Kafka client
+runs in a worker thread, so a slow Kafka never stalls the event loop the
+lookups share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,7 +31,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool
+from starlette.concurrency import run_in_threadpool
 
 from projections.run import PROJECTION_TOPICS
 from touchpoint.settings import Settings
@@ -37,7 +44,7 @@ _NEWEST_CARD = "SELECT max(as_of) FROM customers"
 
 
 class LagProbe:
-    """Per-partition projection lag, cached for ``ttl_s`` seconds; thread-safe.
+    """Per-partition projection lag, cached for ``ttl_s`` seconds; for one event loop.
 
     :param settings: Kafka bootstrap, topic prefix.
     :param ttl_s: how long one probe's answer is reused.
@@ -46,28 +53,44 @@ class LagProbe:
     def __init__(self, settings: Settings, ttl_s: float = 1.0) -> None:
         self._settings = settings
         self._ttl_s = ttl_s
-        self._lock = threading.Lock()
+        self._lock: asyncio.Lock | None = None  # made in the loop that uses it
+        self._kafka_lock = threading.Lock()  # the Kafka client is used from worker threads
         self._consumer: KafkaConsumer | None = None
         self._cached: tuple[float, dict[str, Any]] | None = None
 
-    def lag(self, pool: ConnectionPool) -> dict[str, Any]:
+    async def lag(self, pool: AsyncConnectionPool) -> dict[str, Any]:
         """The report (see the module docstring); ``pool`` lends a connection for the stored offsets.
 
         Callers waiting for a probe in progress hold no connection (they wait on the lock first),
         so a slow Kafka cannot drain the pool the lookups need.
         """
-        with self._lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
             if self._cached is not None and time.monotonic() - self._cached[0] < self._ttl_s:
                 return self._cached[1]
-            report = self._probe(pool)
+            report = await self._probe(pool)
             self._cached = (time.monotonic(), report)
             return report
 
     def close(self) -> None:
-        with self._lock:
+        """Close the Kafka client (blocking: call it from a worker thread in the API)."""
+        with self._kafka_lock:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+
+    def _ends_or_reason(self, topics: list[str]) -> tuple[dict[tuple[str, int], int], str]:
+        """End offsets and ``"ok"``, or none and why Kafka did not answer (blocking; in a worker thread)."""
+        with self._kafka_lock:
+            try:
+                return self._ends(topics), "ok"
+            except (KafkaError, OSError, ValueError) as exc:
+                # A fresh client next time: this one may hold a dead connection.
+                if self._consumer is not None:
+                    self._consumer.close()
+                    self._consumer = None
+                return {}, f"unreachable: {type(exc).__name__}: {exc}"
 
     def _ends(self, topics: list[str]) -> dict[tuple[str, int], int]:
         if self._consumer is None:
@@ -79,24 +102,17 @@ class LagProbe:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(tps).items()}
 
-    def _probe(self, pool: ConnectionPool) -> dict[str, Any]:
+    async def _probe(self, pool: AsyncConnectionPool) -> dict[str, Any]:
         now = datetime.now(UTC)
-        with pool.connection() as conn:  # given back before Kafka is asked
+        async with pool.connection() as conn:  # given back before Kafka is asked
+            cursor = await conn.execute(_STORED)
             stored = {(projection, topic, partition): (next_offset, updated_at)
-                      for projection, topic, partition, next_offset, updated_at in conn.execute(_STORED)}
-            newest = conn.execute(_NEWEST_CARD).fetchone()
+                      for projection, topic, partition, next_offset, updated_at in await cursor.fetchall()}
+            newest = await (await conn.execute(_NEWEST_CARD)).fetchone()
         as_of: datetime | None = newest[0] if newest else None
         wanted = {name: [self._settings.topic(t) for t in topics] for name, topics in PROJECTION_TOPICS.items()}
-        kafka_state = "ok"
-        try:
-            ends = self._ends(sorted({t for topics in wanted.values() for t in topics}))
-        except (KafkaError, OSError, ValueError) as exc:
-            # A fresh client next time: this one may hold a dead connection.
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
-            kafka_state = f"unreachable: {type(exc).__name__}: {exc}"
-            ends = {}
+        ends, kafka_state = await run_in_threadpool(
+            self._ends_or_reason, sorted({t for topics in wanted.values() for t in topics}))
         partitions = []
         for name, topics in wanted.items():
             keys = sorted({(t, p) for t, p in ends if t in topics}

@@ -118,8 +118,14 @@ def client(lookup_settings: Settings, ids: dict[str, str]) -> Iterator[TestClien
 
 
 def other_client(client: TestClient, **kwargs: Any) -> TestClient:
-    """Another client (own headers and cookies) on the running app; not entered, so the lifespan runs once."""
-    return TestClient(client.app, **kwargs)
+    """Another client (own headers and cookies) on the running app; not entered, so the lifespan runs once.
+
+    It sends through ``client``'s portal, the event loop the app's lifespan runs in: the app's async
+    connection pool belongs to that loop (a client of its own would start a loop per request).
+    """
+    other = TestClient(client.app, **kwargs)
+    other.portal = client.portal
+    return other
 
 
 def audit_rows(settings: Settings) -> list[dict[str, Any]]:
