@@ -357,11 +357,17 @@ def clock(
 
 
 @app.command("demo")
-def demo() -> None:
-    """Bring the stack up and run events end to end; prints what happened and where to look."""
+def demo(
+    customers: Annotated[int, typer.Option(min=1, help="How many people to generate.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history, ending today.")] = 365,
+    serve: Annotated[bool | None, typer.Option(
+        "--serve/--no-serve", help="Keep running for the agent page until Ctrl-C [default: when stdin is a terminal]",
+        show_default=False)] = None,
+) -> None:
+    """Bring the stack up and run the backbone end to end; prints what happened and where to look."""
     from touchpoint.demo import run_demo
 
-    run_demo(_settings())
+    run_demo(_settings(), customers=customers, days=days, serve=serve)
 
 
 def main() -> None:
