@@ -112,7 +112,7 @@ from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Fa
 from touchpoint.contract.models import AnyEvent, ContractViolation, validate_event
 from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings
-from touchpoint.telemetry import tracer
+from touchpoint.telemetry import count_events, tracer
 from touchpoint.telemetry_attrs import HTTP_ROUTE
 
 log = logging.getLogger(__name__)
@@ -591,6 +591,8 @@ class _Gateway:
         failed = [r.event_id for r in results if isinstance(r, Failed)]
         self.stats.count(source.name, "accepted", accepted)
         self.stats.count(source.name, "rejected", rejected - len(forbidden))
+        count_events("gateway", "accepted", accepted)
+        count_events("gateway", "rejected", rejected)
         body_doc: dict[str, Any] = {"accepted": accepted, "rejected": rejected,
                                     "results": [_result_doc(i, r) for i, r in enumerate(results)]}
         if failed or unavailable:
@@ -758,10 +760,11 @@ def serve_gateway(settings: Settings) -> None:
     import uvicorn
 
     from touchpoint.logs import configure_logging
-    from touchpoint.telemetry import configure_tracing
+    from touchpoint.telemetry import configure_metrics, configure_tracing
 
     configure_logging(settings.log_level, settings.log_json)
     configure_tracing(settings, "touchpoint-gateway")
+    configure_metrics(settings, "touchpoint-gateway")
     app = create_gateway(settings, max_body_bytes=settings.gateway_max_body_bytes,
                          max_events=settings.gateway_max_events)
     uvicorn.run(app, host=settings.gateway_host, port=settings.gateway_port, log_config=None,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from connectors.alerts import AlertSerde
 from connectors.registry import RegistryClient
@@ -15,8 +19,11 @@ from projections.loyalty import LedgerProjection
 from projections.migrate import migrate
 from projections.writer import Projection, run_projection
 from touchpoint.logs import configure_logging
-from touchpoint.telemetry import configure_tracing
 from touchpoint.settings import Settings
+from touchpoint.telemetry import configure_metrics, configure_tracing, meter
+from touchpoint.telemetry_attrs import STAGE
+
+log = logging.getLogger(__name__)
 
 
 PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"], "loyalty": ["loyalty"],
@@ -41,10 +48,28 @@ def all_projections(settings: Settings, registry: RegistryClient | None = None) 
             LedgerProjection(settings), AlertsProjection(settings, AlertSerde(registry))]
 
 
+def observe_lag(settings: Settings) -> None:
+    """Report ``touchpoint.lag`` (records not yet processed, per stage) at each metrics export."""
+    from projections.lag import pipeline_lag  # it imports this module's topic map
+
+    def lag(_: CallbackOptions) -> Iterable[Observation]:
+        try:
+            behind = pipeline_lag(settings)
+        except Exception:  # noqa: BLE001 - a broker or database outage must not break the export
+            log.warning("lag not observed: the pipeline's positions could not be read", exc_info=True)
+            return []
+        return [Observation(records, {STAGE: stage}) for stage, records in behind.items()]
+
+    meter().create_observable_gauge("touchpoint.lag", callbacks=[lag], unit="{record}",
+                                    description="Records not yet processed, per stage")
+
+
 def run_projections(settings: Settings) -> None:
     """Migrate, then feed every projection until SIGINT or SIGTERM."""
     configure_logging(settings.log_level, settings.log_json)
     configure_tracing(settings, "touchpoint-projections")
+    if configure_metrics(settings, "touchpoint-projections") is not None:
+        observe_lag(settings)
     migrate(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from touchpoint.errors import RegistryError, StackError
 from touchpoint.settings import Settings
-from touchpoint.telemetry import context_from_headers, tracer
+from touchpoint.telemetry import context_from_headers, count_events, tracer
 from touchpoint.telemetry_attrs import BATCH_SIZE, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC, PROJECTION
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
                     if conn is None or conn.closed:
                         conn = psycopg.connect(conninfo)
                     write_batch(conn, projection, records)
+                    count_events(f"projection {projection.name}", "written", len(records))
                     log.debug("batch written", extra={"projection": projection.name, "records": len(records)})
                     backoff = 0.5
                     break

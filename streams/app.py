@@ -75,8 +75,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run a Faust worker in the foreground until it is stopped."""
     from faust.worker import Worker
 
-    from touchpoint.telemetry import configure_tracing
+    from touchpoint.telemetry import configure_metrics, configure_tracing
 
     configure_tracing(settings, "touchpoint-worker")
+    configure_metrics(settings, "touchpoint-worker")
     app = create_app(settings)
     Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -79,7 +79,7 @@ from touchpoint.core.profile import render
 from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore, \
     track_changes
 from touchpoint.settings import Settings
-from touchpoint.telemetry import context_from_headers, kafka_headers, tracer
+from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
@@ -289,9 +289,11 @@ def register_customers(app: faust.App, settings: Settings) -> None:
         if reason is not None:
             out.append((names["dlq"], message.key, message.value,
                         dlq_headers(reason, message.topic, message.partition, message.offset)))
+            count_events("customers", "dead_lettered", 1)
             return
         if customer_id is None:  # a tick: its expiries and alerts are drained in publish()
             return
+        count_events("customers", "folded", 1)
         key = customer_id.encode()
         out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
         out.append((names["customer-events"], key, message.value, trace_headers))

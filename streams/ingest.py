@@ -35,7 +35,7 @@ from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.errors import RegistryError, SerializationError
 from streams.app import Outgoing, send_batch
 from touchpoint.settings import Settings
-from touchpoint.telemetry import context_from_headers, kafka_headers, tracer
+from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
                                *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
                     out.append((dlq_name, message.key, message.value, headers))
             await send_batch(app, out)
+            dead = sum(1 for topic, *_ in out if topic == dlq_name)
+            count_events("ingest", "accepted", len(out) - dead)
+            count_events("ingest", "dead_lettered", dead)
 
 
 def _header_list(headers: object) -> list[tuple[str, bytes]]:

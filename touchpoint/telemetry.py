@@ -13,19 +13,30 @@ trace from there (:func:`context_from_headers`). So the gateway's request,
 the publish, ingest, the customers stage and the projection's row are one
 trace. With tracing off no provider is installed: spans are OpenTelemetry's
 no-ops and nothing is added to the headers.
+
+Metrics follow the same switch and the same exporter choice
+(:func:`configure_metrics`): ``touchpoint.events``, a counter of events per
+stage and outcome (its rate is events/s per stage; its ``dead_lettered``
+outcome the dead-letter count), and ``touchpoint.lag``, records not yet
+processed per stage (consumer lag of ingest and customers, projection lag),
+observed by the projections process. The export interval is OpenTelemetry's
+``OTEL_METRIC_EXPORT_INTERVAL`` (60 s by default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from touchpoint.settings import Settings
+from touchpoint.telemetry_attrs import OUTCOME, STAGE
 
 
 def configure_tracing(settings: Settings, service: str, processor: SpanProcessor | None = None) -> TracerProvider:
@@ -48,6 +59,41 @@ def configure_tracing(settings: Settings, service: str, processor: SpanProcessor
         return provider  # tracing off: keep the no-op provider, spans cost next to nothing
     trace.set_tracer_provider(provider)
     return provider
+
+
+def configure_metrics(settings: Settings, service: str, reader: MetricReader | None = None) -> MeterProvider | None:
+    """Install a meter provider for ``service`` (tracing on, or an explicit ``reader``); None when off."""
+    if reader is None and not settings.tracing:
+        return None  # nothing installed: instruments stay no-ops
+    resource = Resource.create({"service.name": service})
+    if reader is None:
+        if settings.otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+            # The traces endpoint's sibling: .../v1/traces -> .../v1/metrics.
+            endpoint = settings.otlp_endpoint.removesuffix("/v1/traces") + "/v1/metrics"
+            reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint))
+        else:
+            reader = PeriodicExportingMetricReader(ConsoleMetricExporter())
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    metrics.set_meter_provider(provider)
+    return provider
+
+
+_METER = metrics.get_meter("touchpoint")
+_EVENTS = _METER.create_counter(
+    "touchpoint.events", unit="{event}", description="Events handled, by stage and outcome")
+
+
+def count_events(stage: str, outcome: str, amount: int) -> None:
+    """Add ``amount`` events of ``outcome`` (accepted, dead_lettered, written, ...) to ``stage``'s count."""
+    if amount:
+        _EVENTS.add(amount, {STAGE: stage, OUTCOME: outcome})
+
+
+def meter() -> metrics.Meter:
+    """Touchpoint's meter, for adapters' own instruments."""
+    return _METER
 
 
 def tracer(name: str) -> trace.Tracer:

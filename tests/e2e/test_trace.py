@@ -1,4 +1,4 @@
-"""One event's whole path is one trace: gateway -> publish -> ingest -> customers -> project.
+"""One event's whole path is one trace, gateway -> publish -> ingest -> customers -> project, and every stage counts it.
 
 The gateway, the worker and the projection writers run as child processes
 with tracing on, exporting over OTLP/HTTP to a receiver in this test, which
@@ -7,7 +7,8 @@ spanning processes). One event is posted to the gateway; the test then
 waits for its spans and checks that they share one trace id, that each is
 the child of the one before (the context rode in the Kafka headers), which
 service sent each, and that no span attribute holds the event's clear
-identifiers.
+identifiers. The same receiver takes the metrics: each stage's event counter
+and the projections process's lag gauge must arrive.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from connectors.access import digest
@@ -51,12 +53,33 @@ class Span:
 
 
 class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP (protobuf) trace endpoint that keeps what it receives."""
+    """An OTLP/HTTP (protobuf) endpoint for traces and metrics that keeps what it receives."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.spans: list[Span] = []
+        # (service, metric name, sorted attribute pairs) -> latest value (counters are cumulative)
+        self.points: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
         self.lock = threading.Lock()
+
+    def keep_metrics(self, body: bytes) -> None:
+        request = ExportMetricsServiceRequest.FromString(body)
+        with self.lock:
+            for resource_metrics in request.resource_metrics:
+                service = next((a.value.string_value for a in resource_metrics.resource.attributes
+                                if a.key == "service.name"), "")
+                for scope_metrics in resource_metrics.scope_metrics:
+                    for metric in scope_metrics.metrics:
+                        points = metric.sum.data_points or metric.gauge.data_points
+                        for point in points:
+                            attrs = tuple(sorted((a.key, a.value.string_value) for a in point.attributes))
+                            value = point.as_int if point.HasField("as_int") else point.as_double
+                            self.points[(service, metric.name, attrs)] = value
+
+    def counted(self, service: str, stage: str, outcome: str) -> float:
+        key = (service, "touchpoint.events", (("touchpoint.outcome", outcome), ("touchpoint.stage", stage)))
+        with self.lock:
+            return self.points.get(key, 0)
 
     @property
     def endpoint(self) -> str:
@@ -80,7 +103,11 @@ class _Handler(BaseHTTPRequestHandler):
     server: Receiver
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        self.server.keep(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path.endswith("/v1/metrics"):
+            self.server.keep_metrics(body)
+        else:
+            self.server.keep(body)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -118,10 +145,11 @@ def trace_of(spans: list[Span], event_id: str) -> list[Span] | None:
     return [mine[name] for name in PATH] if all(name in mine for name in PATH) else None
 
 
-def test_one_event_is_one_trace_from_gateway_to_projection(settings: Settings, receiver: Receiver,
-                                                           tmp_path: Path) -> None:
+def test_one_event_is_one_trace_from_gateway_to_projection_and_counted(settings: Settings, receiver: Receiver,
+                                                                      tmp_path: Path) -> None:
     port = free_port()
-    traced = {"TOUCHPOINT_TRACING": "true", "TOUCHPOINT_OTLP_ENDPOINT": receiver.endpoint}
+    traced = {"TOUCHPOINT_TRACING": "true", "TOUCHPOINT_OTLP_ENDPOINT": receiver.endpoint,
+              "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
     gateway_env = {**traced, "TOUCHPOINT_GATEWAY_PORT": str(port), "TOUCHPOINT_GATEWAY_KEYS": json.dumps(
         {digest(KEY): {"name": "trace-test", "channels": ["*"], "types": ["*"]}})}
     event_id = f"trace-{uuid.uuid4().hex[:10]}"
@@ -142,6 +170,13 @@ def test_one_event_is_one_trace_from_gateway_to_projection(settings: Settings, r
             assert answer.status_code == 202, answer.text
             path = wait_until(lambda: trace_of(receiver.spans, event_id), 120,
                               "the event's spans from every stage", tuple(procs))
+            counters = [("touchpoint-gateway", "gateway", "accepted"), ("touchpoint-worker", "ingest", "accepted"),
+                        ("touchpoint-worker", "customers", "folded"),
+                        ("touchpoint-projections", "projection interactions", "written")]
+            wait_until(lambda: all(receiver.counted(*c) >= 1 for c in counters), 60,
+                       "every stage's event counter", tuple(procs))
+            wait_until(lambda: any(name == "touchpoint.lag" and attrs == (("touchpoint.stage", "customers"),)
+                                   for (_, name, attrs) in list(receiver.points)), 60, "the lag gauge", tuple(procs))
         finally:
             for proc in procs:
                 stop_process(proc)
