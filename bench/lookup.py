@@ -389,10 +389,22 @@ def _free_port() -> int:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of a process and its live children (the API's worker processes)."""
+    def stat(p: int | str) -> list[str]:
+        with open(f"/proc/{p}/stat", encoding="ascii") as fh:
+            return fh.read().rpartition(")")[2].split()
+
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = stat(entry)
+        except OSError:
+            continue  # gone meanwhile
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _spawn(verb: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:

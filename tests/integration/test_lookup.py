@@ -229,6 +229,36 @@ def test_unknown_id(client: TestClient) -> None:
     assert answer.json() == {"detail": "no customer lk-nobody"}
 
 
+def test_json_answers_carry_the_security_headers(client: TestClient, ids: dict[str, str]) -> None:
+    for answer in (client.get("/v1/customers/lookup", params={"phone": PHONE}), client.get("/v1/customers/lk-nobody"),
+                   other_client(client).get(f"/v1/customers/{ids['ada']}")):
+        assert (answer.headers["cache-control"], answer.headers["x-content-type-options"]) == ("no-store", "nosniff")
+
+
+@pytest.mark.parametrize("path", ["/v1/customers/lookup?phone=07700900123", "/v1/customers/lk-ada"])
+def test_unmasked_that_is_no_boolean_is_422_naming_it(lookup_settings: Settings, client: TestClient,
+                                                      path: str) -> None:
+    before = len(audit_rows(lookup_settings))
+    answer = client.get(path, params={"unmasked": "perhaps"})
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert (error["loc"], error["type"], error["input"]) == (["query", "unmasked"], "bool_parsing", "perhaps")
+    assert len(audit_rows(lookup_settings)) == before  # a malformed request reads nothing
+
+
+def test_openapi_documents_the_lookup_doors(client: TestClient) -> None:
+    """The lookup doors read their parameters themselves; the document still says what they take and give."""
+    paths = client.get("/openapi.json").json()["paths"]
+    lookup, by_id = paths["/v1/customers/lookup"]["get"], paths["/v1/customers/{customer_id}"]["get"]
+    assert [p["name"] for p in lookup["parameters"]] == ["phone", "email", "card", "customer_no", "cookie", "device",
+                                                         "unmasked"]
+    assert [(p["name"], p["in"]) for p in by_id["parameters"]] == [("customer_id", "path"), ("unmasked", "query")]
+    for door in (lookup, by_id):
+        assert door["responses"]["200"]["content"]["application/json"]["schema"] == \
+            {"$ref": "#/components/schemas/CustomerCard"}
+        assert {"401", "403", "404", "422"} <= set(door["responses"])
+
+
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
 
