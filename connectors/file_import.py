@@ -2,8 +2,9 @@
 
 ``import_file(settings, path)`` reads a file of events, checks every line
 against the contract (``validate_event`` with ``now`` = the import's start
-time), sends the good events in Avro (:class:`~connectors.serde.EventSerde`)
-to their channel topic keyed like the producer library
+time), sends the good events in Avro (:class:`~connectors.serde.EventSerde`),
+their identifiers pseudonymised as the producer library does (one key-store
+call per batch), to their channel topic keyed like the producer library
 (:func:`~connectors.producer.partition_key`), and writes every refused line
 to a report. Nothing is dropped silently: a line is either on a topic or in
 the report.
@@ -69,6 +70,7 @@ or registry raises a :class:`~touchpoint.errors.TouchpointError` subclass
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import functools
 import hashlib
@@ -88,11 +90,13 @@ from kafka.errors import KafkaError, ProducerFencedError
 from kafka.partitioner.default import murmur2
 from tqdm import tqdm
 
-from connectors.producer import partition_key
+from connectors.keystore import KeyStoreError, PostgresKeyStore
+from connectors.producer import keys_to_seal, normalised, partition_key, pseudonymised
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, TopicSpec, ensure_topics, event_topic, topic_specs
-from touchpoint.contract.models import ContractViolation, validate_event
+from touchpoint.contract.models import ContractViolation, Event, validate_event
+from touchpoint.core.normalise import Identifier
 from touchpoint.errors import PublishError, TouchpointError
 from touchpoint.settings import Settings
 
@@ -214,6 +218,7 @@ def import_file(
                 run.go(_records(path, header, run.parse_from), physical_lines, progress)
             finally:
                 run.close_report()
+                run.close()
         finally:
             producer.close(timeout=timeout_s)
 
@@ -225,6 +230,10 @@ def import_file(
         events_per_s=done_now / seconds if seconds > 0 else 0.0, report_path=report,
         resumed_from_line=run.next_line_at_start if last is not None else None,
     )
+
+
+_Checked = tuple[Event, dict[str, Identifier]]
+"""An event that passed the contract, with its identifiers normalised (sealed when its batch commits)."""
 
 
 class _Run:
@@ -242,6 +251,8 @@ class _Run:
         self.batch_size = batch_size
         self.timeout_s = timeout_s
         self.secret = settings.identifier_key.get_secret_value().encode()
+        self.keystore = PostgresKeyStore(settings)
+        self.loop = asyncio.new_event_loop()  # the key store speaks asyncio; this import does not
         last = last or {}
         self.next_line_at_start = int(last.get("next_line", 1))
         self.accepted = int(last.get("accepted", 0))
@@ -290,15 +301,17 @@ class _Run:
         assert self.report is not None
         self.report.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
-    def _check(self, record: _Record) -> tuple[tuple[str, bytes, bytes] | None, list[tuple[str, str]] | None]:
+    def _check(self, record: _Record) -> tuple[_Checked | None, list[tuple[str, str]] | None]:
         if record.problems is not None:
             return None, record.problems
         try:
             event = validate_event(record.doc, self.now)
         except ContractViolation as exc:
             return None, exc.problems
-        key = partition_key(event, self.secret)
-        return (event_topic(self.settings, event.channel), key, self.serde.serialize(event)), None
+        try:
+            return (event, normalised(event, self.secret, self.settings.phone_region)), None
+        except ContractViolation as exc:
+            return None, exc.problems
 
     # -- the loop -----------------------------------------------------------
 
@@ -308,7 +321,7 @@ class _Run:
         bar = tqdm(total=total_lines, unit="line", unit_scale=True, file=sys.stderr, mininterval=0.5,
                    desc=self.path.name, disable=not (progress and sys.stderr.isatty()))
         try:
-            batch: list[tuple[str, bytes, bytes]] = []
+            batch: list[_Checked] = []
             lines_in_batch = 0
             last_end = self.next_line_at_start - 1
             for record in records:
@@ -348,8 +361,24 @@ class _Run:
             partitions = self.partitions[topic] = sorted(found)
         return partitions[_murmur2_index(key, len(partitions))]
 
-    def _commit(self, batch: list[tuple[str, bytes, bytes]], next_line: int, *, complete: bool) -> None:
+    def _sealed(self, batch: list[_Checked]) -> list[tuple[str, bytes, bytes]]:
+        """The batch's events as (topic, key, Avro bytes), their identifiers pseudonymised (one key-store call)."""
+        try:
+            data_keys = self.loop.run_until_complete(self.keystore.data_keys(keys_to_seal(batch), create=True))
+        except KeyStoreError as exc:
+            raise PublishError(f"{exc}; run the import again to resume") from exc
+        region = self.settings.phone_region
+        sealed = [pseudonymised(event, identifiers, data_keys) for event, identifiers in batch]
+        return [(event_topic(self.settings, e.channel), partition_key(e.identifiers, self.secret, region),
+                 self.serde.serialize(e)) for e in sealed]
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.keystore.close())
+        self.loop.close()
+
+    def _commit(self, checked: list[_Checked], next_line: int, *, complete: bool) -> None:
         """One transaction: the batch's events and the checkpoint saying how far the file is done."""
+        batch = self._sealed(checked)
         assert self.report is not None
         self.report.flush()  # refused lines are on disk before the batch counting them commits
         checkpoint = {"file_id": self.file_id, "path": str(self.path), "next_line": next_line,

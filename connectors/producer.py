@@ -12,11 +12,16 @@ Kafka settings: idempotent producer, ``acks=all``, small linger for batching;
 every wait is bounded (``timeout_s``), so a dead broker gives ``Failed``
 results or a :class:`PublishError`, never a hang.
 
-Pseudonyms: a card number never reaches a topic. Each accepted event's card
-becomes its pseudonym (:func:`touchpoint.core.normalise.pseudonym`: keyed
-hash and last four) before it is serialised, and a card the identity rules
-would refuse (not 12-19 digits, failing the Luhn check) is refused here, with
-the reason, rather than carried in clear to the dead-letter topic.
+Pseudonyms (DESIGN.md §6): no clear identifier reaches a topic. Each
+accepted event's identifiers are normalised and replaced by their pseudonyms
+(:mod:`touchpoint.core.pseudonym`: the keyed hash, plus the value sealed
+with the identifier's own data key from the key store, or a card's last
+four) before it is serialised; the data keys of a batch cost one key-store
+statement. An identifier the identity rules would refuse (a card failing the
+Luhn check, a phone number of impossible length) is refused here, with the
+reason, rather than carried in clear to the dead-letter topic. When the key
+store cannot be reached nothing is sent: every event of the batch is
+:class:`Failed`, safe to retry.
 
 Partition key: a keyed hash (HMAC-SHA256) of the event's strongest
 identifier, so all of one person's events on a channel stay in order on one
@@ -29,7 +34,7 @@ import asyncio
 import hashlib
 import hmac
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -40,12 +45,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from connectors.keystore import KeyStore, KeyStoreError, PostgresKeyStore
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import event_topic
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.identifiers import strongest_identifier
-from touchpoint.core.normalise import PSEUDONYMISED_AT_THE_EDGE, InvalidIdentifier, normalise, pseudonym
+from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
+from touchpoint.core.pseudonym import SHOWN_AS_IS, is_pseudonym, pseudonym
 from touchpoint.errors import PublishError
 from touchpoint.settings import Settings
 from touchpoint.telemetry import kafka_headers, tracer
@@ -78,27 +85,45 @@ Result = Delivered | Refused | Failed
 T = TypeVar("T")
 
 
-def pseudonymise(event: Event, secret: bytes, region: str) -> Event:
-    """``event`` with the identifiers the edge pseudonymises in their pseudonym form.
+def normalised(event: Event, secret: bytes, region: str) -> dict[str, Identifier]:
+    """The event's identifiers, normalised and keyed (a pseudonym given stays as it is).
 
-    :raises ContractViolation: such an identifier is not a valid one of its kind.
+    :raises ContractViolation: an identifier is not a valid one of its kind.
     """
-    identifiers = dict(event.identifiers)
+    found: dict[str, Identifier] = {}
     problems = []
-    for kind in PSEUDONYMISED_AT_THE_EDGE.intersection(identifiers):
+    for kind, value in event.identifiers.items():
         try:
-            identifiers[kind] = pseudonym(normalise(kind, identifiers[kind], region=region, secret=secret))
+            found[kind] = normalise(kind, value, region=region, secret=secret)
         except InvalidIdentifier as exc:
             problems.append((f"identifiers.{kind}", exc.reason))
     if problems:
         raise ContractViolation(problems)
-    return event.model_copy(update={"identifiers": identifiers}) if identifiers != event.identifiers else event
+    return found
 
 
-def partition_key(event: Event, secret: bytes) -> bytes:
-    """Keyed hash of the strongest identifier: stable per person, meaningless to a reader."""
-    kind, value = strongest_identifier(dict(event.identifiers))
-    return hmac.new(secret, f"{kind}:{value.strip().casefold()}".encode(), hashlib.sha256).hexdigest()[:32].encode()
+def keys_to_seal(checked: Iterable[tuple[Event, dict[str, Identifier]]]) -> set[str]:
+    """The identifier keys whose data keys sealing these events needs."""
+    return {ident.key for event, identifiers in checked for kind, ident in identifiers.items()
+            if kind not in SHOWN_AS_IS and not is_pseudonym(event.identifiers[kind])}
+
+
+def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: dict[str, bytes]) -> Event:
+    """``event`` with each identifier replaced by its pseudonym (``data_keys``: by identifier key)."""
+    tokens = {kind: event.identifiers[kind] if is_pseudonym(event.identifiers[kind])
+              else pseudonym(kind, ident.key, ident.display, data_keys.get(ident.key))
+              for kind, ident in identifiers.items()}
+    return event.model_copy(update={"identifiers": tokens})
+
+
+def partition_key(identifiers: Mapping[str, str], secret: bytes, region: str) -> bytes:
+    """Keyed hash of the strongest identifier's key: stable per person, clear or pseudonym, meaningless to a reader."""
+    kind, value = strongest_identifier(identifiers)
+    try:
+        basis = normalise(kind, value, region=region, secret=secret).key
+    except InvalidIdentifier:
+        basis = f"{kind}:{value}"  # the customers stage will refuse it; any stable key will do
+    return hmac.new(secret, basis.encode(), hashlib.sha256).hexdigest()[:32].encode()
 
 
 class AsyncEventProducer:
@@ -109,9 +134,10 @@ class AsyncEventProducer:
     record batches in C: ~27 µs per send here against ~145 µs.
     """
 
-    def __init__(self, settings: Settings, serde: EventSerde, producer: AIOKafkaProducer, *,
+    def __init__(self, settings: Settings, serde: EventSerde, producer: AIOKafkaProducer, keystore: KeyStore, *,
                  timeout_s: float, own_registry: bool) -> None:
         self._settings = settings
+        self._keystore = keystore
         self._serde = serde
         self._producer = producer
         self._timeout_s = timeout_s
@@ -121,8 +147,11 @@ class AsyncEventProducer:
 
     @classmethod
     async def start(cls, settings: Settings, registry: RegistryClient | None = None, *,
-                    timeout_s: float = 30.0, linger_ms: int = 5) -> AsyncEventProducer:
+                    timeout_s: float = 30.0, linger_ms: int = 5,
+                    keystore: KeyStore | None = None) -> AsyncEventProducer:
         """Connect to Kafka and register the writer schema.
+
+        :param keystore: where identifiers' data keys live (default: the settings' PostgreSQL).
 
         :raises PublishError: Kafka cannot be reached.
         :raises RegistryError: the registry cannot be reached or refuses the schema.
@@ -148,9 +177,11 @@ class AsyncEventProducer:
         except BaseException:
             await producer.stop()
             raise
-        return cls(settings, serde, producer, timeout_s=timeout_s, own_registry=registry is None)
+        return cls(settings, serde, producer, keystore or PostgresKeyStore(settings), timeout_s=timeout_s,
+                   own_registry=registry is None)
 
     async def close(self) -> None:
+        await self._keystore.close()
         await self._producer.stop()
         if self._own_registry:
             self._serde.registry.close()
@@ -164,21 +195,33 @@ class AsyncEventProducer:
         """
         results: list[Result | None] = []
         pending: list[tuple[int, str, asyncio.Future[Any]]] = []
+        checked: list[tuple[Event, dict[str, Identifier]] | Refused] = []
         for doc in docs:
             try:
-                event = pseudonymise(doc if isinstance(doc, Event) else validate_event(doc, now), self._secret,
-                                     self._region)
+                event = doc if isinstance(doc, Event) else validate_event(doc, now)
+                checked.append((event, normalised(event, self._secret, self._region)))
             except ContractViolation as exc:
-                event_id = doc.get("event_id") if isinstance(doc, dict) else None
-                results.append(Refused(event_id if isinstance(event_id, str) else None, exc.problems))
+                event_id = doc.event_id if isinstance(doc, Event) else doc.get("event_id") if isinstance(doc, dict) else None
+                checked.append(Refused(event_id if isinstance(event_id, str) else None, exc.problems))
+        try:
+            data_keys = await self._keystore.data_keys(
+                keys_to_seal(item for item in checked if not isinstance(item, Refused)), create=True)
+        except KeyStoreError as exc:
+            return [item if isinstance(item, Refused) else Failed(item[0].event_id, f"not sent: {exc}")
+                    for item in checked]
+        for item in checked:
+            if isinstance(item, Refused):
+                results.append(item)
                 continue
+            identifiers = item[1]
+            event = pseudonymised(item[0], identifiers, data_keys)
             topic = event_topic(self._settings, event.channel)
             # One span per event; its context rides in the record's headers to the agents downstream.
             span = _TRACER.start_span("publish", context=parent, kind=trace.SpanKind.PRODUCER, attributes={
                 EVENT_ID: event.event_id, EVENT_TYPE: event.type, CHANNEL: event.channel, MESSAGING_TOPIC: topic})
             try:
                 # Bounded by request_timeout_ms (metadata wait); returns once the record is in a batch.
-                future = await self._producer.send(topic, key=partition_key(event, self._secret),
+                future = await self._producer.send(topic, key=partition_key(event.identifiers, self._secret, self._region),
                                                    value=self._serde.serialize(event),
                                                    headers=kafka_headers(trace.set_span_in_context(span)) or None)
             except KafkaError as exc:

@@ -105,7 +105,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
                     trace_headers = kafka_headers()
                 if isinstance(verdict, Accepted):
                     span.set_attribute(EVENT_ID, verdict.event.event_id)
-                    out.append((accepted_name, partition_key(verdict.event, secret), message.value,
+                    out.append((accepted_name, partition_key(verdict.event.identifiers, secret, settings.phone_region), message.value,
                                 trace_headers or None))
                 else:
                     log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,

@@ -47,6 +47,7 @@ from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import ensure_topics, event_topic
 from projections.migrate import migrate
+from touchpoint.core.normalise import normalise
 from touchpoint.errors import TouchpointError
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
@@ -348,12 +349,12 @@ def _first_problem(refused: list[Refused]) -> str:
 
 
 def _wait_for_card(settings: Settings, customer_no: str, deadline: float) -> dict[str, Any]:
-    """The card of the customer holding this customer number, once projected."""
+    """The card of the customer holding this customer number, once projected (found by its keyed hash)."""
+    key = normalise("customer_no", customer_no, secret=settings.identifier_key.get_secret_value().encode()).key
     with psycopg.connect(settings.pg_conninfo(), autocommit=True) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT view FROM customers WHERE view->'identifiers'->'customer_no' ? %s", (customer_no,)
-            ).fetchone()
+            row = conn.execute("SELECT c.view FROM customer_identifiers i JOIN customers c USING (customer_id) "
+                               "WHERE i.key = %s", (key,)).fetchone()
             if row is not None:
                 return dict(row[0])
             time.sleep(0.3)

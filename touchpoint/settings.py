@@ -72,6 +72,8 @@ class Settings(BaseSettings):
 
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
+    # Wraps the key store's data keys (connectors/keystore.py); set a real secret outside the local stack.
+    privacy_master_key: SecretStr = SecretStr("local-stack-master-key")
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -9,12 +9,14 @@ read model, and the worker process stays alive. Every garbage record carries
 a ``hostile.case`` header, which the dead-letter topic keeps, so each one is
 found by name.
 
-Card numbers. A generated population with card identifiers goes through the
-real pipeline (worker and projection writer); then ``pg_dump`` of the
-database and every record (key, value, headers) of every topic of the
-prefix are searched for each card number the population used, as given and
-as bare digits. DESIGN.md §6 says topics never hold a clear card number: the
-producer library writes each card as its pseudonym (keyed hash and last four).
+Clear identifiers. A generated population goes through the real pipeline
+(worker and projection writer); then ``pg_dump`` of the database and every
+record (key, value, headers) of every topic of the prefix are searched for
+each identifier the delivered events carried (card numbers, e-mail
+addresses, phone numbers, customer numbers, cookies, devices), as given and
+normalised. DESIGN.md §6 says topics never hold a clear identifier: the
+producer library writes each as its pseudonym (a keyed hash and the value
+sealed with the identifier's own key; a card's last four).
 
 The module has its own topic prefix and database, so its dead letters and
 topics hold only what it wrote.
@@ -27,6 +29,7 @@ import random
 import re
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +48,7 @@ from tests.e2e.oracle import committed, drained, end_offset
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process
 from touchpoint.contract import validate_event
+from touchpoint.core.normalise import normalise
 from touchpoint.demo import sample_events
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
@@ -196,7 +200,7 @@ def test_garbage_on_channel_topics_is_dead_lettered_and_the_pipeline_goes_on(pip
 
 @dataclass(frozen=True)
 class Scan:
-    cards: set[str]
+    clear: dict[tuple[str, str], set[str]]  # (kind, normalised display) -> the forms the population used
     places: dict[str, bytes]  # where -> everything read there
 
 
@@ -249,38 +253,42 @@ def scan(pipeline: Pipeline) -> Scan:
     """A generated population with cards through the pipeline, then the database and the topics, read raw."""
     settings = pipeline.settings
     events = list(generate(customers=60, days=45, seed=77))
-    cards = {str(e["identifiers"]["card"]) for e in events
-             if isinstance(e.get("identifiers"), dict) and isinstance(e["identifiers"].get("card"), str)}
     before = committed(settings)
     with EventProducer(settings) as producer:
         results = producer.publish(events, datetime.now(UTC))
     delivered = [r for r in results if isinstance(r, Delivered)]
     assert len(delivered) > 0.9 * len(events) and any(isinstance(r, Refused) for r in results)
+    secret = settings.identifier_key.get_secret_value().encode()
+    sent = {r.event_id for r in delivered}
+    clear: dict[tuple[str, str], set[str]] = {}
+    for event in events:
+        if event.get("event_id") in sent:
+            for kind, value in event["identifiers"].items():
+                display = normalise(kind, value, secret=secret).display
+                forms = {value.strip(), re.sub(r"[\s-]", "", value)} | ({display} if kind != "card" else set())
+                clear.setdefault((kind, display), set()).update(forms)
     wait_until(lambda: end_offset(settings, settings.topic("customer-views")) and drained(settings, before), 180,
                "the worker and the projections to catch up", pipeline.procs)
     places = {"pg_dump": _pg_dump(settings), **_topics_raw(settings)}
-    return Scan(cards, places)
+    return Scan(clear, places)
 
 
 def _found(scan: Scan, place: str) -> list[str]:
-    """The card numbers found in ``place``, each shown by its last four digits only."""
+    """The identifiers found in clear in ``place``, each named by its kind and last four characters only."""
     blob = scan.places[place]
-    hits = []
-    for card in sorted(scan.cards):
-        forms = {card, re.sub(r"[\s-]", "", card)}
-        if any(form.encode() in blob for form in forms):
-            hits.append(f"…{card[-4:]}")
-    return hits
+    return sorted(f"{kind} …{display[-4:]}" for (kind, display), forms in scan.clear.items()
+                  if any(form.encode() in blob for form in forms))
 
 
-def test_the_population_has_card_numbers_and_the_places_hold_its_data(scan: Scan) -> None:
-    """The scan is not vacuous: cards were generated and the dump and topics hold the population."""
-    assert len(scan.cards) >= 20
+def test_the_population_has_identifiers_and_the_places_hold_its_data(scan: Scan) -> None:
+    """The scan is not vacuous: identifiers of every kind were sent and the dump and topics hold the population."""
+    kinds = Counter(kind for kind, _ in scan.clear)
+    assert kinds["card"] >= 20 and kinds["email"] >= 20 and kinds["phone"] >= 20 and kinds["customer_no"] >= 20
     assert b"INSERT INTO" in scan.places["pg_dump"] or b"COPY public.customers" in scan.places["pg_dump"]
     assert any(len(blob) > 10_000 for place, blob in scan.places.items() if place.startswith("topic "))
 
 
-def test_pg_dump_holds_no_card_number_in_clear(scan: Scan) -> None:
+def test_pg_dump_holds_no_identifier_in_clear(scan: Scan) -> None:
     assert _found(scan, "pg_dump") == []
 
 
@@ -291,13 +299,13 @@ TOPIC_SUFFIXES = (*(f"events.{ch}" for ch in CHANNELS), "dlq", "accepted", "cust
 
 
 @pytest.mark.parametrize("suffix", TOPIC_SUFFIXES)
-def test_topic_holds_no_card_number_in_clear(scan: Scan, pipeline: Pipeline, suffix: str) -> None:
+def test_topic_holds_no_identifier_in_clear(scan: Scan, pipeline: Pipeline, suffix: str) -> None:
     place = f"topic {pipeline.settings.topic(suffix)}"
     assert place in scan.places, f"{place} exists"
-    assert _found(scan, place) == [], f"{place} holds clear card numbers"
+    assert _found(scan, place) == [], f"{place} holds clear identifiers"
 
 
-def test_no_other_topic_of_the_prefix_holds_a_card_number_in_clear(scan: Scan, pipeline: Pipeline) -> None:
+def test_no_other_topic_of_the_prefix_holds_an_identifier_in_clear(scan: Scan, pipeline: Pipeline) -> None:
     known = {f"topic {pipeline.settings.topic(suffix)}" for suffix in TOPIC_SUFFIXES}
     others = sorted(set(scan.places) - known - {"pg_dump"})
     assert {place: _found(scan, place) for place in others} == {place: [] for place in others}

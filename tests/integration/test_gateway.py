@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.access import digest
+from connectors.keystore import PostgresKeyStore
 from connectors.gateway import create_gateway
 from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Result
 from connectors.registry import RegistryClient
@@ -27,6 +28,7 @@ from connectors.serde import EventSerde
 from connectors.topics import event_topic
 from tests.unit.contract_samples import sample
 from touchpoint.contract.models import Event
+from touchpoint.core.pseudonym import parse, reveal
 from touchpoint.errors import ConfigError, PublishError
 from touchpoint.settings import Settings
 
@@ -122,17 +124,25 @@ async def test_one_event_is_on_its_channel_topic_at_the_offset_answered(
     assert key is not None and b"+44" not in key  # keyed hash, never the clear phone number
 
 
-async def test_a_card_reaches_the_topic_as_its_pseudonym_only(client: httpx.AsyncClient, settings: Settings) -> None:
+async def test_identifiers_reach_the_topic_as_pseudonyms_only(client: httpx.AsyncClient, settings: Settings) -> None:
     event = fresh("purchase")
+    event["identifiers"].update({"email": "Pseudo.Nym@Example.com", "phone": "07700 900871"})
     card = event["identifiers"]["card"]
     response = await client.post("/v1/events", json=event)
     assert response.status_code == 202, response.text
     [result] = response.json()["results"]
     _, raw, published = read_back(settings, result["topic"], result["partition"], result["offset"])
-    assert card.encode() not in raw and card[:-4].encode() not in raw
-    token = published.identifiers["card"]
-    assert token.startswith("tp1:card:") and token.endswith("…" + card[-4:])
-    assert published.identifiers["customer_no"] == event["identifiers"]["customer_no"]
+    for clear in (card, card[:-4], event["identifiers"]["customer_no"], "pseudo.nym", "Pseudo.Nym", "7700900871",
+                  "7700 900871"):
+        assert clear.encode() not in raw, clear
+    tokens = published.identifiers
+    assert set(tokens) == {"card", "customer_no", "email", "phone"}
+    assert tokens["card"].startswith("tp1:card:") and tokens["card"].endswith(":…" + card[-4:])
+    async with PostgresKeyStore(settings) as keystore:
+        data_keys = await keystore.data_keys([parse(t).key for t in tokens.values()], create=False)
+    assert {kind: reveal(t, data_keys.get(parse(t).key)) for kind, t in tokens.items()} == {
+        "card": "…" + card[-4:], "customer_no": event["identifiers"]["customer_no"],
+        "email": "pseudo.nym@example.com", "phone": "+447700900871"}
 
 
 async def test_a_card_failing_luhn_is_refused_at_the_edge_without_quoting_it(client: httpx.AsyncClient) -> None:

@@ -10,15 +10,12 @@ for a customer base, and the kind prefix keeps kinds apart). The same
 ``display`` is what a person may be shown: the normalised clear value, except
 for cards, whose clear number never leaves :func:`normalise` (``"…1234"``).
 
-Pseudonyms. At the edge (the producer library, so the gateway and the file
-import too) a card becomes its pseudonym before it is written to a topic:
-``"tp1:card:<32 hex>:…1234"``, its key and its display and nothing more
-(:func:`pseudonym`). :func:`normalise` reads a pseudonym back as the same
-:class:`Identifier` the clear number gives, so the log, the fold and the read
-model agree whichever form an event carried, and no topic holds a clear card
-number. E-mail addresses and phone numbers still travel in clear: their
-display is the clear value, so their pseudonym needs the encrypted form of
-DESIGN.md §6 and its key store.
+Pseudonyms (:mod:`touchpoint.core.pseudonym`). At the edge every identifier
+becomes its pseudonym before it is written to a topic, so the log holds keys
+and sealed values, never a clear one. :func:`normalise` reads a pseudonym
+back without any key: its key is the one the clear value gives, its display
+the pseudonym itself (a card's: its last four), which only a reader holding
+the identifier's data key can open.
 
 Rules per kind
 
@@ -49,16 +46,11 @@ from functools import lru_cache
 
 import phonenumbers
 
+from touchpoint.core import pseudonym
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.errors import TouchpointError
 
-__all__ = ["PSEUDONYMISED_AT_THE_EDGE", "Identifier", "InvalidIdentifier", "identifier_key", "normalise",
-           "pseudonym"]
-
-PSEUDONYM_PREFIX = "tp1:"
-PSEUDONYMISED_AT_THE_EDGE = frozenset({"card"})
-"""Kinds whose display is not their clear value, so their pseudonym can carry the display as it is."""
-_HEX = re.compile(r"[0-9a-f]{32}")
+__all__ = ["Identifier", "InvalidIdentifier", "identifier_key", "normalise"]
 
 _CARD_SEPARATORS = str.maketrans("", "", " -")
 _WHITESPACE = re.compile(r"\s")
@@ -143,28 +135,21 @@ def _card(value: str) -> str:
     return digits
 
 
-def pseudonym(identifier: Identifier) -> str:
-    """The form ``identifier`` travels in on the topics: ``tp1:<key>:<display>``."""
-    if identifier.kind not in PSEUDONYMISED_AT_THE_EDGE:
-        raise ValueError(f"{identifier.kind} has no pseudonym yet: its display is its clear value")
-    return f"{PSEUDONYM_PREFIX}{identifier.key}:{identifier.display}"
-
-
 def _from_pseudonym(kind: str, value: str) -> Identifier:
-    token_kind, _, rest = value.removeprefix(PSEUDONYM_PREFIX).partition(":")
-    digest, _, display = rest.partition(":")
-    if token_kind != kind:
-        raise InvalidIdentifier(kind, f"a pseudonym of a {token_kind or 'missing'} kind, not of {kind}")
-    if kind not in PSEUDONYMISED_AT_THE_EDGE:
-        raise InvalidIdentifier(kind, "this kind has no pseudonym form")
-    if not _HEX.fullmatch(digest) or not display:
-        raise InvalidIdentifier(kind, "not a well-formed pseudonym (tp1:<kind>:<32 hex digits>:<display>)")
-    return Identifier(kind, f"{kind}:{digest}", display)
+    try:
+        parsed = pseudonym.parse(value)
+    except ValueError as exc:
+        raise InvalidIdentifier(kind, str(exc)) from exc
+    if parsed.kind != kind:
+        raise InvalidIdentifier(kind, f"a pseudonym of a {parsed.kind} identifier, not of {kind}")
+    return Identifier(kind, parsed.key, value if parsed.sealed else parsed.shown)
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
 def _normalise(kind: str, value: str, region: str, secret: bytes) -> Identifier:
-    if value.startswith(PSEUDONYM_PREFIX):
+    if pseudonym.is_pseudonym(value):
+        if kind not in IDENTIFIER_KINDS:
+            raise InvalidIdentifier(kind, f"unknown identifier kind; known kinds: {', '.join(IDENTIFIER_KINDS)}")
         return _from_pseudonym(kind, value)
     if kind == "phone":
         clear = _phone(value.strip(), region)

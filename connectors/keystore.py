@@ -1,0 +1,110 @@
+"""The key store: one data key per identifier, behind one small interface (DESIGN.md §6).
+
+:class:`KeyStore` is the interface the edge, the lookup API and erasure use;
+:class:`PostgresKeyStore` keeps the keys in PostgreSQL (``identifier_keys``,
+migration 0008), each wrapped with AES-256-GCM under a master key derived
+from the ``privacy_master_key`` setting, so a dump of the table alone opens
+nothing. A KMS-backed store would implement the same three methods.
+
+No process caches data keys: a destroyed key is gone for every reader at
+once. The edge makes missing keys as it goes (one statement per publish
+batch, whatever its size); a person erased and then seen again gets a new
+key, which cannot open the old pseudonyms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Collection
+from typing import Protocol
+
+import psycopg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from touchpoint.core.pseudonym import DATA_KEY_BYTES
+from touchpoint.errors import TouchpointError
+from touchpoint.settings import Settings
+
+
+class KeyStoreError(TouchpointError):
+    """The key store cannot be reached or holds a key the master key does not open."""
+
+
+class KeyStore(Protocol):
+    """Data keys by identifier key (``"<kind>:<32 hex>"``)."""
+
+    async def data_keys(self, keys: Collection[str], *, create: bool) -> dict[str, bytes]:
+        """The data key of each of ``keys`` that has one (``create``: make the missing ones first)."""
+
+    async def destroy(self, keys: Collection[str]) -> int:
+        """Destroy the data keys of ``keys``; returns how many existed."""
+
+    async def close(self) -> None:
+        """Release the connection."""
+
+
+class PostgresKeyStore:
+    """:class:`KeyStore` on the settings' PostgreSQL database; one connection, opened on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._conninfo = settings.pg_conninfo()
+        secret = settings.privacy_master_key.get_secret_value().encode()
+        self._master = AESGCM(hashlib.sha256(b"touchpoint key store\0" + secret).digest())
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            try:
+                self._conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            except psycopg.OperationalError as exc:
+                raise KeyStoreError(f"the key store's database cannot be reached: {exc}") from exc
+        return self._conn
+
+    def _wrap(self, key: str, data_key: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._master.encrypt(nonce, data_key, key.encode())
+
+    def _unwrap(self, key: str, wrapped: bytes) -> bytes:
+        try:
+            return self._master.decrypt(wrapped[:12], wrapped[12:], key.encode())
+        except InvalidTag as exc:
+            raise KeyStoreError(f"the data key of {key} does not open with this master key "
+                                "(is privacy_master_key the one it was made with?)") from exc
+
+    async def data_keys(self, keys: Collection[str], *, create: bool) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        wanted = sorted(set(keys))
+        try:
+            conn = await self._connection()
+            if create:
+                # Returns nothing for keys that exist already: those are read below with the rest.
+                await conn.execute(
+                    "INSERT INTO identifier_keys (key, wrapped) SELECT * FROM unnest(%s::text[], %s::bytea[]) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (wanted, [self._wrap(k, os.urandom(DATA_KEY_BYTES)) for k in wanted]))
+            cur = await conn.execute("SELECT key, wrapped FROM identifier_keys WHERE key = ANY(%s)", (wanted,))
+            rows = await cur.fetchall()
+        except psycopg.OperationalError as exc:
+            raise KeyStoreError(f"the key store's database failed: {exc}") from exc
+        return {key: self._unwrap(key, bytes(wrapped)) for key, wrapped in rows}
+
+    async def destroy(self, keys: Collection[str]) -> int:
+        if not keys:
+            return 0
+        conn = await self._connection()
+        cur = await conn.execute("DELETE FROM identifier_keys WHERE key = ANY(%s)", (sorted(set(keys)),))
+        return cur.rowcount
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> PostgresKeyStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
