@@ -519,3 +519,60 @@ def test_ticks_never_go_backwards_and_a_bad_tick_is_rejected() -> None:
     assert folder.clock_ms == int((T0 + timedelta(days=5)).timestamp() * 1000)
     folder.add_json('{"tick": "2025-03-01T00:00:00"}')
     assert folder.rejected[0]["reason"].startswith("not a tick")
+
+
+# -- erasure on request ---------------------------------------------------------------------
+
+
+def erased_folder() -> tuple[Folder, str, str]:
+    """Ann (two ids merged by one event), dormant with an open alert, then erased."""
+    folder = Folder(secret=SECRET, keep_decisions=False)
+    ann_web, ann_no = {"email": "ann@example.com"}, {"customer_no": "C1"}
+    lines = [event("w0", ann_web), event("p1", ann_no, "purchase", minutes=1440),
+             event("w2", {**ann_web, **ann_no}, minutes=2 * 1440), *visits(ann_no, [7, 14, 21]),
+             tick(T0 + timedelta(days=112))]
+    for line in lines:
+        folder.add_json(line)
+    ((raised, _),) = folder.drain_alerts()
+    assert raised.state == "raised"
+    folder.drain_changes()
+    old = customer_id_for(normalise("email", "ann@example.com", secret=SECRET).key)  # minted first: survives
+    alias = customer_id_for(normalise("customer_no", "C1", secret=SECRET).key)
+    assert folder.state.canonical(alias) == old != alias
+    return folder, old, alias
+
+
+def test_erasure_forgets_the_person_resolves_their_alert_and_keeps_the_ledger() -> None:
+    folder, old, alias = erased_folder()
+    ledger_before = list(folder.views[old].loyalty.entries)
+    assert folder.erase(alias) == [old, alias]  # an alias names the person too
+    assert not any(owner in (old, alias) for owner in folder.state.owner.values())
+    ((resolved, _),) = folder.drain_alerts()
+    assert (resolved.customer_id, resolved.state, resolved.reasons[0].code) == (old, "resolved", "erased")
+    card = folder.result()["customers"]
+    erased = next(c for c in card if c["customer_id"] == old)
+    assert erased["identifiers"] == {} and erased["counts"]["total"] == 0 and erased["aliases"] == []
+    assert ledger_before, "the person had points: the ledger entries issued stay on the log and in the read model"
+    assert folder.erase(old) == [] and folder.erase("cus_unknown") == []  # twice, or unknown: nothing
+
+
+def test_a_person_who_comes_back_after_erasure_is_a_new_customer() -> None:
+    folder, old, alias = erased_folder()
+    folder.erase(old)
+    folder.add_json(event("back", {"email": "ann@example.com", "customer_no": "C1"}, minutes=120 * 1440))
+    new = folder.last_customer_id
+    assert new is not None and new not in (old, alias)
+    assert folder.views[new].identifiers.keys() == {"customer_no", "email"}
+    assert folder.views[old].identifiers == {}
+
+
+def test_erasure_survives_a_snapshot_restore() -> None:
+    from touchpoint.core.snapshot import checkpoint_record, customer_records, restore
+
+    folder, old, _ = erased_folder()
+    folder.erase(old)
+    records = {k: v for k, v in customer_records(folder, list(folder.views)).items() if v is not None}
+    restored = Folder(secret=SECRET, keep_decisions=False)
+    restore(restored, {**records, "__checkpoint__": checkpoint_record(folder, 99)})
+    restored.add_json(event("back", {"customer_no": "C1"}, minutes=120 * 1440))
+    assert restored.last_customer_id not in (None, old)

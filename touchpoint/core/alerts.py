@@ -874,6 +874,14 @@ def retire(state: AlertState, customer_id: str, now_ms: int, into: str) -> tuple
     return _closed(state, now), [_alert(customer_id, state, "resolved", now, [reason])]
 
 
+def close_erased(state: AlertState, customer_id: str, now_ms: int) -> tuple[AlertState, list[Alert]]:
+    """Close the open episode of a customer erased on request: nobody is left to win back."""
+    now = now_ms if state.checked_ms is None else max(now_ms, state.checked_ms)
+    if not state.open:
+        return _closed(state, now), []
+    return _closed(state, now), [_alert(customer_id, state, "resolved", now, [Reason("erased", "the customer was erased on request", {})])]
+
+
 # -- due-time index -------------------------------------------------------------------
 
 

@@ -65,7 +65,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from touchpoint.contract.fast import validate_json as validate_fast
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.alerts import KINDS as ALERT_KINDS
-from touchpoint.core.alerts import Alert, AlertConfig, AlertState, DueIndex, decide, next_due_ms, retire
+from touchpoint.core.alerts import (
+    Alert,
+    AlertConfig,
+    AlertState,
+    DueIndex,
+    close_erased,
+    decide,
+    next_due_ms,
+    retire,
+)
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.identity import (
     DEFAULT_LIMITS,
@@ -75,6 +84,7 @@ from touchpoint.core.identity import (
     Merged,
     Minted,
     apply,
+    forget,
     resolve,
 )
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
@@ -423,6 +433,33 @@ class Folder:
         if expiry is not None:  # the survivor inherits the merged lots: the earlier expiry is due first
             mine = self._expiry_due.due_of(survivor)
             self._expiry_due.set(survivor, expiry if mine is None else min(mine, expiry))
+
+    def erase(self, customer_id: str) -> list[str]:
+        """Erase a customer on request (DESIGN.md §6): the person goes, the aggregates stay.
+
+        Their identifiers link nobody any more (a later event of theirs starts a new
+        customer, with a new id), their view is emptied, open alert episodes are
+        resolved with the reason ``erased`` and nothing more is due for them. Ledger
+        entries and alerts already issued stay where they are, keyed by the old id.
+
+        :returns: the ids erased, the live id first and then its aliases; [] when the
+            id is unknown or erased already (erasing twice changes nothing).
+        """
+        erased = forget(self.state, customer_id)
+        if not erased:
+            return []
+        cid = erased[0]
+        view = self.views.get(cid)
+        ms = self.latest_ms or 0
+        if view is not None:
+            for kind in sorted(view.alerts):
+                _, alerts = close_erased(view.alerts[kind][0], cid, ms)
+                self._alerted(view, alerts, ms)
+            self.views[cid] = CustomerView(cid)
+        self._alert_due.discard(cid)
+        self._expiry_due.discard(cid)
+        self.touched.discard(cid)
+        return erased
 
     def _alerted(self, view: CustomerView, alerts: list[Alert], ms: int) -> None:
         if alerts and not self.keep_decisions:

@@ -66,6 +66,8 @@ __all__ = [
     "Resolution",
     "apply",
     "customer_id_for",
+    "forget",
+    "fresh_id",
     "resolve",
 ]
 
@@ -229,10 +231,12 @@ class IdentityState:
     dicts, so iteration never depends on hash seeds); ``alias`` maps every
     merged id straight to its survivor; ``aliases`` is the inverse; ``seq`` is
     the mint position of every id ever minted; ``refused`` the (customer, key)
-    refusals already recorded.
+    refusals already recorded; ``erased`` the customers erased on request
+    (their ids are never minted again: a person who comes back is a new
+    customer).
     """
 
-    __slots__ = ("alias", "aliases", "keys", "owner", "refused", "seq")
+    __slots__ = ("alias", "aliases", "erased", "keys", "owner", "refused", "seq")
 
     def __init__(self) -> None:
         self.owner: dict[str, str] = {}
@@ -241,6 +245,7 @@ class IdentityState:
         self.aliases: dict[str, list[str]] = {}
         self.seq: dict[str, int] = {}
         self.refused: set[tuple[str, str]] = set()
+        self.erased: set[str] = set()
 
     def canonical(self, customer_id: str) -> str:
         """The live id ``customer_id`` resolves to (itself unless merged)."""
@@ -257,6 +262,35 @@ class IdentityState:
     def customers(self) -> list[str]:
         """Live customer ids (not aliases), in mint order."""
         return sorted((c for c in self.seq if c not in self.alias), key=self.seq.__getitem__)
+
+
+def fresh_id(state: IdentityState, key: str) -> str:
+    """The id a customer anchored on ``key`` gets: :func:`customer_id_for`, unless it (or its survivor) was erased.
+
+    Then ``key#1``, ``key#2``, ... until an id not erased: deterministic, so a replay mints the same ids.
+    """
+    cid, n = customer_id_for(key), 0
+    while state.canonical(cid) in state.erased:
+        n += 1
+        cid = customer_id_for(f"{key}#{n}")
+    return cid
+
+
+def forget(state: IdentityState, customer_id: str) -> list[str]:
+    """Erase a customer from identity: its keys link nobody any more and its id is never minted again.
+
+    :returns: the ids erased, the live id first and then its aliases; [] when it was never minted.
+    """
+    cid = state.canonical(customer_id)
+    if cid not in state.seq or cid in state.erased:
+        return []
+    for keys in state.keys.pop(cid, {}).values():
+        for key in keys:
+            if state.owner.get(key) == cid:
+                del state.owner[key]
+    state.refused = {(owner, key) for owner, key in state.refused if state.canonical(owner) != cid}
+    state.erased.add(cid)
+    return [cid, *state.aliases.get(cid, [])]
 
 
 def _describe(kind: str) -> str:
@@ -302,7 +336,7 @@ def resolve(
 
     if not live:  # only shared identifiers: the pseudo-customer of the strongest
         anchor = marked[0]
-        cid = customer_id_for(anchor.key)
+        cid = fresh_id(state, anchor.key)
         mint: tuple[Decision, ...] = ()
         if cid not in state.seq:
             mint = (Minted(event_id, cid, anchor.key, anchor.kind, shared=True),)
@@ -354,7 +388,7 @@ def resolve(
                 decisions.append(Merged(event_id, survivor, other, via[other], reason))
     else:
         anchor = new[0]
-        survivor = state.canonical(customer_id_for(anchor.key))
+        survivor = state.canonical(fresh_id(state, anchor.key))
         if survivor not in state.seq:
             decisions.append(Minted(event_id, survivor, anchor.key, anchor.kind))
             new = new[1:]

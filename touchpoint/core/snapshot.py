@@ -55,7 +55,7 @@ __all__ = [
     "track_changes",
 ]
 
-FORMAT = 1
+FORMAT = 2  # 2: erased customers
 """Bump when the pickled shape of a view or of these records changes incompatibly."""
 
 CHECKPOINT_KEY = "__checkpoint__"
@@ -153,6 +153,7 @@ def customer_records(folder: Folder, customer_ids: Iterable[str]) -> dict[str, b
             "refused": sorted(refused.get(customer_id, ())),
             "alert_due": folder._alert_due.due_of(customer_id),
             "expiry_due": folder._expiry_due.due_of(customer_id),
+            "erased": customer_id in state.erased,
         }
         records[customer_id] = _sign(folder.secret, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
     return records
@@ -199,6 +200,8 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
         for pair in doc["refused"]:
             owner, key = pair.split("\x00", 1)
             state.refused.add((owner, key))
+        if doc["erased"]:
+            state.erased.add(customer_id)
         folder._alert_due.set(customer_id, doc["alert_due"])
         folder._expiry_due.set(customer_id, doc["expiry_due"])
     if sorted(seq.values()) != list(range(len(seq))):
