@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -59,6 +60,7 @@ from touchpoint.telemetry import kafka_headers, tracer
 from touchpoint.telemetry_attrs import CHANNEL, EVENT_ID, EVENT_TYPE, MESSAGING_TOPIC
 
 _TRACER = tracer(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,9 @@ class AsyncEventProducer:
     """
 
     def __init__(self, settings: Settings, serde: EventSerde, producer: AIOKafkaProducer, keystore: KeyStore, *,
-                 timeout_s: float, own_registry: bool) -> None:
+                 timeout_s: float, own_registry: bool, linger_ms: int = 5) -> None:
         self._settings = settings
+        self._linger_ms = linger_ms
         self._keystore = keystore
         self._serde = serde
         self._producer = producer
@@ -157,15 +160,7 @@ class AsyncEventProducer:
         :raises RegistryError: the registry cannot be reached or refuses the schema.
         """
         serde = EventSerde(registry or RegistryClient(settings.registry_url))
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
-            client_id="touchpoint-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=linger_ms,
-            max_batch_size=256 * 1024,
-            request_timeout_ms=int(timeout_s * 1000),
-        )
+        producer = _kafka_producer(settings, timeout_s, linger_ms)
         try:
             await asyncio.wait_for(producer.start(), timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -178,7 +173,32 @@ class AsyncEventProducer:
             await producer.stop()
             raise
         return cls(settings, serde, producer, keystore or PostgresKeyStore(settings), timeout_s=timeout_s,
-                   own_registry=registry is None)
+                   own_registry=registry is None, linger_ms=linger_ms)
+
+    async def _renew(self, broken: AIOKafkaProducer) -> None:
+        """Replace ``broken``, whose idempotent session no broker will take any more, by a new producer.
+
+        aiokafka numbers an idempotent producer's batches per partition; once one
+        batch is lost to an error (as when the broker restarts) the broker refuses
+        every later batch with ``OutOfOrderSequenceNumber``, for good, so "safe to
+        retry" would never succeed. A new producer has a new producer id.
+        """
+        fresh = _kafka_producer(self._settings, self._timeout_s, self._linger_ms)
+        try:
+            await asyncio.wait_for(fresh.start(), self._timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await fresh.stop()
+            log.warning("Kafka producer not renewed, tried again on the next failure: %r", exc)
+            return
+        if self._producer is not broken:  # a concurrent publish renewed it already
+            await fresh.stop()
+            return
+        self._producer = fresh
+        log.warning("Kafka producer renewed: the broker refused its batches as out of sequence")
+        try:
+            await asyncio.wait_for(broken.stop(), self._timeout_s)
+        except TimeoutError:
+            log.warning("the replaced Kafka producer did not stop within %.0fs", self._timeout_s)
 
     async def close(self) -> None:
         await self._keystore.close()
@@ -195,6 +215,7 @@ class AsyncEventProducer:
         """
         results: list[Result | None] = []
         pending: list[tuple[int, str, asyncio.Future[Any]]] = []
+        producer = self._producer
         checked: list[tuple[Event, dict[str, Identifier]] | Refused] = []
         for doc in docs:
             try:
@@ -221,7 +242,7 @@ class AsyncEventProducer:
                 EVENT_ID: event.event_id, EVENT_TYPE: event.type, CHANNEL: event.channel, MESSAGING_TOPIC: topic})
             try:
                 # Bounded by request_timeout_ms (metadata wait); returns once the record is in a batch.
-                future = await self._producer.send(topic, key=partition_key(event.identifiers, self._secret, self._region),
+                future = await producer.send(topic, key=partition_key(event.identifiers, self._secret, self._region),
                                                    value=self._serde.serialize(event),
                                                    headers=kafka_headers(trace.set_span_in_context(span)) or None)
             except KafkaError as exc:
@@ -234,15 +255,19 @@ class AsyncEventProducer:
         if pending:
             # One bounded wait for the whole batch: a wait_for per record costs a task each.
             await asyncio.wait([future for _, _, future in pending], timeout=self._timeout_s)
+        broken = False
         for index, event_id, future in pending:
             if not future.done():
                 future.cancel()
                 results[index] = Failed(event_id, f"not acknowledged by Kafka within {self._timeout_s:.0f}s")
             elif future.exception() is not None:
                 results[index] = Failed(event_id, f"not acknowledged by Kafka: {future.exception()!r}")
+                broken = broken or isinstance(future.exception(), OutOfOrderSequenceNumber)
             else:
                 metadata = future.result()
                 results[index] = Delivered(event_id, metadata.topic, metadata.partition, metadata.offset)
+        if broken and producer is self._producer:
+            await self._renew(producer)
         return [r for r in results if r is not None]
 
 
@@ -341,3 +366,16 @@ def publish_all(settings: Settings, docs: Iterable[dict[str, Any]], batch_size: 
         if batch:
             flush()
     return summary
+
+
+def _kafka_producer(settings: Settings, timeout_s: float, linger_ms: int) -> AIOKafkaProducer:
+    """The idempotent, ``acks=all`` aiokafka producer the library sends with (not started)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="touchpoint-producer",
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=linger_ms,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=int(timeout_s * 1000),
+    )

@@ -40,7 +40,7 @@ from connectors.producer import Delivered, EventProducer, Refused
 from projections.checksum import checksum
 from projections.rebuild import rebuild
 from tests.e2e.oracle import assert_equals_oracle, committed, drained
-from tests.e2e.test_faults import latest, population
+from tests.e2e.test_faults import latest, population, rebuilds
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import REPO, scoped, spawn_touchpoint, stop_process
 from touchpoint.settings import Settings, load_settings
@@ -89,8 +89,8 @@ class Publisher:
 
     settings: Settings
     events: list[dict[str, Any]]
-    batch: int = 60
-    pause_s: float = 0.25
+    batch: int = 40
+    pause_s: float = 0.3
     sent: int = 0
     failed: int = 0
     error: BaseException | None = None
@@ -123,11 +123,15 @@ class Publisher:
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             self.error = exc
 
+    def check(self) -> None:
+        """Raise what made the publisher stop, if anything did."""
+        if self.error is not None:
+            raise AssertionError(f"the publisher failed after {self.sent} events") from self.error
+
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), f"the publisher is stuck after {self.sent} events"
-        if self.error is not None:
-            raise self.error
+        self.check()
 
 
 def interaction_ids(settings: Settings) -> list[str]:
@@ -148,6 +152,7 @@ def run_with_fault(settings: Settings, tmp_path: Path, seed: int,
     writer = spawn_touchpoint(settings, "project", log=tmp_path / "project.log")
     procs = (worker, writer)
     try:
+        wait_until(lambda: rebuilds(tmp_path / "worker.log") >= 1, 90, "the worker to start", procs)
         publisher = Publisher(settings, events).start()
         fault(publisher, worker, writer)
         publisher.join(180)
@@ -162,9 +167,11 @@ def run_with_fault(settings: Settings, tmp_path: Path, seed: int,
             stop_process(proc)
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
     project_log = (tmp_path / "project.log").read_text(errors="replace")
-    assert worker_log.count("customer state rebuilt") == 1, "the worker's state was built once, at start"
+    # Built at start; once more at most, if the outage fenced the state table's transactional writer.
+    rebuilt = worker_log.count("customer state rebuilt")
+    assert 1 <= rebuilt <= 2, rebuilt
     for name, text in (("worker", worker_log), ("project", project_log)):
-        assert "Traceback" not in text, f"{name} log:\n{text[-4000:]}"
+        assert "Traceback" not in text and "Crashed" not in text, f"{name} log:\n{text[-4000:]}"
 
     counts = assert_equals_oracle(settings)
     # Every published event exactly once in the read model (interactions are keyed by event id).
@@ -193,7 +200,8 @@ def test_kafka_broker_stopped_and_started_mid_stream(private_stack: Settings, is
     outage: dict[str, float] = {}
 
     def bounce_broker(publisher: Publisher, worker: Popen[bytes], writer: Popen[bytes]) -> None:
-        wait_until(lambda: committed(settings) >= 300, 120, "the worker to fold a first part", (worker, writer))
+        wait_until(lambda: publisher.check() or committed(settings) >= 300, 120, "the worker to fold a first part",
+                   (worker, writer))
         assert publisher.sent < len(publisher.events), "the fault must land while events are still coming"
         say(f"stopping the broker: {publisher.sent} events sent, {committed(settings)} folded")
         began = time.monotonic()
@@ -214,8 +222,8 @@ def test_postgres_stopped_and_started_mid_stream(private_stack: Settings, isolat
     settings = isolated
 
     def bounce_postgres(publisher: Publisher, worker: Popen[bytes], writer: Popen[bytes]) -> None:
-        wait_until(lambda: len(interaction_ids(settings)) >= 200, 120, "the projections to write a first part",
-                   (worker, writer))
+        wait_until(lambda: publisher.check() or len(interaction_ids(settings)) >= 200, 120,
+                   "the projections to write a first part", (worker, writer))
         assert publisher.sent < len(publisher.events), "the fault must land while events are still coming"
         say(f"stopping PostgreSQL: {publisher.sent} events sent, {len(interaction_ids(settings))} projected")
         stack.stop(private_stack, "postgres", report=say)
