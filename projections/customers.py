@@ -9,7 +9,8 @@ version re-emitted later (an agent restarted on an older state) ever
 overwrites a newer one. Within a batch the same order picks the winner
 (:func:`newer`), so how the log is cut into batches never changes the result.
 A merged-away customer's row is deleted and its id kept as an alias of the
-survivor.
+survivor. An erased customer (``{"erased": true}``, :mod:`connectors.privacy`)
+loses its row, its aliases and its identifier keys.
 
 Identifiers. A card carries the keyed hashes of its customer's identifiers
 (``"keys": {kind: [key, ...]}``; older records lack the field and add none);
@@ -73,11 +74,13 @@ class CustomersProjection:
             customer_id = str(doc["customer_id"])
             if customer_id not in latest or newer(latest[customer_id], (record, doc)):
                 latest[customer_id] = (record, doc)
-        cards, aliases = [], []
+        cards, aliases, erased = [], [], []
         # (key, kind, customer_id, offset); a key listed twice in the batch goes to the later card.
         keys: dict[str, tuple[str, str, str, int]] = {}
         for customer_id, (record, doc) in latest.items():
-            if "merged_into" in doc:
+            if doc.get("erased"):
+                erased.append(customer_id)
+            elif "merged_into" in doc:
                 aliases.append((customer_id, doc["merged_into"], record.offset))
             else:
                 view = doc["view"]
@@ -112,3 +115,7 @@ class CustomersProjection:
                 ([a for a, _, _ in aliases], [s for _, s, _ in aliases], [o for _, _, o in aliases]),
             )
             cur.execute("DELETE FROM customers WHERE customer_id = ANY(%s)", ([alias for alias, _, _ in aliases],))
+        if erased:
+            cur.execute("DELETE FROM customer_identifiers WHERE customer_id = ANY(%s)", (erased,))
+            cur.execute("DELETE FROM customer_aliases WHERE alias = ANY(%s) OR survivor = ANY(%s)", (erased, erased))
+            cur.execute("DELETE FROM customers WHERE customer_id = ANY(%s)", (erased,))

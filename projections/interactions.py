@@ -2,6 +2,8 @@
 
 The front line's cross-channel timeline reads from it. Duplicates (a
 re-delivered or re-published event) hit the primary key and change nothing.
+An erase record (:mod:`connectors.privacy`) deletes the rows of the customer
+it names, after the batch's own rows are in.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 import psycopg
 from psycopg.types.json import Jsonb
 
+from connectors.privacy import is_erasure
 from connectors.serde import EventSerde
 from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.settings import Settings
@@ -46,5 +49,9 @@ class InteractionsProjection:
         self._serde = serde
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
-        copy_upsert(cur, "interactions", _COLUMNS, [interaction_row(self._serde, r) for r in records],
+        erased = [(r.key or b"").decode() for r in records if is_erasure(r.headers)]
+        copy_upsert(cur, "interactions", _COLUMNS,
+                    [interaction_row(self._serde, r) for r in records if not is_erasure(r.headers)],
                     "ON CONFLICT (event_id) DO NOTHING")
+        if erased:
+            cur.execute("DELETE FROM interactions WHERE customer_key = ANY(%s)", (erased,))

@@ -129,7 +129,7 @@ def rebuild(settings: Settings, projections: Sequence[Projection] | None = None,
                     for tp, messages in polled.items():
                         end = ends[tp]
                         batch = batches.setdefault(by_topic[tp.topic].name, [])
-                        batch += [Record(m.topic, m.partition, m.offset, m.key, m.value)
+                        batch += [Record(m.topic, m.partition, m.offset, m.key, m.value, m.headers or ())
                                   for m in messages if m.offset < end]
                     for projection in projections:
                         records = batches.get(projection.name)

@@ -32,6 +32,13 @@ the header ``touchpoint-record: tick`` into the same ordered topic; the agent
 hands them to ``Folder.tick`` (expiries, alert decisions), so a replay of the
 topic decides exactly the same alerts at the same places.
 
+Erasures. ``touchpoint privacy erase`` writes ``{"erase": customer id}``
+records with the header ``touchpoint-record: erase`` there too
+(:mod:`connectors.privacy`); the agent hands them to ``Folder.erase`` and
+publishes, for the erased id and each alias, an ``{"erased": true}`` card on
+``customer-views`` and an erase record on ``customer-events``, so the
+projections drop the person's rows, live and on every rebuild.
+
 State: a changelog-backed table keyed by customer id (``touchpoint.customer-state``,
 :mod:`streams.state`). After a batch's output is acknowledged, and at most
 every ``STATE_FLUSH_S``, the agent writes the state record of every customer
@@ -69,6 +76,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from connectors.alerts import AlertSerde, alert_topic
 from connectors.clock import TICK_HEADER, TICK_VALUE
+from connectors.privacy import erased_id, erasure_record, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams.app import Outgoing, send_batch
@@ -108,6 +116,8 @@ class CustomerStage:
         #: (the partition moved and came back), so the state must be recovered first.
         self.position = 0
         self._flushed_at = 0.0
+        #: Ids erased since the last publish (the erased customer first, then its aliases).
+        self.erased: list[str] = []
 
     def _new_folder(self) -> tuple[Folder, set[str]]:
         folder = Folder(FoldConfig(region=self.settings.phone_region, loyalty_rules=self.settings.loyalty_rules),
@@ -116,11 +126,19 @@ class CustomerStage:
         return folder, track_changes(folder)
 
     def add_message(self, value: bytes, headers: Any) -> tuple[str | None, list[Any], str | None]:
-        """Fold one message of the accepted topic: a tick, or an event as :meth:`add`.
+        """Fold one message of the accepted topic: a tick, an erasure, or an event as :meth:`add`.
 
-        A tick answers ``(None, [], None)``; an unreadable tick (never written by our clock)
-        answers its rejection reason, for the dead-letter topic.
+        A tick or an erasure answers ``(None, [], None)``; an unreadable one (never written by
+        our clock or ``touchpoint privacy``) answers its rejection reason, for the dead-letter topic.
         """
+        if is_erasure(headers):
+            customer_id = erased_id(value)
+            if customer_id is None:
+                return None, [], 'not an erasure: expected {"erase": "<customer id>"}'
+            erased = self.folder.erase(customer_id)
+            self.erased += erased
+            self.changed.update(erased)
+            return None, [], None
         if is_tick(headers):
             at = None
             try:
@@ -201,6 +219,7 @@ class CustomerStage:
         self.drain_changes()  # what the replay changed goes into the next state write
         self.folder.drain_entries()  # already published by the run that folded them first
         self.folder.drain_alerts()
+        self.erased.clear()
         self.position = max(target, start)
         log.info("customer state rebuilt: restored=%d customers from the state table at offset %d, "
                  "replayed=%d events of the log up to offset %d, %d customers",
@@ -319,5 +338,11 @@ def register_customers(app: faust.App, settings: Settings) -> None:
         for alias, survivor in sorted(merged.items()):
             doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
             out.append((names["customer-views"], alias.encode(), json.dumps(doc).encode(), None))
+        for customer_id in stage.erased:
+            doc = {"customer_id": customer_id, "as_of": stamp, "erased": True}
+            out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
+            key, value, headers = erasure_record(customer_id, as_of)
+            out.append((names["customer-events"], key, value, headers))
+        stage.erased.clear()
         # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
         await send_batch(app, out)

@@ -35,6 +35,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(loyalty_app, name="loyalty")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(projections_app, name="projections")
+privacy_app = typer.Typer(help="Erasure by crypto-shredding and subject-access exports.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 
 
 def _settings() -> Settings:
@@ -152,6 +154,26 @@ def projections_checksum() -> None:
 
     for line in checksum(_settings().pg_conninfo()).lines():
         print(line)
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    customer: Annotated[str, typer.Option("--customer", help="customer id (an alias id erases its survivor)")],
+) -> None:
+    """Erase a customer: destroy their identifiers' keys, record the erasure in the log, purge the read model."""
+    from connectors.privacy import erase
+
+    print(erase(_settings(), customer))
+
+
+@privacy_app.command("export")
+def privacy_export(
+    customer: Annotated[str, typer.Option("--customer", help="customer id (or one of its aliases)")],
+) -> None:
+    """Print everything held about a customer, identifiers opened, as one JSON document (subject access)."""
+    from connectors.privacy import export
+
+    print(json.dumps(export(_settings(), customer), indent=2, sort_keys=True, default=str))
 
 
 @app.command("generate")
