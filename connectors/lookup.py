@@ -51,13 +51,15 @@ back per request); the security headers come from a plain ASGI middleware
 request in a task of its own and streams the answer through a queue; a card
 is serialised once, by pydantic-core, into a prebuilt response
 (``response_model`` stays for the OpenAPI document only: FastAPI does not
-re-validate a :class:`~starlette.responses.Response`); JSONB is parsed with
-orjson. ``serve_lookup`` runs uvicorn on uvloop and httptools.
+re-validate a :class:`~starlette.responses.Response`); the two lookup doors
+read their query parameters themselves instead of through FastAPI's
+per-parameter solving (the OpenAPI document declares them); JSONB is parsed
+with orjson. ``serve_lookup`` runs uvicorn on uvloop and httptools, one
+process per core.
 
 A NUL byte cannot be in PostgreSQL text: no customer id holds one (404
-without asking the database), and a filter of ``/v1/audit`` holding one is
-a 400 naming it. Identifier values never reach the database in clear (only
-their keyed hash), so a NUL there is the normaliser's business.
+without asking the database), and an identifier parameter or a filter of
+``/v1/audit`` holding one is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -340,6 +342,9 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             refusal = _Outcome(400, f"give exactly one of {', '.join(IDENTIFIER_KINDS)} (got {found})")
         elif kind == "customer_id":
             key = identifier_key("customer_id", value, secret)
+        elif "\x00" in value:
+            # No identifier holds NUL (a key could be computed, but it names nothing): say which parameter.
+            refusal = _Outcome(400, f"{kind}: may not contain a NUL byte")
         else:
             try:
                 identifier = normalise(kind, value, region=region, secret=secret)

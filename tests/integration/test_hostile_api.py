@@ -411,6 +411,17 @@ def test_agent_page_with_a_nul_in_the_customer_id_is_404(lookup: TestClient, see
         assert "\x00" not in body and "no customer" in body  # the page shows the NUL escaped, not raw
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_nul_in_a_lookup_parameter_is_400_naming_it(hostile_settings: Settings, lookup: TestClient,
+                                                      kind: str) -> None:
+    status, body = raw_get(lookup, "/v1/customers/lookup", {kind: "ada\x00"}, {"Authorization": f"Bearer {AGENT_KEY}"})
+    assert (status, body) == (400, {"detail": f"{kind}: may not contain a NUL byte"})
+    with psycopg.connect(hostile_settings.pg_conninfo()) as conn:
+        last = conn.execute("SELECT endpoint, identifier_kind, identifier_key, status FROM lookup_audit "
+                            "ORDER BY id DESC LIMIT 1").fetchone()
+    assert last == ("lookup", kind, None, 400)
+
+
 @pytest.mark.parametrize("parameter", ["customer_id", "key_name"])
 def test_a_nul_in_an_audit_filter_is_400_naming_it(lookup: TestClient, parameter: str) -> None:
     status, body = raw_get(lookup, "/v1/audit", {parameter: "ada\x00"}, {"Authorization": f"Bearer {ADMIN_KEY}"})
