@@ -368,7 +368,8 @@ class _Run:
         except KeyStoreError as exc:
             raise PublishError(f"{exc}; run the import again to resume") from exc
         region = self.settings.phone_region
-        sealed = [pseudonymised(event, identifiers, data_keys) for event, identifiers in batch]
+        tokens: dict[str, str] = {}
+        sealed = [pseudonymised(event, identifiers, data_keys, tokens) for event, identifiers in batch]
         return [(event_topic(self.settings, e.channel), partition_key(e.identifiers, self.secret, region),
                  self.serde.serialize(e)) for e in sealed]
 

@@ -7,8 +7,8 @@ from the ``privacy_master_key`` setting, so a dump of the table alone opens
 nothing. A KMS-backed store would implement the same three methods.
 
 No process caches data keys: a destroyed key is gone for every reader at
-once. The edge makes missing keys as it goes (one statement per publish
-batch, whatever its size); a person erased and then seen again gets a new
+once. The edge reads a batch's keys in one statement and makes the missing
+ones in one more; a person erased and then seen again gets a new
 key, which cannot open the old pseudonyms.
 """
 
@@ -26,6 +26,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from touchpoint.core.pseudonym import DATA_KEY_BYTES
 from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings
+
+
+_SELECT = "SELECT key, wrapped FROM identifier_keys WHERE key = ANY(%s)"
 
 
 class KeyStoreError(TouchpointError):
@@ -79,14 +82,15 @@ class PostgresKeyStore:
         wanted = sorted(set(keys))
         try:
             conn = await self._connection()
-            if create:
-                # Returns nothing for keys that exist already: those are read below with the rest.
+            rows = await (await conn.execute(_SELECT, (wanted,))).fetchall()
+            missing = sorted(set(wanted).difference(key for key, _ in rows)) if create else []
+            if missing:
+                # Another process may make some of them meanwhile: its keys win, read back with ours.
                 await conn.execute(
                     "INSERT INTO identifier_keys (key, wrapped) SELECT * FROM unnest(%s::text[], %s::bytea[]) "
                     "ON CONFLICT (key) DO NOTHING",
-                    (wanted, [self._wrap(k, os.urandom(DATA_KEY_BYTES)) for k in wanted]))
-            cur = await conn.execute("SELECT key, wrapped FROM identifier_keys WHERE key = ANY(%s)", (wanted,))
-            rows = await cur.fetchall()
+                    (missing, [self._wrap(k, os.urandom(DATA_KEY_BYTES)) for k in missing]))
+                rows += await (await conn.execute(_SELECT, (missing,))).fetchall()
         except psycopg.OperationalError as exc:
             raise KeyStoreError(f"the key store's database failed: {exc}") from exc
         return {key: self._unwrap(key, bytes(wrapped)) for key, wrapped in rows}

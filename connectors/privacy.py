@@ -115,7 +115,8 @@ class Erasure:
 
     def __str__(self) -> str:
         return (f"erased {self.customer_id} (aliases: {', '.join(self.aliases) or 'none'}): "
-                f"{self.keys_destroyed} identifier keys destroyed, {self.rows_purged} read-model rows purged, "
+                f"{self.keys_destroyed} identifier keys destroyed, {self.rows_purged} read-model rows purged here "
+                f"(the projections drop the rest as the erasure reaches them), "
                 f"erasure recorded at offset {self.log_offset} of the log, in {self.seconds * 1000:.0f} ms")
 
 

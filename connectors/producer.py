@@ -17,7 +17,7 @@ accepted event's identifiers are normalised and replaced by their pseudonyms
 (:mod:`touchpoint.core.pseudonym`: the keyed hash, plus the value sealed
 with the identifier's own data key from the key store, or a card's last
 four) before it is serialised; the data keys of a batch cost one key-store
-statement. An identifier the identity rules would refuse (a card failing the
+statement (two when some are new). An identifier the identity rules would refuse (a card failing the
 Luhn check, a phone number of impossible length) is refused here, with the
 reason, rather than carried in clear to the dead-letter topic. When the key
 store cannot be reached nothing is sent: every event of the batch is
@@ -110,11 +110,22 @@ def keys_to_seal(checked: Iterable[tuple[Event, dict[str, Identifier]]]) -> set[
             if kind not in SHOWN_AS_IS and not is_pseudonym(event.identifiers[kind])}
 
 
-def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: dict[str, bytes]) -> Event:
-    """``event`` with each identifier replaced by its pseudonym (``data_keys``: by identifier key)."""
-    tokens = {kind: event.identifiers[kind] if is_pseudonym(event.identifiers[kind])
-              else pseudonym(kind, ident.key, ident.display, data_keys.get(ident.key))
-              for kind, ident in identifiers.items()}
+def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: dict[str, bytes],
+                  sealed: dict[str, str]) -> Event:
+    """``event`` with each identifier replaced by its pseudonym (``data_keys``: by identifier key).
+
+    :param sealed: pseudonyms by identifier key made so far in this batch, added to: a person's
+        identifiers recur across a batch, and a pseudonym is the same every time it is made.
+    """
+    tokens = {}
+    for kind, ident in identifiers.items():
+        given = event.identifiers[kind]
+        if is_pseudonym(given):
+            tokens[kind] = given
+        elif (token := sealed.get(ident.key)) is not None:
+            tokens[kind] = token
+        else:
+            tokens[kind] = sealed[ident.key] = pseudonym(kind, ident.key, ident.display, data_keys.get(ident.key))
     return event.model_copy(update={"identifiers": tokens})
 
 
@@ -230,12 +241,13 @@ class AsyncEventProducer:
         except KeyStoreError as exc:
             return [item if isinstance(item, Refused) else Failed(item[0].event_id, f"not sent: {exc}")
                     for item in checked]
+        sealed: dict[str, str] = {}
         for item in checked:
             if isinstance(item, Refused):
                 results.append(item)
                 continue
             identifiers = item[1]
-            event = pseudonymised(item[0], identifiers, data_keys)
+            event = pseudonymised(item[0], identifiers, data_keys, sealed)
             topic = event_topic(self._settings, event.channel)
             # One span per event; its context rides in the record's headers to the agents downstream.
             span = _TRACER.start_span("publish", context=parent, kind=trace.SpanKind.PRODUCER, attributes={

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.integration
         (["bench.fold", "--customers", "40", "--days", "30"], ["events/s", "machine: ", "validate"]),
         (["bench.loyalty", "--tiny"], ["purchases/s", "entries/s", "replay: "]),
         (["bench.alerts", "--tiny"], ["customers/s", "tick publish -> alert received", "worker stopped"]),
+        (["bench.privacy", "--tiny"], ["machine: ", "µs/event once known", "erasure of a customer with 200 events"]),
     ],
-    ids=["fold", "loyalty", "alerts"],
+    ids=["fold", "loyalty", "alerts", "privacy"],
 )
 def test_benchmark_runs_at_a_tiny_size(settings: Settings, args: list[str], expected: list[str]) -> None:
     result = subprocess.run([sys.executable, "-m", *args], env=settings_env(settings), cwd=REPO,
