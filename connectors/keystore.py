@@ -20,6 +20,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -49,13 +50,18 @@ class KeyStore(Protocol):
 
 
 class PostgresKeyStore:
-    """:class:`KeyStore` on the settings' PostgreSQL database; one connection, opened on first use."""
+    """:class:`KeyStore` on the settings' PostgreSQL database.
 
-    def __init__(self, settings: Settings) -> None:
+    :param pool: an autocommit pool to borrow a connection from per call (the lookup API's);
+        without one, the store keeps one connection of its own, opened on first use.
+    """
+
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool | None = None) -> None:
         self._conninfo = settings.pg_conninfo()
         secret = settings.privacy_master_key.get_secret_value().encode()
         self._master = AESGCM(hashlib.sha256(b"touchpoint key store\0" + secret).digest())
         self._conn: psycopg.AsyncConnection | None = None
+        self._pool = pool
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -80,8 +86,13 @@ class PostgresKeyStore:
         if not keys:
             return {}
         wanted = sorted(set(keys))
+        if self._pool is not None:
+            async with self._pool.connection() as conn:
+                return await self._data_keys(conn, wanted, create)
+        return await self._data_keys(await self._connection(), wanted, create)
+
+    async def _data_keys(self, conn: psycopg.AsyncConnection, wanted: list[str], create: bool) -> dict[str, bytes]:
         try:
-            conn = await self._connection()
             rows = await (await conn.execute(_SELECT, (wanted,))).fetchall()
             missing = sorted(set(wanted).difference(key for key, _ in rows)) if create else []
             if missing:

@@ -15,7 +15,13 @@ Access (:mod:`connectors.access`). Every door but ``/healthz`` and
 page's HttpOnly cookie): none or an unknown one is ``401``. Identifiers on
 cards are masked unless an ``operations`` or ``admin`` key asks
 ``unmasked=true``; an ``agent`` asking is ``403``. ``GET /v1/audit`` is
-``admin`` only.
+``admin`` only, and so is ``POST /v1/customers/{customer_id}/erasure``
+(:func:`connectors.privacy.erase`, audited as endpoint ``erasure``).
+
+Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6); the
+API opens them with their data keys from the key store (one statement per
+card, on the pool) and then masks them by role. An erased identifier shows
+as ``(erased)``.
 
 Audit. Every lookup (JSON or page, found or not, refused with 400 or 403)
 writes one ``lookup_audit`` row: key name, role, endpoint, identifier kind,
@@ -87,6 +93,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors import agent_page
 from connectors.access import KeyRing, Principal, mask_card, may_unmask
+from connectors.keystore import PostgresKeyStore
+from connectors.privacy import UnknownCustomer, erase, reveal_identifiers
 from connectors.freshness import LagProbe
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
@@ -191,6 +199,17 @@ class CustomerCard(BaseModel):
     as_of: datetime
     card: dict[str, Any]
     resolved_from: str | None = None
+
+
+class ErasureAnswer(BaseModel):
+    """What an erasure did (:class:`connectors.privacy.Erasure`)."""
+
+    customer_id: str
+    aliases: list[str]
+    keys_destroyed: int
+    rows_purged: int
+    log_offset: int
+    seconds: float
 
 
 class Health(BaseModel):
@@ -305,6 +324,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         log.warning("no API keys configured: every request but /healthz and /readyz is refused (401); "
                     "see TOUCHPOINT_API_KEYS")
     lag_probe = LagProbe(settings, ttl_s=lag_ttl_s)
+    keystore = PostgresKeyStore(settings, pool)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -376,6 +396,8 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
         found, as_of, view = row
+        if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
+            view = {**view, "identifiers": await reveal_identifiers(view["identifiers"], keystore)}
         return _Outcome(200, customer_id=found, as_of=as_of, card=view if unmasked else mask_card(view),
                         resolved_from=value if kind == "customer_id" and found != value else None)
 
@@ -454,6 +476,35 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         principal = principal_of(request)
         return (await resolve(principal, "customer", {"customer_id": customer_id},
                               _flag(request, "unmasked"))).response()
+
+    @app.post("/v1/customers/{customer_id}/erasure", response_model=ErasureAnswer,
+              summary="Erase a customer (admin): destroy their identifiers' keys, record it in the log, purge "
+                      "the read model",
+              responses={401: {"description": "no or an invalid API key"},
+                         403: {"description": "not an admin key"},
+                         404: {"description": "no such customer in the read model"}})
+    async def erasure(customer_id: str, request: Request) -> JSONResponse:
+        principal = principal_of(request)
+        audit = {"key_name": principal.name, "role": principal.role, "endpoint": "erasure", "kind": "customer_id",
+                 "key": None, "unmasked": False, "customer_id": None}
+        answer: JSONResponse
+        if principal.role != "admin":
+            answer = JSONResponse({"detail": f"role {principal.role} may not erase customers (admin may)"}, 403)
+        elif "\x00" in customer_id:
+            answer = JSONResponse({"detail": f"no customer {_shown(customer_id)}"}, 404)
+        else:
+            try:
+                done = await run_in_threadpool(erase, settings, customer_id)
+            except UnknownCustomer as exc:
+                answer = JSONResponse({"detail": str(exc)}, 404)
+            else:
+                audit["customer_id"] = done.customer_id
+                answer = JSONResponse({"customer_id": done.customer_id, "aliases": done.aliases,
+                                       "keys_destroyed": done.keys_destroyed, "rows_purged": done.rows_purged,
+                                       "log_offset": done.log_offset, "seconds": round(done.seconds, 3)})
+        async with pool.connection() as conn:
+            await conn.execute(_AUDIT, {**audit, "status": answer.status_code})
+        return answer
 
     _add_page_routes(app, keys, resolve)
     return app

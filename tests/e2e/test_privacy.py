@@ -14,6 +14,9 @@ e-mail starts a new customer.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ from projections.checksum import checksum
 from projections.rebuild import rebuild
 from tests.e2e.oracle import drained, end_offset
 from tests.e2e.test_pipeline import wait_until
-from tests.fix_stack import scoped, spawn_touchpoint, stop_process
+from tests.fix_stack import REPO, scoped, settings_env, spawn_touchpoint, stop_process
 from touchpoint.core.normalise import normalise
 from touchpoint.core.pseudonym import Unreadable, parse, reveal
 from touchpoint.generate import generate
@@ -55,6 +58,7 @@ pytestmark = pytest.mark.integration
 ANN = {"customer_no": "C77000001", "email": "Ann.Erase@Example.com", "phone": "07700 900777",
        "card": "4000 0012 3456 7899"}
 ADMIN_KEY = "privacy-admin-key-0123456789"
+AGENT_KEY = "privacy-agent-key-0123456789"
 
 
 def ann_events(now: datetime) -> list[dict[str, Any]]:
@@ -126,10 +130,16 @@ def scalar(settings: Settings, query: str, *params: object) -> Any:
     return row[0] if row else None
 
 
-def lookup(settings: Settings, **query: str) -> Any:
-    keyed = settings.model_copy(update={"api_keys": {digest(ADMIN_KEY): {"name": "dpo", "role": "admin"}}})
-    with TestClient(create_lookup_app(keyed), headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as client:
-        return client.get("/v1/customers/lookup", params=query)
+def api(settings: Settings, method: str, path: str, key: str = ADMIN_KEY, **query: str) -> Any:
+    """One call to the lookup API (admin by default)."""
+    keyed = settings.model_copy(update={"api_keys": {digest(ADMIN_KEY): {"name": "dpo", "role": "admin"},
+                                                     digest(AGENT_KEY): {"name": "desk", "role": "agent"}}})
+    with TestClient(create_lookup_app(keyed), headers={"Authorization": f"Bearer {key}"}) as client:
+        return client.request(method, path, params=query)
+
+
+def lookup(settings: Settings, key: str = ADMIN_KEY, **query: str) -> Any:
+    return api(settings, "GET", "/v1/customers/lookup", key, **query)
 
 
 def anns_tokens(settings: Settings) -> list[str]:
@@ -173,13 +183,22 @@ def test_export_erase_and_come_back(pipeline: Pipeline) -> None:
     assert [i["event_id"] for i in document["interactions"]] == ["ann-web", "ann-buy", "ann-call"]
     assert sum(e["points"] for e in document["loyalty_ledger"]) > 0
     assert lookup(settings, email=ANN["email"]).json()["customer_id"] == ann
+    # The API opens the pseudonyms for the reader: clear for an admin who asks, masked for an agent.
+    clear = lookup(settings, phone=ANN["phone"], unmasked="true").json()["card"]["identifiers"]
+    assert clear["email"] == ["ann.erase@example.com"] and clear["phone"] == ["+447700900777"]
+    masked = lookup(settings, AGENT_KEY, phone=ANN["phone"]).json()["card"]["identifiers"]
+    assert masked == {"customer_no": [ANN["customer_no"]], "email": ["a***@example.com"], "phone": ["•••• 0777"],
+                      "card": ["•••• 7899"]}
     tokens = anns_tokens(settings)
     assert ERASED not in asyncio.run(opened(settings, tokens))
     ledger_total = scalar(settings, "SELECT sum(points) FROM loyalty_ledger")
     live_customers = scalar(settings, "SELECT count(*) FROM customers")
 
-    report = erase(settings, ann)
-    assert report.customer_id == ann and report.keys_destroyed == 3  # customer_no, e-mail, phone (a card is last four)
+    assert api(settings, "POST", f"/v1/customers/{ann}/erasure", AGENT_KEY).status_code == 403
+    answer = api(settings, "POST", f"/v1/customers/{ann}/erasure")
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["customer_id"] == ann and report["keys_destroyed"] == 3  # customer_no, e-mail, phone (card: last four)
     print(report)
     pipeline.caught_up("the erasure to reach every stage")
 
@@ -195,6 +214,9 @@ def test_export_erase_and_come_back(pipeline: Pipeline) -> None:
     assert [s for s in asyncio.run(opened(settings, tokens)) if s != ERASED and not s.startswith("…")] == []
     with pytest.raises(UnknownCustomer):
         export(settings, ann)
+    assert api(settings, "POST", f"/v1/customers/{ann}/erasure").status_code == 404  # erased already
+    with pytest.raises(UnknownCustomer):
+        erase(settings, ann)
 
     live = checksum(settings.pg_conninfo())
     assert pipeline.writer is not None
@@ -211,4 +233,8 @@ def test_export_erase_and_come_back(pipeline: Pipeline) -> None:
     wait_until(lambda: customer_of(settings, "email", ANN["email"]), 60, "Ann's new card")
     new = customer_of(settings, "email", ANN["email"])
     assert new is not None and new != ann
-    assert export(settings, new)["card"]["identifiers"]["email"] == ["ann.erase@example.com"]
+    exported = subprocess.run([sys.executable, "-m", "touchpoint", "privacy", "export", "--customer", new],
+                              env=settings_env(settings), cwd=REPO, capture_output=True, text=True, timeout=60,
+                              check=False, stdin=subprocess.DEVNULL)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["card"]["identifiers"]["email"] == ["ann.erase@example.com"]
