@@ -2,7 +2,10 @@
 
 A population and one known person (Ann: customer number, e-mail, phone,
 card; purchases with points) go through the producer library, a worker and
-the projection writers. The test exports Ann (identifiers readable), erases
+the projection writers; her marketing e-mail consent, granted on the web, is
+withdrawn through the call centre. The test exports Ann (identifiers
+readable, the opt-out honoured), reads her card through the lookup API as an
+admin (opened) and as an agent (masked), erases
 her, and checks: nobody is found by her identifiers; her card, aliases,
 identifier keys and interactions are gone from the read model; her
 pseudonyms on the topics no longer open; the ledger total is unchanged and
@@ -76,6 +79,13 @@ def ann_events(now: datetime) -> list[dict[str, Any]]:
         {"event_id": "ann-call", "type": "call", "channel": "phone", "occurred_at": at[2],
          "identifiers": {"phone": ANN["phone"], "customer_no": ANN["customer_no"]},
          "payload": {"call_id": "k-ann", "direction": "inbound", "phase": "started"}},
+        # Marketing e-mail granted on the web, then withdrawn on the phone: honoured for e-mail everywhere.
+        {"event_id": "ann-yes", "type": "consent", "channel": "web", "occurred_at": at[0],
+         "identifiers": {"email": ANN["email"]}, "payload": {"purpose": "marketing", "channel": "email",
+                                                             "granted": True}},
+        {"event_id": "ann-no", "type": "consent", "channel": "phone", "occurred_at": at[2],
+         "identifiers": {"phone": ANN["phone"]}, "payload": {"purpose": "marketing", "channel": "email",
+                                                             "granted": False}},
     ]
 
 
@@ -180,7 +190,9 @@ def test_export_erase_and_come_back(pipeline: Pipeline) -> None:
     document = export(settings, ann)
     assert document["card"]["identifiers"] == {"card": ["…7899"], "customer_no": [ANN["customer_no"]],
                                                "email": ["ann.erase@example.com"], "phone": ["+447700900777"]}
-    assert [i["event_id"] for i in document["interactions"]] == ["ann-web", "ann-buy", "ann-call"]
+    assert [i["event_id"] for i in document["interactions"]] == ["ann-web", "ann-yes", "ann-buy", "ann-call",
+                                                                 "ann-no"]
+    assert document["card"]["consent"] == {"marketing": {"email": False}}  # the phone's opt-out beats the web's grant
     assert sum(e["points"] for e in document["loyalty_ledger"]) > 0
     assert lookup(settings, email=ANN["email"]).json()["customer_id"] == ann
     # The API opens the pseudonyms for the reader: clear for an admin who asks, masked for an agent.

@@ -53,3 +53,28 @@ def test_a_proposed_rule_shows_its_cost_per_rule_and_per_customer() -> None:
     assert report["customers_affected"] == 1
     text = format_report(report)
     assert "fuel_and_shop" in text and "30 -> 45" in text and "customers affected: 1" in text
+
+
+def consent(event_id: str, customer_no: str, channel: str, purpose_channel: str, granted: bool, day: int) -> str:
+    return json.dumps({"event_id": event_id, "type": "consent", "channel": channel,
+                       "occurred_at": f"2025-03-{day:02d}T09:00:00Z", "identifiers": {"customer_no": customer_no},
+                       "payload": {"purpose": "marketing", "channel": purpose_channel, "granted": granted}})
+
+
+def test_movers_say_who_may_be_contacted_and_an_opt_out_through_another_channel_counts() -> None:
+    history = [
+        consent("c1", "C1", "web", "email", True, 1),
+        consent("c2", "C1", "web", "sms", True, 1),
+        # Later the call centre records that C1 wants no more marketing e-mail: honoured for e-mail.
+        consent("c3", "C1", "phone", "email", False, 4),
+        purchase("p1", "C1", [FUEL, SHOP], 1500, 5),
+        consent("c4", "C3", "branch", "sms", False, 1),
+        purchase("p4", "C3", [FUEL, SHOP], 1500, 6),
+    ]
+    report = simulate(lambda: history, default_rules(), TRIPLE_FUEL_AND_SHOP, secret=SECRET)
+    movers = {m["contactable"].get("sms"): m for m in report["biggest_movers"]}
+    assert movers[True]["contactable"] == {"email": False, "sms": True}  # C1
+    assert movers[False]["contactable"] == {"sms": False}  # C3
+    assert report["customers_affected"] == 2 and report["customers_affected_contactable"] == 1
+    assert "of whom 1 may be contacted" in format_report(report) and "(sms)" in format_report(report)
+    assert movers[False]["difference"] == movers[True]["difference"] == 15

@@ -10,8 +10,11 @@ proposed ones, and compares the ledgers:
   ``campaign``, stacked rules joined with ``+``): purchases scored, points
   issued and customers earning, under each rule set;
 * in total: points issued (earn), reversed (refunds), expired, and the net;
-* customers affected: whose net points differ, and the biggest movers
-  (largest absolute difference, ties by customer id).
+* customers affected: whose net points differ, how many of them may be
+  told (marketing consent granted on at least one channel, any opt-out
+  honoured whichever channel it came through), and the biggest movers
+  (largest absolute difference, ties by customer id), each with the
+  channels they may be contacted on.
 
 Expiries are counted as of the latest event time of the history, so both
 runs are judged at the same instant. Deterministic: same inputs, same report.
@@ -25,6 +28,7 @@ from typing import Any
 from touchpoint.core.fold import Folder, FoldConfig
 from touchpoint.core.instants import iso_ms
 from touchpoint.core.loyalty import LoyaltyRules, pending_expiries
+from touchpoint.core.profile import contactable
 
 __all__ = ["format_report", "simulate"]
 
@@ -88,6 +92,7 @@ def simulate(
         as_of_ms = folder.latest_ms or 0
         reports.append(_ledger_report(folder, as_of_ms))
     (cur_rules, cur_totals, cur_net), (new_rules, new_totals, new_net) = reports
+    views = folder.views  # the proposed run's: consent does not depend on the rules
     empty = {"purchases": 0, "points": 0, "customers": 0}
     by_rule = {rule_id: {"current": cur_rules.get(rule_id, empty), "proposed": new_rules.get(rule_id, empty)}
                for rule_id in sorted(cur_rules.keys() | new_rules.keys())}
@@ -99,8 +104,9 @@ def simulate(
         "rules": by_rule,
         "totals": {"current": cur_totals, "proposed": new_totals},
         "customers_affected": len(moved),
+        "customers_affected_contactable": sum(1 for _, c in moved if any(contactable(views[c]).values())),
         "biggest_movers": [{"customer_id": c, "current": cur_net.get(c, 0), "proposed": new_net.get(c, 0),
-                            "difference": d} for d, c in moved[:movers]],
+                            "difference": d, "contactable": contactable(views[c])} for d, c in moved[:movers]],
     }
 
 
@@ -122,7 +128,10 @@ def format_report(report: dict[str, Any]) -> str:
         pct = f" ({change / cur[kind] * 100:+.1f} %)" if cur[kind] else ""
         out.append(f"points {kind:<9}{cur[kind]:>12} -> {new[kind]:<12}{change:+}{pct}")
     out.append("")
-    out.append(f"customers affected: {report['customers_affected']}")
+    out.append(f"customers affected: {report['customers_affected']}, of whom "
+               f"{report['customers_affected_contactable']} may be contacted")
     for mover in report["biggest_movers"]:
-        out.append(f"  {mover['customer_id']}  {mover['current']:>8} -> {mover['proposed']:<8} {mover['difference']:+}")
+        channels = ", ".join(ch for ch, ok in mover["contactable"].items() if ok) or "nobody may contact them"
+        out.append(f"  {mover['customer_id']}  {mover['current']:>8} -> {mover['proposed']:<8} {mover['difference']:+}"
+                   f"  ({channels})")
     return "\n".join(out)

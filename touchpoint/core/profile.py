@@ -360,9 +360,15 @@ def alert_context(view: CustomerView, now_ms: int, config: SegmentConfig) -> dic
     return {
         "segment": segment_of(recency, frequency, monetary, config),
         "value_minor": monetary,
-        "contactable": {channel: granted for (purpose, channel), (_, _, granted) in sorted(view.consent.items())
-                        if purpose == "marketing"},
+        "contactable": contactable(view),
     }
+
+
+def contactable(view: CustomerView) -> dict[str, bool]:
+    """Marketing consent per channel as the latest consent, opt-out or unsubscribe left it, whichever
+    channel it arrived through (a call-centre opt-out of e-mail is honoured for e-mail)."""
+    return {channel: granted for (purpose, channel), (_, _, granted) in sorted(view.consent.items())
+            if purpose == "marketing"}
 
 
 def segment_of(recency: int | None, frequency: int, monetary: int, config: SegmentConfig) -> str:
