@@ -98,11 +98,12 @@ def topics() -> None:
 
 
 @app.command("worker")
-def worker(loglevel: Annotated[str, typer.Option()] = "info") -> None:
+def worker(loglevel: Annotated[str | None, typer.Option(help="default: the log_level setting")] = None) -> None:
     """Run the Faust stream processors (until Ctrl-C)."""
     from streams.app import run_worker
 
-    run_worker(_settings(), loglevel)
+    settings = _settings()
+    run_worker(settings, loglevel or settings.log_level.lower())
 
 
 @app.command("gateway")
@@ -382,6 +383,8 @@ def clock(
 def demo(
     customers: Annotated[int, typer.Option(min=1, help="How many people to generate.")] = 2000,
     days: Annotated[int, typer.Option(min=1, help="Days of history, ending today.")] = 365,
+    seed: Annotated[int | None, typer.Option(help="The population's seed [default: a new one per run]",
+                                             show_default=False)] = None,
     serve: Annotated[bool | None, typer.Option(
         "--serve/--no-serve", help="Keep running for the agent page until Ctrl-C [default: when stdin is a terminal]",
         show_default=False)] = None,
@@ -389,7 +392,7 @@ def demo(
     """Bring the stack up and run the backbone end to end; prints what happened and where to look."""
     from touchpoint.demo import run_demo
 
-    run_demo(_settings(), customers=customers, days=days, serve=serve)
+    run_demo(_settings(), customers=customers, days=days, seed=seed, serve=serve)
 
 
 def main() -> None:

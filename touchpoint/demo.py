@@ -105,8 +105,8 @@ def _spawn(settings: Settings, verb: str, stack_: ExitStack, env: dict[str, str]
     return proc
 
 
-def run_demo(settings: Settings, *, customers: int = 2000, days: int = 365, serve: bool | None = None,
-             timeout_s: float = 1800.0) -> None:
+def run_demo(settings: Settings, *, customers: int = 2000, days: int = 365, seed: int | None = None,
+             serve: bool | None = None, timeout_s: float = 1800.0) -> None:
     """Run the demo; raises TouchpointError when a stage fails or does not catch up in time.
 
     :param serve: keep the backbone running after the summary until Ctrl-C (default: when stdin is a terminal).
@@ -116,7 +116,7 @@ def run_demo(settings: Settings, *, customers: int = 2000, days: int = 365, serv
     was_running = {component.name for component in stack.components(settings) if component.pid() is not None}
     try:
         stack.up(settings)
-        _run(settings, customers, days, serve, started + timeout_s)
+        _run(settings, customers, days, seed, serve, started + timeout_s)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping what the demo started", flush=True)
     finally:
@@ -125,7 +125,7 @@ def run_demo(settings: Settings, *, customers: int = 2000, days: int = 365, serv
                 print(component.stop(), flush=True)
 
 
-def _run(settings: Settings, customers: int, days: int, serve: bool, deadline: float) -> None:
+def _run(settings: Settings, customers: int, days: int, seed: int | None, serve: bool, deadline: float) -> None:
     began = time.monotonic()
     created = ensure_topics(settings)
     print(f"topics: {len(created)} created, the rest already existed", flush=True)
@@ -136,7 +136,8 @@ def _run(settings: Settings, customers: int, days: int, serve: bool, deadline: f
     # The history ends today, so RFM, segments, dormancy and churn read as they would in production.
     history_start = (now - timedelta(days=days)).replace(hour=0, minute=0, second=0, microsecond=0)
     population = [*sample_events(run_id, now),
-                  *generate(customers, days, seed=int(run_id, 16) % 1_000_000, start=history_start)]
+                  *generate(customers, days, seed=int(run_id, 16) % 1_000_000 if seed is None else seed,
+                            start=history_start)]
     gateway_key, agent_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     env = {
         "TOUCHPOINT_GATEWAY_KEYS": json.dumps({**settings.gateway_keys, digest(gateway_key): {
