@@ -17,7 +17,10 @@ Identifiers. A card carries the keyed hashes of its customer's identifiers
 each key is upserted into ``customer_identifiers`` pointing at the customer.
 Only a card that won its ``customers`` upsert moves keys (checked in SQL by
 its offset), so a stale card cannot take a key back; a merge moves the
-alias's keys to the survivor because the survivor's card lists them.
+alias's keys to the survivor because the survivor's card lists them, and the
+merge record moves any key still on the alias (an older card of the alias
+read after the survivor's, from another partition), so how partitions
+interleave never changes which customer a key ends on.
 """
 
 from __future__ import annotations
@@ -115,6 +118,15 @@ class CustomersProjection:
                 ([a for a, _, _ in aliases], [s for _, s, _ in aliases], [o for _, _, o in aliases]),
             )
             cur.execute("DELETE FROM customers WHERE customer_id = ANY(%s)", ([alias for alias, _, _ in aliases],))
+            # Keys still on a merged-away id go to its survivor. Its survivor's card lists them too, but
+            # cards come on other partitions: an older card of the alias read after the survivor's
+            # (a rebuild, a writer catching up after a broker restart) took them back.
+            cur.execute(
+                "UPDATE customer_identifiers SET customer_id = a.survivor "
+                "FROM unnest(%s::text[], %s::text[]) AS a(alias, survivor) "
+                "WHERE customer_identifiers.customer_id = a.alias",
+                ([a for a, _, _ in aliases], [s for _, s, _ in aliases]),
+            )
         if erased:
             cur.execute("DELETE FROM customer_identifiers WHERE customer_id = ANY(%s)", (erased,))
             cur.execute("DELETE FROM customer_aliases WHERE alias = ANY(%s) OR survivor = ANY(%s)", (erased, erased))

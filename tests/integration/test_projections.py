@@ -245,3 +245,26 @@ def test_an_older_card_never_overwrites_a_newer_one_whatever_the_batches(stale_d
         # Same as_of, later offset of the same partition: a newer rendering, it wins.
         write_batch(conn, projection, [same_time_later])
         assert state() == [("cus_x", "platinum", at, 14)]
+
+
+def test_a_merge_leaves_every_key_on_the_survivor_however_partitions_interleave(stale_db: Settings) -> None:
+    """An alias's card and its merge record are on one partition, the survivor's card on another: in
+    whatever order the writer reads them (live, after a broker restart, or in a rebuild), the alias's
+    keys end on the survivor."""
+    projection = CustomersProjection(stale_db)
+    topic = projection.topics[0]
+    alias_card = Record(topic, 1, 0, b"cus_x", card("cus_x", "2026-01-01T10:00:00.000Z", "lead", {"email": ["k1"]}))
+    merged = Record(topic, 1, 1, b"cus_x", orjson.dumps(
+        {"customer_id": "cus_x", "as_of": "2026-01-02T10:00:00.000Z", "merged_into": "cus_s"}))
+    survivor_card = Record(topic, 2, 0, b"cus_s", card("cus_s", "2026-01-02T10:00:00.000Z", "gold",
+                                                       {"email": ["k1"], "phone": ["k2"]}))
+    with psycopg.connect(stale_db.pg_conninfo()) as conn:
+        for batches in ([[alias_card], [survivor_card], [merged]], [[survivor_card], [alias_card], [merged]],
+                        [[alias_card], [merged], [survivor_card]], [[alias_card, survivor_card, merged]]):
+            conn.execute("TRUNCATE customers, customer_aliases, customer_identifiers, projection_offsets")
+            conn.commit()
+            for batch in batches:
+                write_batch(conn, projection, batch)
+            assert conn.execute("SELECT key, customer_id FROM customer_identifiers ORDER BY 1").fetchall() == [
+                ("k1", "cus_s"), ("k2", "cus_s")], batches
+            assert conn.execute("SELECT alias, survivor FROM customer_aliases").fetchall() == [("cus_x", "cus_s")]
