@@ -39,6 +39,7 @@ from touchpoint.contract.avro import decode, encode
 from touchpoint.contract.schemas import schemas_dir
 from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.errors import ConfigError, SerializationError, StackError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 SUBJECT = "touchpoint.alerts.Alert"
@@ -240,7 +241,8 @@ def tail_alerts(settings: Settings, serde: AlertSerde, kinds: Sequence[str] = KI
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-                                 isolation_level="read_committed", client_id="touchpoint-alerts-tail")
+                                 isolation_level="read_committed", client_id="touchpoint-alerts-tail",
+                                 **kafka_python_options(settings))
     except (KafkaError, OSError) as exc:
         raise StackError(f"alerts: cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:

@@ -33,6 +33,7 @@ from kafka.errors import KafkaError
 
 from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.errors import PublishError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def _producer(settings: Settings) -> KafkaProducer:
     try:
         return KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-clock",
                              acks="all", enable_idempotence=True, max_block_ms=10_000,
-                             request_timeout_ms=10_000)
+                             request_timeout_ms=10_000, **kafka_python_options(settings))
     except (KafkaError, OSError) as exc:
         raise PublishError(f"clock: cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
 

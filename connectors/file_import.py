@@ -98,6 +98,7 @@ from connectors.topics import CHANNELS, TopicSpec, ensure_topics, event_topic, t
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.normalise import Identifier
 from touchpoint.errors import PublishError, TouchpointError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -549,6 +550,7 @@ def _transactional_producer(settings: Settings, transactional_id: str, timeout_s
             max_block_ms=int(timeout_s * 1000),
             request_timeout_ms=int(timeout_s * 1000) // 2,
             delivery_timeout_ms=int(timeout_s * 1000),
+            **kafka_python_options(settings),
         )
     except KafkaError as exc:
         raise PublishError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
@@ -565,7 +567,7 @@ def _last_checkpoint(settings: Settings, topic: str, file_id: str, timeout_s: fl
     try:
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-file-import",
                                  group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-                                 request_timeout_ms=int(timeout_s * 1000))
+                                 request_timeout_ms=int(timeout_s * 1000), **kafka_python_options(settings))
     except KafkaError as exc:
         raise PublishError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:
@@ -592,7 +594,8 @@ def _last_checkpoint(settings: Settings, topic: str, file_id: str, timeout_s: fl
 def _high_watermark(settings: Settings, partition: TopicPartition, timeout_s: float) -> int:
     # read_uncommitted: the end including open transactions (a read_committed end would stop before them).
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-file-import",
-                             group_id=None, enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000))
+                             group_id=None, enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000),
+                             **kafka_python_options(settings))
     try:
         end: int = consumer.end_offsets([partition])[partition]
         return end

@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
 from projections.run import PROJECTION_TOPICS
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 __all__ = ["LagProbe"]
@@ -97,7 +98,7 @@ class LagProbe:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self._settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                 client_id="touchpoint-api-lag", request_timeout_ms=3000, bootstrap_timeout_ms=3000,
-                isolation_level="read_committed")
+                isolation_level="read_committed", **kafka_python_options(self._settings))
         consumer = self._consumer
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         return {(tp.topic, tp.partition): end for tp, end in consumer.end_offsets(tps).items()}

@@ -111,6 +111,7 @@ from connectors.access import Source, SourceKeys, presented_key
 from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Refused, Result
 from touchpoint.contract.models import AnyEvent, ContractViolation, validate_event
 from touchpoint.errors import TouchpointError
+from touchpoint.kafka_security import aiokafka_options
 from touchpoint.settings import Settings
 from touchpoint.telemetry import count_events, tracer
 from touchpoint.telemetry_attrs import HTTP_ROUTE
@@ -623,7 +624,7 @@ class _Gateway:
         # aiokafka on the serving loop: no thread, and kafka-python's admin client leaks a socket per
         # failed connection (a ResourceWarning each probe while Kafka is down).
         client = AIOKafkaClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=2000,
-                                client_id="touchpoint-gateway-ready")
+                                client_id="touchpoint-gateway-ready", **aiokafka_options(self.settings))
         try:
             await asyncio.wait_for(client.bootstrap(), 3.0)
             return "ok"

@@ -47,6 +47,7 @@ from psycopg.rows import dict_row, tuple_row
 from connectors.keystore import KeyStore, PostgresKeyStore
 from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
 from touchpoint.errors import PublishError, TouchpointError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 CONTROL_HEADER = "touchpoint-record"  # the clock's tick uses the same header name
@@ -137,7 +138,8 @@ def _publish(settings: Settings, customer_id: str) -> int:
     key, value, headers = erasure_record(customer_id, datetime.now(UTC))
     try:
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-privacy",
-                                 acks="all", enable_idempotence=True, max_block_ms=10_000)
+                                 acks="all", enable_idempotence=True, max_block_ms=10_000,
+                                 **kafka_python_options(settings))
         try:
             # Partition 0 of the ordered input, like the clock's ticks.
             metadata = producer.send(settings.topic("accepted"), key=key, value=value, headers=headers,

@@ -55,6 +55,7 @@ from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
 from touchpoint.core.pseudonym import SHOWN_AS_IS, is_pseudonym, pseudonym
 from touchpoint.errors import PublishError
+from touchpoint.kafka_security import aiokafka_options
 from touchpoint.settings import Settings
 from touchpoint.telemetry import kafka_headers, tracer
 from touchpoint.telemetry_attrs import CHANNEL, EVENT_ID, EVENT_TYPE, MESSAGING_TOPIC
@@ -390,4 +391,5 @@ def _kafka_producer(settings: Settings, timeout_s: float, linger_ms: int) -> AIO
         linger_ms=linger_ms,
         max_batch_size=256 * 1024,
         request_timeout_ms=int(timeout_s * 1000),
+        **aiokafka_options(settings),
     )

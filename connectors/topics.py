@@ -16,6 +16,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from touchpoint.errors import StackError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 CHANNELS = ("branch", "phone", "email", "web", "sms")
@@ -71,7 +72,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
     specs = topic_specs(settings) if specs is None else specs
     try:
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-topics",
-                                 request_timeout_ms=10000)
+                                 request_timeout_ms=10000, **kafka_python_options(settings))
     except (KafkaError, OSError) as exc:
         raise StackError(f"kafka: cannot reach {settings.kafka_bootstrap} to create topics: {exc}") from exc
     try:

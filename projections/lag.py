@@ -14,13 +14,14 @@ from kafka import KafkaConsumer, TopicPartition
 from connectors.topics import CHANNELS, event_topic
 from projections.run import PROJECTION_TOPICS
 from projections.writer import stored_offsets
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 
 def pipeline_lag(settings: Settings) -> dict[str, int]:
     """Records not yet processed, per stage."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
-                             enable_auto_commit=False, client_id="touchpoint-lag")
+                             enable_auto_commit=False, client_id="touchpoint-lag", **kafka_python_options(settings))
     try:
         def partitions(topics: list[str]) -> list[TopicPartition]:
             return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]

@@ -38,6 +38,7 @@ from projections.migrate import migrate
 from projections.run import READ_MODEL_TABLES, all_projections
 from projections.writer import Projection, Record, write_batch
 from touchpoint.errors import StackError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ def rebuild(settings: Settings, projections: Sequence[Projection] | None = None,
         # kafka-python checks CRC32C in pure Python without the optional crc32c package: most of a
         # rebuild's CPU on large cards. The broker checked every batch when it was appended.
         check_crcs=False,
+        **kafka_python_options(settings),
     )
     report = RebuildReport(records={p.name: 0 for p in projections})
     try:

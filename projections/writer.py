@@ -31,6 +31,7 @@ from opentelemetry import trace
 from psycopg import sql
 
 from touchpoint.errors import RegistryError, StackError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 from touchpoint.telemetry import context_from_headers, count_events, tracer
 from touchpoint.telemetry_attrs import BATCH_SIZE, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC, PROJECTION
@@ -179,6 +180,7 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
         auto_offset_reset="earliest",
         client_id=f"touchpoint-projection-{projection.name}",
         check_crcs=False,  # pure-Python CRC32C (no crc32c package); the broker checked the batches on append
+        **kafka_python_options(settings),
     )
     _assign_from_stored(consumer, projection.topics, conninfo, projection.name)
     conn: psycopg.Connection | None = None

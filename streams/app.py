@@ -11,6 +11,7 @@ import asyncio
 
 import faust
 
+from touchpoint.kafka_security import faust_options
 from touchpoint.settings import Settings
 
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> faust.App:
         # worker showed a quarter of its time writing those to the socket. 5 ms batches them.
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        **faust_options(settings),
     )
     from streams.customers import register_customers
     from streams.ingest import register_ingest

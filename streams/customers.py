@@ -86,6 +86,7 @@ from touchpoint.core.fold import Folder, FoldConfig, tick_of
 from touchpoint.core.profile import render
 from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore, \
     track_changes
+from touchpoint.kafka_security import aiokafka_options
 from touchpoint.settings import Settings
 from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_TOPIC
@@ -180,7 +181,8 @@ class CustomerStage:
         self.folder, self.changed = self._new_folder()
         tp = TopicPartition(topic, 0)
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                 group_id=self.settings.topic_prefix, enable_auto_commit=False)
+                                 group_id=self.settings.topic_prefix, enable_auto_commit=False,
+                                 **aiokafka_options(self.settings))
         await probe.start()
         try:
             committed = await probe.committed(tp) or 0
@@ -202,7 +204,8 @@ class CustomerStage:
         target = committed if up_to is None else up_to
         if target > start:
             reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
-                                      enable_auto_commit=False, isolation_level="read_committed")
+                                      enable_auto_commit=False, isolation_level="read_committed",
+                                      **aiokafka_options(self.settings))
             await reader.start()
             try:
                 reader.assign([tp])

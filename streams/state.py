@@ -22,6 +22,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.topics import STATE_MAX_RECORD_BYTES, ensure_topics, topic_specs
+from touchpoint.kafka_security import aiokafka_options
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class StateTable:
         tp = TopicPartition(self.topic, 0)
         reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
                                   enable_auto_commit=False, isolation_level="read_committed",
-                                  max_partition_fetch_bytes=STATE_MAX_RECORD_BYTES)
+                                  max_partition_fetch_bytes=STATE_MAX_RECORD_BYTES, **aiokafka_options(self.settings))
         await reader.start()
         table: dict[str, bytes] = {}
         try:
@@ -86,7 +87,8 @@ class StateTable:
             producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
                                         transactional_id=f"{self.settings.topic_prefix}.customer-state",
                                         enable_idempotence=True, acks="all",
-                                        max_request_size=STATE_MAX_RECORD_BYTES, linger_ms=5)
+                                        max_request_size=STATE_MAX_RECORD_BYTES, linger_ms=5,
+                                        **aiokafka_options(self.settings))
             await producer.start()
             self._producer = producer
         return self._producer

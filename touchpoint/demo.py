@@ -50,6 +50,7 @@ from projections.migrate import migrate
 from touchpoint.core.normalise import normalise
 from touchpoint.errors import TouchpointError
 from touchpoint.generate import generate
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 from touchpoint.stack import stack
 
@@ -164,7 +165,8 @@ def _run(settings: Settings, customers: int, days: int, seed: int | None, serve:
               f"posted to the gateway, {len(in_python)} branch and phone events through the producer library; "
               f"Avro, schema id {_schema_id(settings)}); {len(refused)} refused at the edge with a reason, "
               f"e.g. {_first_problem(refused)}", flush=True)
-        raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id="touchpoint-demo")
+        raw = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", client_id="touchpoint-demo",
+                            **kafka_python_options(settings))
         try:
             raw.send(event_topic(settings, "web"), value=BAD_BYTES).get(timeout=30)
         finally:
@@ -300,7 +302,8 @@ def _summary(settings: Settings, began: float, delivered: int, rows: int, card: 
 
 
 def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
+                             **kafka_python_options(settings))
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         return {tp.partition: offset for tp, offset in consumer.end_offsets(parts).items()}
@@ -314,7 +317,7 @@ def _dead_letters(settings: Settings, start: dict[int, int]) -> Counter[str]:
     end = _end_offsets(settings, topic)
     reasons: Counter[str] = Counter()
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                             consumer_timeout_ms=5000)
+                             consumer_timeout_ms=5000, **kafka_python_options(settings))
     try:
         todo = [TopicPartition(topic, p) for p, last in end.items() if last > start.get(p, 0)]
         consumer.assign(todo)

@@ -10,16 +10,18 @@ PostgreSQL.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Every knob Touchpoint has; see the README for what each does."""
 
-    model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_", frozen=True, extra="forbid")
+    # hide_input_in_errors: a refused value (a password among them) is never echoed in the error's text.
+    model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_", frozen=True, extra="forbid",
+                                      hide_input_in_errors=True)
 
     # Where the local stack keeps its downloads, data, logs and pid files.
     home: Path = Field(default=Path(".touchpoint"))
@@ -30,12 +32,31 @@ class Settings(BaseSettings):
     topic_partitions: int = 3
     topic_replication_factor: int = 1
     topic_prefix: str = "touchpoint"
+    # How clients reach Kafka (touchpoint/kafka_security.py turns these into each client's options).
+    # PLAINTEXT (the local stack), SSL (TLS, optionally with a client certificate), SASL_PLAINTEXT or
+    # SASL_SSL (SCRAM user name and password, over TLS for the latter).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    # PEM files: the CA that signed the brokers' certificates (unset: the system's CAs), and the
+    # client's certificate and key for brokers that authenticate clients by certificate (mTLS).
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
 
     pg_host: str = "127.0.0.1"
     pg_port: int = 55432
     pg_user: str = "touchpoint"
     pg_password: SecretStr = SecretStr("touchpoint")
     pg_database: str = "touchpoint"
+    # libpq's TLS parameters; unset: libpq's defaults (sslmode "prefer"). "verify-full" checks the
+    # server's certificate against pg_sslrootcert and its name; pg_sslcert/pg_sslkey: a client certificate.
+    pg_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    pg_sslrootcert: Path | None = None
+    pg_sslcert: Path | None = None
+    pg_sslkey: Path | None = None
 
     registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
 
@@ -81,6 +102,21 @@ class Settings(BaseSettings):
     otlp_endpoint: str = ""
     tracing: bool = False
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        """Fail at start-up, naming the missing setting, rather than at the first connection."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs TOUCHPOINT_KAFKA_SASL_USERNAME "
+                "and TOUCHPOINT_KAFKA_SASL_PASSWORD"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("TOUCHPOINT_KAFKA_SSL_CERTFILE and TOUCHPOINT_KAFKA_SSL_KEYFILE go together")
+        if (self.pg_sslcert is None) != (self.pg_sslkey is None):
+            raise ValueError("TOUCHPOINT_PG_SSLCERT and TOUCHPOINT_PG_SSLKEY go together")
+        return self
+
     @property
     def kafka_host_port(self) -> tuple[str, int]:
         """The first bootstrap server as (host, port)."""
@@ -98,12 +134,19 @@ class Settings(BaseSettings):
         """A libpq connection string (the password included: never log it)."""
         from psycopg.conninfo import make_conninfo
 
+        tls = {
+            name: str(value)
+            for name, value in (("sslmode", self.pg_sslmode), ("sslrootcert", self.pg_sslrootcert),
+                                ("sslcert", self.pg_sslcert), ("sslkey", self.pg_sslkey))
+            if value is not None
+        }
         return make_conninfo(
             host=self.pg_host,
             port=self.pg_port,
             user=self.pg_user,
             password=self.pg_password.get_secret_value(),
             dbname=database or self.pg_database,
+            **tls,
         )
 
     def topic(self, name: str) -> str:

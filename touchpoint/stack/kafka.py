@@ -17,8 +17,10 @@ import subprocess
 import uuid
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from touchpoint.errors import StackError
+from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 from touchpoint.stack.process import Component, port_open
 
@@ -37,8 +39,17 @@ def jars_dir(home: Path) -> Path:
     return home.resolve() / "kafka" / "libs"
 
 
-def kafka_component(settings: Settings) -> Component:
-    """The broker as a stack component."""
+def kafka_component(settings: Settings, broker_properties: dict[str, str] | None = None) -> Component:
+    """The broker as a stack component.
+
+    Its client listener speaks ``settings.kafka_security_protocol``: with the
+    default ``PLAINTEXT`` the broker is configured as it always was. With a
+    ``SASL_*`` protocol the listener takes ``kafka_sasl_mechanism`` and the
+    settings' user is created (SCRAM) when the storage is formatted, so the
+    clients built from the same settings get in. TLS needs a keystore the
+    settings do not describe: pass its ``ssl.*`` lines in ``broker_properties``
+    (added to the broker's configuration as they are).
+    """
     home = settings.home.resolve()
     base = home / "kafka"
     libs = jars_dir(home)
@@ -46,6 +57,10 @@ def kafka_component(settings: Settings) -> Component:
     props = base / "server.properties"
     host, port = settings.kafka_host_port
     controller_port = settings.kafka_controller_port
+    protocol = settings.kafka_security_protocol
+    sasl = protocol.startswith("SASL_")
+    mechanism = settings.kafka_sasl_mechanism
+    user, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
 
     def fetch_jars() -> None:
         pom_text = resources.files("touchpoint.stack").joinpath("kafka-pom.xml").read_text()
@@ -75,7 +90,22 @@ def kafka_component(settings: Settings) -> Component:
             )
         stamp.write_text(digest)
 
+    def security_lines() -> list[str]:
+        lines: list[str] = []
+        if sasl:
+            # The broker talks to itself (inter-broker) as the settings' user.
+            jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+                    f'username="{user}" password="{password}";')
+            lines += [
+                f"sasl.enabled.mechanisms={mechanism}",
+                f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                f"listener.name.{protocol.lower()}.{mechanism.lower()}.sasl.jaas.config={jaas}",
+            ]
+        lines += [f"{name}={value}" for name, value in (broker_properties or {}).items()]
+        return lines
+
     def write_config() -> None:
+        props.touch(mode=0o600)  # it may hold the SCRAM user's password
         props.write_text(
             "\n".join(
                 [
@@ -83,11 +113,11 @@ def kafka_component(settings: Settings) -> Component:
                     "process.roles=broker,controller",
                     "node.id=1",
                     f"controller.quorum.voters=1@{host}:{controller_port}",
-                    f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
-                    f"advertised.listeners=PLAINTEXT://{host}:{port}",
+                    f"listeners={protocol}://{host}:{port},CONTROLLER://{host}:{controller_port}",
+                    f"advertised.listeners={protocol}://{host}:{port}",
                     "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"inter.broker.listener.name={protocol}",
+                    f"listener.security.protocol.map={protocol}:{protocol},CONTROLLER:PLAINTEXT",
                     f"log.dirs={data}",
                     f"num.partitions={settings.topic_partitions}",
                     # The project creates its topics with explicit configs.
@@ -99,6 +129,7 @@ def kafka_component(settings: Settings) -> Component:
                     "transaction.state.log.num.partitions=6",
                     "group.initial.rebalance.delay.ms=0",
                     "log.retention.hours=-1",
+                    *security_lines(),
                     "",
                 ]
             )
@@ -111,15 +142,20 @@ def kafka_component(settings: Settings) -> Component:
         while cluster_id.startswith("-"):
             # As Kafka's own Uuid.randomUuid: an id starting with "-" reads as an option to the tool.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # SCRAM users live in the cluster's metadata: the settings' user is written with the storage.
+        scram = ["--add-scram", f"{mechanism}=[name={user},password={password}]"] if sasl else []
         result = subprocess.run(  # noqa: S603
             [_require("java", "install Java 17"), "-cp", f"{libs}/*", "kafka.tools.StorageTool",
-             "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+             "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted", *scram],
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
         )
         if result.returncode != 0:
-            raise StackError(f"kafka: formatting the storage failed:\n{(result.stdout + result.stderr)[-2000:]}")
+            output = (result.stdout + result.stderr)[-2000:]
+            if password:
+                output = output.replace(password, "***")
+            raise StackError(f"kafka: formatting the storage failed:\n{output}")
 
     def prepare() -> None:
         fetch_jars()
@@ -146,7 +182,7 @@ def kafka_component(settings: Settings) -> Component:
     def ready() -> bool:
         if not port_open(host, port):
             return False
-        return broker_answers(settings.kafka_bootstrap)
+        return broker_answers(settings.kafka_bootstrap, **kafka_python_options(settings))
 
     return Component(
         name="kafka",
@@ -161,13 +197,17 @@ def kafka_component(settings: Settings) -> Component:
     )
 
 
-def broker_answers(bootstrap: str) -> bool:
-    """True when an admin client can list topics (the broker has finished starting)."""
+def broker_answers(bootstrap: str, **options: Any) -> bool:
+    """True when an admin client can list topics (the broker has finished starting).
+
+    :param options: the clients' security options (:func:`touchpoint.kafka_security.kafka_python_options`).
+    """
     from kafka.admin import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="touchpoint-stack")
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="touchpoint-stack",
+                                 **options)
     except (KafkaError, OSError, ValueError):
         return False
     try:
