@@ -79,6 +79,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bench.machine import machine_line
+from touchpoint.stack.process import stop_child
 
 _PHONE_BASE = 447_400_000_000  # +44 7400 000000: a UK mobile range the generator does not use
 _CHUNK = 10_000  # rows per COPY transaction
@@ -439,16 +440,6 @@ def _settle(pid: int, timeout_s: float = 30.0) -> None:
             return
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lookup", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=1_000_000, help="cards in the read model")
@@ -601,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
             if publisher.is_alive():
                 publisher.terminate()
         for child in children:
-            _stop(child)
+            stop_child(child)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(settings.pg_database)))

@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 
 from bench.machine import machine_line
-from bench.scratch import scratch, spawn, stop
+from bench.scratch import scratch, spawn
 from connectors.keystore import PostgresKeyStore
 from connectors.privacy import erase
 from connectors.producer import Delivered, EventProducer, keys_to_seal, normalised, pseudonymised
@@ -43,6 +43,7 @@ from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.normalise import normalise
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
+from touchpoint.stack.process import stop_child
 
 BATCH = 500  # the gateway's and the demo's batch size
 
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"until every stage had processed the erasure; {_load()}", flush=True)
         finally:
             for proc in procs:
-                stop(proc)
+                stop_child(proc)
             for log in logs.iterdir():
                 log.unlink()
             logs.rmdir()

@@ -59,11 +59,3 @@ def spawn(settings: Settings, verb: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "touchpoint", verb], env=env,  # noqa: S603
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
 
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -74,7 +74,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -94,7 +94,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from connectors import agent_page
 from connectors.access import KeyRing, Principal, mask_card, may_unmask
 from connectors.keystore import PostgresKeyStore
-from connectors.privacy import UnknownCustomer, erase, reveal_identifiers
+from connectors.privacy import Erasure, UnknownCustomer, erase, reveal_identifiers
 from connectors.freshness import LagProbe
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
@@ -199,17 +199,6 @@ class CustomerCard(BaseModel):
     as_of: datetime
     card: dict[str, Any]
     resolved_from: str | None = None
-
-
-class ErasureAnswer(BaseModel):
-    """What an erasure did (:class:`connectors.privacy.Erasure`)."""
-
-    customer_id: str
-    aliases: list[str]
-    keys_destroyed: int
-    rows_purged: int
-    log_offset: int
-    seconds: float
 
 
 class Health(BaseModel):
@@ -477,7 +466,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         return (await resolve(principal, "customer", {"customer_id": customer_id},
                               _flag(request, "unmasked"))).response()
 
-    @app.post("/v1/customers/{customer_id}/erasure", response_model=ErasureAnswer,
+    @app.post("/v1/customers/{customer_id}/erasure", response_model=Erasure,
               summary="Erase a customer (admin): destroy their identifiers' keys, record it in the log, purge "
                       "the read model",
               responses={401: {"description": "no or an invalid API key"},
@@ -499,9 +488,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                 answer = JSONResponse({"detail": str(exc)}, 404)
             else:
                 audit["customer_id"] = done.customer_id
-                answer = JSONResponse({"customer_id": done.customer_id, "aliases": done.aliases,
-                                       "keys_destroyed": done.keys_destroyed, "rows_purged": done.rows_purged,
-                                       "log_offset": done.log_offset, "seconds": round(done.seconds, 3)})
+                answer = JSONResponse(asdict(done))
         async with pool.connection() as conn:
             await conn.execute(_AUDIT, {**audit, "status": answer.status_code})
         return answer

@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 
 from touchpoint.settings import Settings, load_settings
+from touchpoint.stack.process import stop_child
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,9 +102,4 @@ def spawn_touchpoint(settings: Settings, *args: str, log: Path,
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
     """Terminate a child and wait for it; kill if it does not stop in time."""
-    proc.terminate()
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+    return stop_child(proc, timeout)

@@ -53,6 +53,7 @@ from touchpoint.generate import generate
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 from touchpoint.stack import stack
+from touchpoint.stack.process import stop_child
 
 GATEWAY_CHANNELS = frozenset({"web", "email", "sms"})
 """Channels whose systems post over HTTP in the demo; branch and phone use the producer library."""
@@ -93,15 +94,7 @@ def _spawn(settings: Settings, verb: str, stack_: ExitStack, env: dict[str, str]
         stdin=subprocess.DEVNULL, env={**os.environ, **env},
     )
 
-    def stop() -> None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    stack_.callback(stop)
+    stack_.callback(stop_child, proc)
     print(f"started `touchpoint {verb}` (pid {proc.pid}), log: {log_path}", flush=True)
     return proc
 

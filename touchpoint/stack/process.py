@@ -161,6 +161,17 @@ class Component:
         return f"{self.name}: running (pid {pid}), {state} {self.describe}"
 
 
+def stop_child(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
+    """Terminate a child process and wait for it, killing it if it does not stop in time; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
