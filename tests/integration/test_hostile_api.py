@@ -48,7 +48,7 @@ with warnings.catch_warnings():
 from connectors.access import digest
 from connectors.gateway import create_gateway
 from connectors.lookup import create_lookup_app
-from connectors.producer import EventProducer
+from connectors.producer import EventProducer, normalised
 from projections.customers import CustomersProjection
 from projections.writer import write_batch
 from tests.fix_stack import scoped
@@ -199,10 +199,11 @@ def hostile_events(draw: st.DrawFn) -> Any:
     return event
 
 
-def _problems_by_contract(doc: Any, now: datetime) -> set[str] | None:
-    """The fields the contract refuses ``doc`` for; None when it accepts it."""
+def _problems_at_the_edge(doc: Any, now: datetime, settings: Settings) -> set[str] | None:
+    """The fields the edge refuses ``doc`` for (the contract, then the identifiers' normalisation); None: accepted."""
     try:
-        validate_event(doc, now)
+        normalised(validate_event(doc, now), settings.identifier_key.get_secret_value().encode(),
+                   settings.phone_region)
     except ContractViolation as exc:
         return {f for f, _ in exc.problems}
     return None
@@ -220,7 +221,8 @@ def _non_finite(node: Any) -> bool:
     return any(_non_finite(child) for child in items)
 
 
-def test_mutated_events_refused_exactly_when_the_contract_refuses_them(gateway: TestClient) -> None:
+def test_mutated_events_refused_exactly_when_the_edge_refuses_them(gateway: TestClient,
+                                                                   hostile_settings: Settings) -> None:
     seen: Counter[str] = Counter()
 
     nan, huge = sample("purchase"), sample("web")
@@ -259,7 +261,7 @@ def test_mutated_events_refused_exactly_when_the_contract_refuses_them(gateway: 
         results = answer["results"]
         assert [r["index"] for r in results] == list(range(len(docs)))
         for doc, result in zip(docs, results, strict=True):
-            expected = _problems_by_contract(doc, now)
+            expected = _problems_at_the_edge(doc, now, hostile_settings)
             seen[result["status"]] += 1
             if expected is None:
                 assert result["status"] == "accepted", (doc, result)
