@@ -55,7 +55,7 @@ from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
 from touchpoint.core.pseudonym import SHOWN_AS_IS, is_pseudonym, pseudonym
 from touchpoint.errors import PublishError
-from touchpoint.kafka_security import aiokafka_options
+from touchpoint.kafka_security import aiokafka_options, describe_connection
 from touchpoint.settings import Settings
 from touchpoint.telemetry import kafka_headers, tracer
 from touchpoint.telemetry_attrs import CHANNEL, EVENT_ID, EVENT_TYPE, MESSAGING_TOPIC
@@ -177,7 +177,7 @@ class AsyncEventProducer:
             await asyncio.wait_for(producer.start(), timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             await producer.stop()
-            raise PublishError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc!r}") from exc
+            raise PublishError(f"cannot reach Kafka at {describe_connection(settings)}: {exc!r}") from exc
         try:
             # The registry client is synchronous; keep the event loop free while it answers.
             await asyncio.to_thread(lambda: serde.writer_id)

@@ -16,7 +16,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from touchpoint.errors import StackError
-from touchpoint.kafka_security import kafka_python_options
+from touchpoint.kafka_security import describe_connection, kafka_python_options
 from touchpoint.settings import Settings
 
 CHANNELS = ("branch", "phone", "email", "web", "sms")
@@ -74,7 +74,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-topics",
                                  request_timeout_ms=10000, **kafka_python_options(settings))
     except (KafkaError, OSError) as exc:
-        raise StackError(f"kafka: cannot reach {settings.kafka_bootstrap} to create topics: {exc}") from exc
+        raise StackError(f"kafka: cannot reach {describe_connection(settings)} to create topics: {exc}") from exc
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]

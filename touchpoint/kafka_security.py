@@ -17,8 +17,12 @@ default ``PLAINTEXT`` the functions return nothing at all, so the local
 stack's clients are built exactly as before.
 
 The password leaves its :class:`~pydantic.SecretStr` only here, into the
-returned mapping handed straight to the client: never log that mapping or
-put it in an exception's text.
+returned mapping handed straight to the client, and even there it is a
+:class:`Secret`: the string itself for the client's SCRAM code, but stars
+wherever it is ``repr()``-ed. kafka-python's admin client logs its whole
+configuration at DEBUG (``Starting KafkaAdminClient with configuration:
+{...}``); a dict shows its values' ``repr``, so that line shows stars.
+Still: never log these mappings on purpose.
 """
 
 from __future__ import annotations
@@ -27,6 +31,28 @@ import ssl
 from typing import Any
 
 from touchpoint.settings import Settings
+
+
+class Secret(str):
+    """A secret handed to a client library: the value for every string operation, stars when ``repr()``-ed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+def describe_connection(settings: Settings) -> str:
+    """Where and how clients connect, for error messages: never a secret, always the user and protocol."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return settings.kafka_bootstrap
+    how = [protocol]
+    if protocol.startswith("SASL_"):
+        how.append(f"{settings.kafka_sasl_mechanism} user {settings.kafka_sasl_username!r}")
+    if settings.kafka_ssl_certfile is not None:
+        how.append(f"client certificate {settings.kafka_ssl_certfile}")
+    return f"{settings.kafka_bootstrap} ({', '.join(how)})"
 
 
 def _tls(settings: Settings) -> bool:
@@ -40,7 +66,7 @@ def _sasl(settings: Settings) -> dict[str, Any]:
         "sasl_mechanism": settings.kafka_sasl_mechanism,
         # Both libraries take SCRAM's credentials under the PLAIN mechanism's names.
         "sasl_plain_username": settings.kafka_sasl_username,
-        "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+        "sasl_plain_password": Secret(settings.kafka_sasl_password.get_secret_value()),
     }
 
 
@@ -59,7 +85,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
         cafile=settings.kafka_ssl_cafile,
         certfile=settings.kafka_ssl_certfile,
         keyfile=settings.kafka_ssl_keyfile,
-        password=key_password.get_secret_value() if key_password is not None else None,
+        password=Secret(key_password.get_secret_value()) if key_password is not None else None,
     )
 
 
@@ -78,7 +104,7 @@ def kafka_python_options(settings: Settings) -> dict[str, Any]:
             if path is not None:
                 options[option] = str(path)
         if settings.kafka_ssl_key_password is not None:
-            options["ssl_password"] = settings.kafka_ssl_key_password.get_secret_value()
+            options["ssl_password"] = Secret(settings.kafka_ssl_key_password.get_secret_value())
     return options
 
 
@@ -110,7 +136,7 @@ def faust_options(settings: Settings) -> dict[str, Any]:
     # SASLCredentials says SASL_SSL exactly when it is given a TLS context.
     return {"broker_credentials": faust.SASLCredentials(
         username=settings.kafka_sasl_username,
-        password=settings.kafka_sasl_password.get_secret_value(),
+        password=Secret(settings.kafka_sasl_password.get_secret_value()),
         ssl_context=context,
         mechanism=settings.kafka_sasl_mechanism,
     )}

@@ -16,7 +16,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from touchpoint.kafka_security import aiokafka_options, faust_options, kafka_python_options
+from touchpoint.kafka_security import aiokafka_options, describe_connection, faust_options, kafka_python_options
 from touchpoint.settings import Settings, load_settings
 
 PASSWORD = "pw-unit-8c1f2e"  # noqa: S105 - a test value
@@ -47,6 +47,19 @@ def test_sasl_plaintext_options_for_each_client() -> None:
     assert (credentials.protocol.value, credentials.mechanism.value) == ("SASL_PLAINTEXT", "SCRAM-SHA-256")
     assert (credentials.username, credentials.password) == ("svc-worker", PASSWORD)
     assert PASSWORD not in repr(credentials)
+
+
+def test_options_show_stars_where_a_library_logs_them() -> None:
+    # kafka-python's admin client logs its whole configuration at DEBUG: a dict shows its values' repr.
+    for options in (kafka_python_options(sasl()), aiokafka_options(sasl())):
+        assert PASSWORD not in repr(options) and PASSWORD not in str(options) and PASSWORD not in f"{options}"
+        assert options["sasl_plain_password"].encode() == PASSWORD.encode()  # what SCRAM hashes
+
+
+def test_connection_described_for_errors_names_user_and_protocol_never_the_password() -> None:
+    assert describe_connection(load_settings()) == "127.0.0.1:19092"
+    described = describe_connection(sasl(kafka_security_protocol="SASL_SSL"))
+    assert described == "127.0.0.1:19092 (SASL_SSL, SCRAM-SHA-256 user 'svc-worker')"
 
 
 @pytest.fixture(scope="module")
