@@ -1,7 +1,11 @@
 """The interactions projection: every accepted event as one row, keyed by its event id.
 
 The front line's cross-channel timeline reads from it. Duplicates (a
-re-delivered or re-published event) hit the primary key and change nothing.
+re-delivered or re-published event) hit the primary key. A re-published
+event can come keyed by another customer (folded before a merge, published
+again after it: another partition), so which copy stays must not depend on
+the order partitions are read in: the one at the lowest (partition, offset)
+stays, live and on every rebuild.
 An erase record (:mod:`connectors.privacy`) deletes the rows of the customer
 it names, after the batch's own rows are in.
 """
@@ -21,6 +25,12 @@ from touchpoint.settings import Settings
 
 _COLUMNS = ("event_id", "customer_key", "type", "channel", "occurred_at", "payload", "source_topic",
             "source_partition", "source_offset")
+_ON_CONFLICT = (
+    "ON CONFLICT (event_id) DO UPDATE SET customer_key = EXCLUDED.customer_key, "
+    "source_topic = EXCLUDED.source_topic, source_partition = EXCLUDED.source_partition, "
+    "source_offset = EXCLUDED.source_offset "
+    "WHERE (EXCLUDED.source_partition, EXCLUDED.source_offset) < (interactions.source_partition, interactions.source_offset)"
+)
 
 
 def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
@@ -50,8 +60,14 @@ class InteractionsProjection:
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
         erased = [(r.key or b"").decode() for r in records if is_erasure(r.headers)]
-        copy_upsert(cur, "interactions", _COLUMNS,
-                    [interaction_row(self._serde, r) for r in records if not is_erasure(r.headers)],
-                    "ON CONFLICT (event_id) DO NOTHING")
+        # One row per event id (one statement cannot update a row twice): the same choice as _ON_CONFLICT.
+        rows: dict[object, tuple[object, ...]] = {}
+        for record in records:
+            if not is_erasure(record.headers):
+                row = interaction_row(self._serde, record)
+                kept = rows.get(row[0])
+                if kept is None or (record.partition, record.offset) < (kept[7], kept[8]):  # type: ignore[operator]
+                    rows[row[0]] = row
+        copy_upsert(cur, "interactions", _COLUMNS, list(rows.values()), _ON_CONFLICT)
         if erased:
             cur.execute("DELETE FROM interactions WHERE customer_key = ANY(%s)", (erased,))

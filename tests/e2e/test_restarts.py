@@ -39,7 +39,7 @@ from connectors.clock import publish_tick
 from connectors.producer import Delivered, EventProducer, Refused
 from projections.checksum import checksum
 from projections.rebuild import rebuild
-from tests.e2e.oracle import assert_equals_oracle, committed, drained, end_offset
+from tests.e2e.oracle import assert_equals_oracle, committed, drained
 from tests.e2e.test_faults import latest, population, rebuilds
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import REPO, scoped, spawn_touchpoint, stop_process
@@ -137,11 +137,6 @@ class Publisher:
         self.check()
 
 
-def projected_input(settings: Settings) -> int:
-    """Records on the interactions projection's topic so far."""
-    return sum(end_offset(settings, settings.topic("customer-events")).values())
-
-
 def interaction_ids(settings: Settings) -> list[str]:
     with psycopg.connect(settings.pg_conninfo(), connect_timeout=3) as conn:
         return [event_id for event_id, in conn.execute("SELECT event_id FROM interactions")]
@@ -153,15 +148,25 @@ def alive(*procs: Popen[bytes]) -> None:
 
 
 def run_with_fault(settings: Settings, tmp_path: Path, seed: int,
-                   fault: Callable[[Publisher, Popen[bytes], Popen[bytes]], None], burst: int = 0) -> dict[str, Any]:
-    """Worker + writers + a paced publisher; ``fault`` runs mid-stream; then drain and check everything."""
+                   fault: Callable[[Publisher, Popen[bytes], Popen[bytes]], None], burst: int = 0,
+                   writers_after: int = 0, pause_s: float = 0.3) -> dict[str, Any]:
+    """Worker + writers + a paced publisher; ``fault`` runs mid-stream; then drain and check everything.
+
+    :param burst: events the publisher sends at once first.
+    :param pause_s: the publisher's pause between its batches of 40 events after that.
+    :param writers_after: start the projection writers only once the worker folded this many
+        events (so they start with a backlog).
+    """
     events = population(seed)
     worker = spawn_touchpoint(settings, "worker", log=tmp_path / "worker.log")
-    writer = spawn_touchpoint(settings, "project", log=tmp_path / "project.log")
-    procs = (worker, writer)
+    procs: tuple[Popen[bytes], ...] = (worker,)
     try:
         wait_until(lambda: rebuilds(tmp_path / "worker.log") >= 1, 90, "the worker to start", procs)
-        publisher = Publisher(settings, events, burst=burst).start()
+        publisher = Publisher(settings, events, burst=burst, pause_s=pause_s).start()
+        wait_until(lambda: publisher.check() or committed(settings) >= writers_after, 120,
+                   "the worker to fold a first part", procs)
+        writer = spawn_touchpoint(settings, "project", log=tmp_path / "project.log")
+        procs = (worker, writer)
         fault(publisher, worker, writer)
         publisher.join(180)
         say(f"published all {len(events)} events ({publisher.failed} sends failed and were retried)")
@@ -233,19 +238,21 @@ def test_postgres_stopped_and_started_mid_stream(private_stack: Settings, isolat
     settings = isolated
 
     def bounce_postgres(publisher: Publisher, worker: Popen[bytes], writer: Popen[bytes]) -> None:
-        # Mid-stream for the writers: some rows written, many more records waiting for them on Kafka.
-        wait_until(lambda: publisher.check() or 100 <= len(interaction_ids(settings)) <= projected_input(settings) - 300,
-                   120, "the projections to write a first part and have a backlog", (worker, writer))
-        assert publisher.sent < len(publisher.events), "the fault must land while events are still coming"
-        say(f"stopping PostgreSQL: {publisher.sent} events sent, {len(interaction_ids(settings))} projected")
+        # Mid-stream for the writers: they started with thousands of records to write (the worker folded
+        # most of the population first); PostgreSQL goes as soon as their first rows are in.
+        wait_until(lambda: publisher.check() or len(interaction_ids(settings)) > 0, 120,
+                   "the projections to write a first part", (worker, writer))
         stack.stop(private_stack, "postgres", report=say)
+        assert publisher.sent < len(publisher.events), "the fault must land while events are still coming"
+        say(f"PostgreSQL stopped: {publisher.sent} events sent, {committed(settings)} folded")
         time.sleep(6)
         alive(worker, writer)
         stack.start(private_stack, "postgres", report=say)
         say(f"PostgreSQL back; {publisher.sent} events sent")
 
     # (The producer library needs PostgreSQL too, for its key store: the publisher's sends fail meanwhile.)
-    result = run_with_fault(settings, tmp_path, 42, bounce_postgres, burst=800)
+    result = run_with_fault(settings, tmp_path, 42, bounce_postgres, burst=1500, writers_after=1400,
+                            pause_s=1.0)
     backoffs: dict[str, list[float]] = {}
     for line in result["project_log"].splitlines():
         if "projection write failed; retrying" in line:
@@ -253,9 +260,9 @@ def test_postgres_stopped_and_started_mid_stream(private_stack: Settings, isolat
             backoffs.setdefault(record["projection"], []).append(record["backoff_s"])
     say(f"projection writes retried, backoffs per projection: {backoffs}")
     # The writers busy at the time hit the outage and waited it out backing off (0.5 s, 1 s, 2 s, ...),
-    # never spinning: one outage, one growing sequence per writer.
-    assert {"interactions", "customers", "loyalty"} <= backoffs.keys(), backoffs
+    # never spinning: one outage, one growing sequence per writer (an idle one meets at most a closed
+    # connection once PostgreSQL is back).
     for projection, waits in backoffs.items():
         assert waits == [min(0.5 * 2**n, 10.0) for n in range(len(waits))], (projection, waits)
         assert len(waits) <= 6, (projection, waits)
-    assert len(backoffs["interactions"]) >= 3, "the writer with a backlog kept retrying through the outage"
+    assert max(map(len, backoffs.values())) >= 3, "a writer with a backlog kept retrying through the outage"
