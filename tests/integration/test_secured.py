@@ -7,9 +7,9 @@ only client listener is ``SASL_SSL`` with ``SCRAM-SHA-256``: its
 certificate is signed by a CA made here with the machine's openssl, and its
 one user is created when the storage is formatted
 (``kafka_component`` does it from the same settings the clients use).
-The schema registry and PostgreSQL (the producer library's key store) are
-the shared ones: the registry speaks plain HTTP, and only Kafka is under
-test here.
+A private schema registry runs on it too (its KafkaSQL storage logs in as
+the same user: ``touchpoint.stack.registry``); PostgreSQL (the producer
+library's key store) is the shared one, on a database of this module's own.
 
 * the producer library (aiokafka), the topic admin (kafka-python) and a Faust
   app, each built from the settings through ``touchpoint.kafka_security``,
@@ -56,6 +56,7 @@ from touchpoint.kafka_security import aiokafka_options, kafka_python_options
 from touchpoint.settings import Settings, load_settings
 from touchpoint.stack import stack
 from touchpoint.stack.kafka import kafka_component
+from touchpoint.stack.registry import registry_component
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +101,8 @@ def secured(stack_up: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         home=home, kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_controller_port=free_port(),
         kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-256",
         kafka_sasl_username=USER, kafka_sasl_password=PASSWORD, kafka_ssl_cafile=tls["ca"],
-        pg_port=stack_up.pg_port, registry_url=stack_up.registry_url, topic_prefix=f"secured-{uuid.uuid4().hex[:8]}",
+        pg_port=stack_up.pg_port, registry_url=f"http://127.0.0.1:{free_port()}/apis/ccompat/v7",
+        topic_prefix=f"secured-{uuid.uuid4().hex[:8]}",
     )
     stack.share_downloads(settings, REPO / ".touchpoint")
     broker = kafka_component(settings, broker_properties={
@@ -108,10 +110,16 @@ def secured(stack_up: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         # The broker's own inter-broker client trusts the same CA.
         "ssl.truststore.type": "PEM", "ssl.truststore.location": str(tls["ca"]),
     })
+    registry = registry_component(settings)
     # Ready means a kafka-python admin client built from these settings listed the topics: already one login.
     print(broker.start(), flush=True)
     try:
-        yield settings
+        # The registry keeps its schemas in the secured broker: ready once its KafkaSQL clients got in.
+        print(registry.start(), flush=True)
+        try:
+            yield settings
+        finally:
+            print(registry.stop(), flush=True)
     finally:
         print(broker.stop(), flush=True)
 
@@ -283,3 +291,14 @@ def test_a_faust_app_reaches_the_broker_with_its_broker_credentials(secured_db: 
         assert next(iter(consumer)).value == b"sent by faust"
     finally:
         consumer.close()
+
+
+def test_no_password_on_a_command_line_or_in_a_readable_file(secured: Settings) -> None:
+    for component in (kafka_component(secured), registry_component(secured)):
+        pid = component.pid()
+        assert pid is not None, component.name
+        assert_no_secret(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
+    # The broker's configuration and the registry's client properties hold the password: owner only.
+    for holder in (secured.home / "kafka" / "server.properties", secured.home / "registry" / "kafka-client.properties"):
+        assert PASSWORD in holder.read_text(), holder
+        assert holder.stat().st_mode & 0o077 == 0, f"{holder} is readable by others"

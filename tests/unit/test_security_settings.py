@@ -154,3 +154,15 @@ def test_pg_conninfo_without_tls_settings_is_as_before() -> None:
 def test_pg_client_certificate_needs_its_key() -> None:
     with pytest.raises(ValidationError, match="TOUCHPOINT_PG_SSLCERT and TOUCHPOINT_PG_SSLKEY go together"):
         load_settings(pg_sslcert="/etc/touchpoint/client.pem")
+
+
+def test_the_local_registry_logs_in_to_a_secured_kafka_as_the_settings_say(pem: dict[str, Path]) -> None:
+    from touchpoint.stack.registry import kafka_client_properties
+
+    assert kafka_client_properties(load_settings()) == []
+    lines = kafka_client_properties(sasl(kafka_security_protocol="SASL_SSL", kafka_ssl_cafile=pem["cert"]))
+    assert "apicurio.kafka.common.security.protocol=SASL_SSL" in lines
+    assert "apicurio.kafka.common.sasl.mechanism=SCRAM-SHA-256" in lines
+    assert ("apicurio.kafka.common.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule "
+            f'required username="svc-worker" password="{PASSWORD}";') in lines
+    assert f"apicurio.kafka.common.ssl.truststore.location={pem['cert']}" in lines

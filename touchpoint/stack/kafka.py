@@ -105,7 +105,9 @@ def kafka_component(settings: Settings, broker_properties: dict[str, str] | None
         return lines
 
     def write_config() -> None:
-        props.touch(mode=0o600)  # it may hold the SCRAM user's password
+        if sasl:  # it holds the SCRAM user's password
+            props.touch(mode=0o600)
+            props.chmod(0o600)
         props.write_text(
             "\n".join(
                 [

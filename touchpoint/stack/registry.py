@@ -8,6 +8,12 @@ classes target Java 17 (3.3.x needs Java 21). Storage is KafkaSQL: schemas
 live in the stack's Kafka (``kafkasql-journal`` topic), so ids survive a
 registry restart and stay valid for the messages already in the log.
 
+With a secured Kafka (``TOUCHPOINT_KAFKA_SECURITY_PROTOCOL``) its KafkaSQL
+clients log in with the settings' SCRAM user and trust the settings' CA:
+Apicurio takes any Kafka client property as ``apicurio.kafka.common.*``, here
+from a file of ours (mode 0600, it holds the password) named by
+``quarkus.config.locations``.
+
 Touchpoint talks to it only through its Confluent-compatible API
 (``/apis/ccompat/v7``), so ``TOUCHPOINT_REGISTRY_URL`` can point at any
 Confluent-compatible registry instead.
@@ -34,6 +40,29 @@ RUNNER = f"apicurio-registry-app-{APICURIO_VERSION}-runner.jar"
 def dist_dir(home: Path) -> Path:
     """Where the unpacked distribution lives under a stack home."""
     return home.resolve() / "registry" / APICURIO_VERSION
+
+
+def kafka_client_properties(settings: Settings) -> list[str]:
+    """Apicurio's properties for logging in to a secured Kafka as the settings say ([] for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return []
+    if settings.kafka_ssl_certfile is not None:
+        raise StackError("registry: the local registry does not take client certificates; use SCRAM (SASL_SSL)")
+    lines = [f"apicurio.kafka.common.security.protocol={protocol}"]
+    if protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password.get_secret_value()
+        lines += [
+            f"apicurio.kafka.common.sasl.mechanism={settings.kafka_sasl_mechanism}",
+            "apicurio.kafka.common.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule "
+            f'required username="{settings.kafka_sasl_username}" password="{password}";',
+        ]
+    if protocol in ("SSL", "SASL_SSL"):
+        lines.append("apicurio.kafka.common.ssl.endpoint.identification.algorithm=https")
+        if settings.kafka_ssl_cafile is not None:
+            lines += ["apicurio.kafka.common.ssl.truststore.type=PEM",
+                      f"apicurio.kafka.common.ssl.truststore.location={settings.kafka_ssl_cafile.resolve()}"]
+    return lines
 
 
 def registry_component(settings: Settings) -> Component:
@@ -74,11 +103,21 @@ def registry_component(settings: Settings) -> Component:
         java = shutil.which("java")
         if java is None:
             raise StackError("registry: `java` not found; install a Java 17 runtime")
+        secured: list[str] = []
+        client_properties = kafka_client_properties(settings)
+        if client_properties:
+            config = base / "kafka-client.properties"
+            config.touch(mode=0o600)
+            config.chmod(0o600)  # it holds the password
+            config.write_text("\n".join(["# Written by `touchpoint stack up`; edits are overwritten.",
+                                         *client_properties, ""]))
+            secured = [f"-Dquarkus.config.locations={config}"]
         return [
             java, "-Xmx384m", "-XX:+UseSerialGC",
             f"-Dquarkus.http.host={host}", f"-Dquarkus.http.port={port}",
             "-Dapicurio.storage.kind=kafkasql",
             f"-Dapicurio.kafkasql.bootstrap.servers={settings.kafka_bootstrap}",
+            *secured,
             "-jar", str(dist / RUNNER),
         ]
 
