@@ -180,6 +180,9 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
         auto_offset_reset="earliest",
         client_id=f"touchpoint-projection-{projection.name}",
         check_crcs=False,  # pure-Python CRC32C (no crc32c package); the broker checked the batches on append
+        # After a broker restart, try again within 2 s (kafka-python's default backs off to 30 s, and the
+        # read model then lags that long behind a broker that is back).
+        reconnect_backoff_max_ms=2000,
         **kafka_python_options(settings),
     )
     _assign_from_stored(consumer, projection.topics, conninfo, projection.name)

