@@ -26,7 +26,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -39,6 +41,7 @@ from touchpoint.settings import Settings
 log = logging.getLogger(__name__)
 
 TICK_HEADER = "touchpoint-record"
+"""The header of every control record on ``accepted`` (a tick here, an erasure in connectors.privacy)."""
 TICK_VALUE = b"tick"
 TICK_KEY = b"clock"
 TICK_PARTITION = 0
@@ -46,6 +49,14 @@ TICK_PARTITION = 0
 _SEND_TIMEOUT_S = 15.0
 
 Headers = list[tuple[str, bytes]]
+
+
+def is_control(headers: Any, value: bytes) -> bool:
+    """Whether a record's headers (a list of pairs or a mapping) mark it as the control record ``value``."""
+    if not headers:
+        return False
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return any(key == TICK_HEADER and given == value for key, given in pairs)
 
 
 def tick_record(at: datetime) -> tuple[bytes, bytes, Headers]:

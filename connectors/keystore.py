@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Collection
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Protocol, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg_pool import AsyncConnectionPool
 
 from touchpoint.core.pseudonym import DATA_KEY_BYTES
 from touchpoint.errors import TouchpointError
@@ -30,6 +30,7 @@ from touchpoint.settings import Settings
 
 
 _SELECT = "SELECT key, wrapped FROM identifier_keys WHERE key = ANY(%s)"
+T = TypeVar("T")
 
 
 class KeyStoreError(TouchpointError):
@@ -85,32 +86,38 @@ class PostgresKeyStore:
     async def data_keys(self, keys: Collection[str], *, create: bool) -> dict[str, bytes]:
         if not keys:
             return {}
-        wanted = sorted(set(keys))
-        if self._pool is not None:
-            async with self._pool.connection() as conn:
-                return await self._data_keys(conn, wanted, create)
-        return await self._data_keys(await self._connection(), wanted, create)
+        return await self._on_connection(self._data_keys, sorted(set(keys)), create)
 
-    async def _data_keys(self, conn: psycopg.AsyncConnection, wanted: list[str], create: bool) -> dict[str, bytes]:
+    async def _on_connection(self, use: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``use(connection, *args)`` on a pooled or the store's own connection; outages as KeyStoreError."""
         try:
-            rows = await (await conn.execute(_SELECT, (wanted,))).fetchall()
-            missing = sorted(set(wanted).difference(key for key, _ in rows)) if create else []
-            if missing:
-                # Another process may make some of them meanwhile: its keys win, read back with ours.
-                await conn.execute(
-                    "INSERT INTO identifier_keys (key, wrapped) SELECT * FROM unnest(%s::text[], %s::bytea[]) "
-                    "ON CONFLICT (key) DO NOTHING",
-                    (missing, [self._wrap(k, os.urandom(DATA_KEY_BYTES)) for k in missing]))
-                rows += await (await conn.execute(_SELECT, (missing,))).fetchall()
+            if self._pool is not None:
+                async with self._pool.connection() as conn:
+                    return await use(conn, *args)
+            return await use(await self._connection(), *args)
         except psycopg.OperationalError as exc:
             raise KeyStoreError(f"the key store's database failed: {exc}") from exc
+
+    async def _data_keys(self, conn: psycopg.AsyncConnection, wanted: list[str], create: bool) -> dict[str, bytes]:
+        rows = await (await conn.execute(_SELECT, (wanted,))).fetchall()
+        missing = sorted(set(wanted).difference(key for key, _ in rows)) if create else []
+        if missing:
+            # Another process may make some of them meanwhile: its keys win, read back with ours.
+            await conn.execute(
+                "INSERT INTO identifier_keys (key, wrapped) SELECT * FROM unnest(%s::text[], %s::bytea[]) "
+                "ON CONFLICT (key) DO NOTHING",
+                (missing, [self._wrap(k, os.urandom(DATA_KEY_BYTES)) for k in missing]))
+            rows += await (await conn.execute(_SELECT, (missing,))).fetchall()
         return {key: self._unwrap(key, bytes(wrapped)) for key, wrapped in rows}
 
     async def destroy(self, keys: Collection[str]) -> int:
         if not keys:
             return 0
-        conn = await self._connection()
-        cur = await conn.execute("DELETE FROM identifier_keys WHERE key = ANY(%s)", (sorted(set(keys)),))
+        return await self._on_connection(self._destroy, sorted(set(keys)))
+
+    @staticmethod
+    async def _destroy(conn: psycopg.AsyncConnection, keys: list[str]) -> int:
+        cur = await conn.execute("DELETE FROM identifier_keys WHERE key = ANY(%s)", (keys,))
         return cur.rowcount
 
     async def close(self) -> None:

@@ -44,14 +44,15 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from psycopg.rows import dict_row, tuple_row
 
+from connectors.clock import TICK_HEADER, is_control
 from connectors.keystore import KeyStore, PostgresKeyStore
 from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
 from touchpoint.errors import PublishError, TouchpointError
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
-CONTROL_HEADER = "touchpoint-record"  # the clock's tick uses the same header name
 ERASE_VALUE = b"erase"
+"""The control header's value (:data:`connectors.clock.TICK_HEADER`) of an erasure record."""
 T = TypeVar("T")
 ERASED = "(erased)"
 """What a reader sees of an identifier whose data key was destroyed."""
@@ -63,16 +64,13 @@ class UnknownCustomer(TouchpointError):
 
 def is_erasure(headers: Any) -> bool:
     """Whether a record's headers (a list of pairs or a mapping) mark it as an erasure."""
-    if not headers:
-        return False
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return any(key == CONTROL_HEADER and value == ERASE_VALUE for key, value in pairs)
+    return is_control(headers, ERASE_VALUE)
 
 
 def erasure_record(customer_id: str, at: datetime) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """(key, value, headers) of the erasure record for ``customer_id``."""
     value = json.dumps({"erase": customer_id, "requested_at": at.isoformat(timespec="milliseconds")}).encode()
-    return customer_id.encode(), value, [(CONTROL_HEADER, ERASE_VALUE)]
+    return customer_id.encode(), value, [(TICK_HEADER, ERASE_VALUE)]
 
 
 def erased_id(value: bytes) -> str | None:

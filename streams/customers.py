@@ -75,7 +75,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from connectors.alerts import AlertSerde, alert_topic
-from connectors.clock import TICK_HEADER, TICK_VALUE
+from connectors.clock import TICK_VALUE, is_control
 from connectors.privacy import erased_id, erasure_record, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
@@ -258,10 +258,7 @@ class CustomerStage:
 
 def is_tick(headers: Any) -> bool:
     """Whether a message's headers mark it as the clock's tick (a list of pairs or a mapping)."""
-    if not headers:
-        return False
-    pairs = headers.items() if isinstance(headers, dict) else headers
-    return any(key == TICK_HEADER and value == TICK_VALUE for key, value in pairs)
+    return is_control(headers, TICK_VALUE)
 
 
 def register_customers(app: faust.App, settings: Settings) -> None:
