@@ -79,6 +79,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bench.machine import machine_line
+from touchpoint.settings import Settings
 from touchpoint.stack.process import stop_child
 
 _PHONE_BASE = 447_400_000_000  # +44 7400 000000: a UK mobile range the generator does not use
@@ -147,10 +148,12 @@ def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[lis
     return out, folded
 
 
-def _fill(conninfo: str, templates: list[tuple[str, str, str]], customers: int, secret: bytes,
+def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: int, secret: bytes,
           source_topic: str, workers: int) -> None:
     """COPY ``customers`` rows (cards from ``templates``, round robin) and their phone and e-mail keys.
 
+    The cards hold their phone and e-mail as pseudonyms sealed under data keys made in the key store, as
+    ingestion writes them, so every lookup opens them as in production (one key-store statement).
     ``workers`` threads, each with its own connection, take chunks in turn: PostgreSQL's side (parsing each card
     into jsonb and compressing it) is most of the work, and each connection has a backend of its own.
     """
@@ -159,29 +162,41 @@ def _fill(conninfo: str, templates: list[tuple[str, str, str]], customers: int, 
     import psycopg
     from tqdm import tqdm
 
+    from connectors.keystore import PostgresKeyStore
     from touchpoint.core.normalise import identifier_key, normalise
+    from touchpoint.core.pseudonym import pseudonym
 
-    def rows(start: int) -> tuple[bytes, bytes]:
+    conninfo = settings.pg_conninfo()
+
+    def rows(start: int, loop: asyncio.AbstractEventLoop, keystore: PostgresKeyStore) -> tuple[bytes, bytes]:
         cards, keys = [], []
+        people = []
         for n in range(start, min(customers, start + _CHUNK)):
+            phone, email = _phone(n), _email(n)
+            people.append((n, phone, email, identifier_key("phone", phone, secret),
+                           identifier_key("email", email, secret)))
+        data_keys = loop.run_until_complete(keystore.data_keys(
+            [key for *_, phone_key, email_key in people for key in (phone_key, email_key)], create=True))
+        for n, phone, email, phone_key, email_key in people:
             template, as_of, segment = templates[n % len(templates)]
             customer_id = f"cus_{n:016x}"
-            phone, email = _phone(n), _email(n)
-            phone_key, email_key = identifier_key("phone", phone, secret), identifier_key("email", email, secret)
             if n % 997 == 0:  # the keys are what ingestion and the API compute
                 assert normalise("phone", _national(n), secret=secret).key == phone_key, phone
                 assert normalise("email", email.upper(), secret=secret).key == email_key, email
-            ids = json.dumps({"email": [email], "phone": [phone]})
+            ids = json.dumps({"email": [pseudonym("email", email_key, email, data_keys[email_key])],
+                              "phone": [pseudonym("phone", phone_key, phone, data_keys[phone_key])]})
             view = template.replace("@@CID@@", customer_id, 1).replace('"@@IDS@@"', ids, 1)
             cards.append(f"{customer_id}\t{view}\t{as_of}\t{segment}\t{source_topic}\t0\t0\n")
             keys.append(f"{phone_key}\tphone\t{customer_id}\t0\n{email_key}\temail\t{customer_id}\t0\n")
         return "".join(cards).encode(), "".join(keys).encode()
 
     def worker(first: int, bar: tqdm[Any]) -> None:
+        loop = asyncio.new_event_loop()  # the key store is async; one loop and connection per thread
+        keystore = PostgresKeyStore(settings)
         with psycopg.connect(conninfo) as conn:
             conn.execute("SET synchronous_commit = off")  # a bulk load; the last COMMIT is what counts
             for start in range(first * _CHUNK, customers, workers * _CHUNK):
-                cards, keys = rows(start)
+                cards, keys = rows(start, loop, keystore)
                 with conn.cursor() as cur:
                     with cur.copy("COPY customers (customer_id, view, as_of, value_segment, source_topic, "
                                   "source_partition, source_offset) FROM STDIN") as copy:
@@ -191,6 +206,8 @@ def _fill(conninfo: str, templates: list[tuple[str, str, str]], customers: int, 
                         copy.write(keys)
                 conn.commit()
                 bar.update(min(_CHUNK, customers - start))
+        loop.run_until_complete(keystore.close())
+        loop.close()
 
     with tqdm(total=customers, unit=" customers", unit_scale=True, desc="loading", file=sys.stderr,
               mininterval=1.0) as bar, ThreadPoolExecutor(workers) as pool:
@@ -204,8 +221,9 @@ def _fill(conninfo: str, templates: list[tuple[str, str, str]], customers: int, 
 # --- the ingest that runs meanwhile ---
 
 def _publish_events(topic_prefix: str, database: str, rate: float, customers: int, days: int,
-                    ready: Any, stop: Any, published: Any) -> None:
+                    ready: Any, stop: Any, published: Any, nice: int) -> None:
     """Child process: publish generated events at ``rate``/s until ``stop`` is set (or they run out)."""
+    os.nice(nice)  # the channels' systems: another machine in production, background work here
     from connectors.producer import Delivered, EventProducer
     from touchpoint.generate import generate
     from touchpoint.settings import load_settings
@@ -359,6 +377,23 @@ async def _offer(host: str, port: int, api_key: str, rate: float, seconds: float
     return run
 
 
+async def _one_at_a_time(host: str, port: int, api_key: str, lookups: list[tuple[int, bool]]) -> list[float]:
+    """The lookups one after another on one keep-alive connection: the service time, with no queue."""
+    pool = _Connections(host, port, 1)
+    head = f"Host: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\nAccept: application/json\r\n\r\n"
+    latencies = []
+    try:
+        for i, (index, _) in enumerate(lookups):
+            phone = _national(index) if i % 2 else _phone(index)
+            request = f"GET /v1/customers/lookup?phone={quote(phone)} HTTP/1.1\r\n{head}".encode()
+            began = time.perf_counter()
+            await pool.get(request, 10.0)
+            latencies.append(time.perf_counter() - began)
+    finally:
+        await pool.close()
+    return latencies
+
+
 def _raw(conninfo: str, secret: bytes, lookups: list[tuple[int, bool]]) -> tuple[list[float], list[float]]:
     """The API's SQL for each lookup, one after another: (card query times, whole transaction times)."""
     import psycopg
@@ -408,10 +443,11 @@ def _cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def _spawn(verb: str, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
+def _spawn(verb: str, env: dict[str, str], logs: Path, nice: int = 0) -> subprocess.Popen[bytes]:
     with (logs / f"{verb}.log").open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "touchpoint", verb], env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)  # noqa: PLW1509
 
 
 def _wait_ready(base_url: str, api: subprocess.Popen[bytes], logs: Path, timeout_s: float = 60) -> None:
@@ -454,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--miss-share", type=float, default=0.05, help="share of phones that match nobody")
     parser.add_argument("--raw", type=int, default=5_000, help="sequential raw PostgreSQL lookups per rate")
     parser.add_argument("--ingest-rate", type=float, default=300.0, help="events/s published meanwhile (0: none)")
+    parser.add_argument("--one-at-a-time", type=int, default=1_000,
+                        help="lookups sent one after another before the rates (0: none)")
+    parser.add_argument("--pipeline-nice", type=int, default=10,
+                        help="CPU niceness of the worker, the projection writers and the publisher (0: as the API)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tiny", action="store_true",
                         help="a smoke run: 1,000 customers, 2 s at 20 then 50 requests/s, ingest at 50 events/s")
@@ -501,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "TOUCHPOINT_TOPIC_PREFIX": settings.topic_prefix,
                "TOUCHPOINT_PG_DATABASE": settings.pg_database, "TOUCHPOINT_LOG_LEVEL": "WARNING"}
         if args.ingest_rate > 0:  # started first: they have joined their groups by the time it matters
-            children += [_spawn("worker", env, logs), _spawn("project", env, logs)]
+            children += [_spawn("worker", env, logs, args.pipeline_nice), _spawn("project", env, logs, args.pipeline_nice)]
 
         began = time.perf_counter()
         templates, folded = _templates(args.template_customers, args.template_days, args.seed, secret)
@@ -510,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
               f"days folded into {len(templates)} cards (JSON p50 {sizes[len(sizes) // 2]:,} B, "
               f"max {sizes[-1]:,} B) in {time.perf_counter() - began:.1f}s; {_load()}", flush=True)
         began = time.perf_counter()
-        _fill(conninfo, templates, args.customers, secret, settings.topic(_TOPIC), args.load_workers)
+        _fill(settings, templates, args.customers, secret, settings.topic(_TOPIC), args.load_workers)
         took = time.perf_counter() - began
         with psycopg.connect(conninfo) as conn:
             size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('customers')), "
@@ -536,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             needed = args.ingest_rate * (args.warmup + len(args.rates) * (args.seconds + 15) + 30)
             publisher = spawn_ctx.Process(target=_publish_events, daemon=True, args=(
                 settings.topic_prefix, settings.pg_database, args.ingest_rate, max(20, int(needed / 30) + 1), 365,
-                ready, stop_ingest, published))
+                ready, stop_ingest, published, args.pipeline_nice))
             publisher.start()
             if not ready.wait(120):
                 raise RuntimeError("the event publisher did not start in 120 s")
@@ -551,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
             warm = asyncio.run(_offer(host, port, api_key, args.rates[0], args.warmup,
                                       _lookups(rng, args.customers, 5_000, args.miss_share), args.connections))
             print(f"warm-up: {warm.sent} requests at {args.rates[0]:g}/s, not counted; {_load()}", flush=True)
+        if args.one_at_a_time > 0:
+            serial = asyncio.run(_one_at_a_time(host, port, api_key, _lookups(rng, args.customers, args.one_at_a_time,
+                                                                              args.miss_share)))
+            print(f"HTTP lookup one at a time ({len(serial)} on one connection, no queue: the service time): "
+                  f"{_ms(serial)}; {_load()}", flush=True)
         for rate in args.rates:
             _settle(api.pid)  # requests cancelled by an earlier phase may still be running in the API
             lookups = _lookups(rng, args.customers, int(rate * args.seconds), args.miss_share)
