@@ -1,9 +1,11 @@
 """Benchmark of the offline fold (``touchpoint fold``): events/s and where the time goes.
 
 Generates a population with ``touchpoint.generate`` into a temporary JSONL
-file, folds it end to end with :func:`touchpoint.core.fold.fold_to_json`
-(reading the file line by line, as the CLI does) and prints events/s (wall
-and CPU), the peak resident memory and the machine's size. Then, unless
+file and times ``touchpoint fold`` on it as a user runs it (a subprocess,
+output to a file): with one process per core (the default), then with
+``--jobs 1``, and checks the two outputs are byte-identical. Prints events/s
+(wall, and CPU summed over the fold's processes), the peak resident memory
+of a process and the machine's size. Then, unless
 ``--no-split``, it times each stage on its own pass over the same lines:
 JSON parsing alone (for reference: validation parses too), contract
 validation (the contract's model, and the fast check the fold runs first), normalisation, identity (resolve + apply + view merges), profile
@@ -17,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,18 +33,15 @@ from pathlib import Path
 from bench.machine import machine_line
 from touchpoint.contract.fast import validate_json as fast_validate
 from touchpoint.contract.models import Event
-from touchpoint.core.fold import Folder, fold_to_json
+from touchpoint.core.fold import Folder
 from touchpoint.core.identity import Merged, Minted, apply, resolve
 from touchpoint.core.normalise import InvalidIdentifier
 from touchpoint.core.instants import epoch_ms
 from touchpoint.core.profile import CustomerView, evolve, merge_views
+from touchpoint.fold_parallel import default_jobs
 from touchpoint.generate import generate, write_jsonl
 
 SECRET = b"bench-identifier-key"
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, float, object]:
@@ -112,6 +114,32 @@ def _split(path: Path) -> None:
     print(f"  render {len(folder.views)} customers {wall:6.2f}s wall {cpu:6.2f}s cpu")
 
 
+def _fold_command(path: Path, jobs: int, events: int) -> str:
+    """Time ``touchpoint fold PATH --jobs N`` as a user runs it; print the figures, return the output's digest."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "TOUCHPOINT_IDENTIFIER_KEY": SECRET.decode(), "TOUCHPOINT_LOG_LEVEL": "WARNING"}
+    with tempfile.TemporaryFile() as out:
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "touchpoint", "fold", str(path), "--jobs", str(jobs)], env=env,
+                       stdout=out, stdin=subprocess.DEVNULL, check=True)
+        wall = time.perf_counter() - began
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.seek(0)
+        digest = hashlib.sha256()
+        while chunk := out.read(1 << 20):
+            digest.update(chunk)
+        out.seek(0)
+        doc = json.load(out)
+        size = out.tell()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"touchpoint fold --jobs {jobs}: {events} events in {wall:.1f}s wall ({events / wall:,.0f} events/s), "
+          f"{cpu:.1f}s cpu in all its processes; load average {os.getloadavg()[0]:.2f}")
+    print(f"  {len(doc['customers'])} customers, {len(doc['identity_decisions'])} identity decisions, "
+          f"{len(doc['rejected'])} rejected, output {size / 1e6:.0f} MB; peak RSS of a process "
+          f"{after.ru_maxrss / 1024:.0f} MiB")
+    return digest.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fold", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=15_000)
@@ -132,24 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                 count = write_jsonl(generate(args.customers, args.days, args.seed), fh)
             print(f"generated {count} events ({args.customers} customers x {args.days} days, seed {args.seed}) "
                   f"in {time.perf_counter() - began:.1f}s -> {path.stat().st_size / 1e6:.0f} MB")
-        rss_before = _peak_rss_mib()
-
-        def run() -> str:
-            with path.open(encoding="utf-8") as fh:
-                return fold_to_json(fh, secret=SECRET)
-
-        gc.collect()
-        wall, cpu, out = _timed(run)
-        doc = json.loads(out)  # type: ignore[arg-type]
-        with path.open(encoding="utf-8") as fh:
+        with path.open("rb") as fh:
             events = sum(1 for line in fh if line.strip())
-        print(f"fold: {events} events in {wall:.1f}s wall ({events / wall:,.0f} events/s), "
-              f"{cpu:.1f}s cpu ({events / cpu:,.0f} events/s cpu)")
-        print(f"  {len(doc['customers'])} customers, {len(doc['identity_decisions'])} identity decisions, "
-              f"{len(doc['rejected'])} rejected, output {len(out) / 1e6:.0f} MB")  # type: ignore[arg-type]
-        print(f"  peak RSS {_peak_rss_mib():.0f} MiB (before the fold {rss_before:.0f} MiB); "
-              f"load average {os.getloadavg()[0]:.2f}")
-        del out, doc
+        digests = {}
+        for jobs in dict.fromkeys([default_jobs(), 1]):
+            digests[jobs] = _fold_command(path, jobs, events)
+        if len(digests) > 1:
+            same = len(set(digests.values())) == 1
+            print(f"  outputs of --jobs {' and '.join(map(str, digests))}: {'byte-identical' if same else 'DIFFERENT'}")
+            if not same:
+                return 1
         if not args.no_split:
             print("split per stage (separate passes; identity = resolve + apply + view merges):")
             _split(path)

@@ -261,15 +261,19 @@ class Folder:
         # Offline only: a file has no arrival clock. The workers' input was already judged
         # against its arrival time by the ingest agent, and a quiet month is no error there.
         self._ahead_ms = config.max_ahead_days * _DAY_MS if log_clock_check else None
-        self._lines = 0
-        # (kind, clear value) -> Identifier: values recur on most events.
+        #: Lines read so far (a rejected line without an event id is named by its number).
+        self.lines = 0
+        #: The event time (epoch ms) of the last event that reached the clock check (None: none did).
+        self.last_event_ms: int | None = None
+        # (kind, clear value) -> Identifier: values recur on most events. Bounded unless told otherwise.
         self._normalised: dict[tuple[str, str], Identifier] = {}
+        self.cache_limit: int | None = _CACHE_SIZE
 
     # -- input ----------------------------------------------------------------
 
     def add_json(self, line: str | bytes) -> list[Decision]:
         """Validate one JSON-lines event and :meth:`add` it; a failure is recorded as rejected."""
-        self._lines += 1
+        self.lines += 1
         try:
             # The contract's rules as pydantic-core constraints (stricter, never looser); what it
             # refuses, the contract judges below, with its own wording.
@@ -285,10 +289,10 @@ class Folder:
 
     def add_tick(self, line: str | bytes) -> None:
         """A tick line (``{"tick": "<ISO-8601>"}``, the clock's record): :meth:`tick` at that instant."""
-        self._lines += 1
+        self.lines += 1
         at = tick_of(json.loads(line))
         if at is None:
-            self._reject(f"line {self._lines}", 'not a tick: expected {"tick": "<ISO-8601 instant with zone>"}')
+            self._reject(f"line {self.lines}", 'not a tick: expected {"tick": "<ISO-8601 instant with zone>"}')
         else:
             self.tick(at)
 
@@ -297,15 +301,15 @@ class Folder:
         try:
             doc = json.loads(line)
         except ValueError as exc:
-            self._reject(f"line {self._lines}", f"not JSON: {exc}")
+            self._reject(f"line {self.lines}", f"not JSON: {exc}")
             return None
         if isinstance(doc, dict) and list(doc) == ["tick"]:
-            self._lines -= 1
+            self.lines -= 1
             self.add_tick(line)
             return None
         event_id = doc.get("event_id") if isinstance(doc, dict) else None
         if not isinstance(event_id, str) or not event_id:
-            event_id = f"line {self._lines}"
+            event_id = f"line {self.lines}"
         try:
             return validate_event(doc, self.now)
         except ContractViolation as exc:
@@ -339,7 +343,7 @@ class Folder:
         return touched, merged
 
     def _add(self, event: Event) -> list[Decision]:
-        ms = any_zone_ms(event.occurred_at)
+        self.last_event_ms = ms = any_zone_ms(event.occurred_at)
         latest = self.latest_ms
         if self.now is None and latest is not None and self._ahead_ms is not None and ms > latest + self._ahead_ms:
             days = (ms - latest) / _DAY_MS
@@ -525,7 +529,7 @@ class Folder:
 
     def _normalise(self, pair: tuple[str, str]) -> Identifier:
         ident = normalise(pair[0], pair[1], region=self.config.region, secret=self.secret)
-        if len(self._normalised) >= _CACHE_SIZE:
+        if self.cache_limit is not None and len(self._normalised) >= self.cache_limit:
             self._normalised.clear()  # crude but bounded; values recur, it refills with the live ones
         self._normalised[pair] = ident
         return ident
@@ -613,7 +617,7 @@ def fold(
             if line and not line.isspace():  # as ``line.strip()``, without copying the line
                 add(line)
             else:
-                folder._lines += 1
+                folder.lines += 1
         if as_of is not None:
             folder.tick(as_of)  # time passes to as_of: dormancy, churn windows, expiries
         return folder.result(as_of)

@@ -1,0 +1,110 @@
+"""The fold in parts (``touchpoint fold --jobs N``) prints exactly the bytes of the fold in one process."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from touchpoint.core.fold import FoldConfig, fold_to_json
+from touchpoint.fold_parallel import fold_file_to_json
+from touchpoint.generate import generate, write_jsonl
+from tests.unit.test_fold import event
+
+SECRET = b"test-secret"
+_LOGGER = "touchpoint.fold_parallel"
+
+
+def _population(tmp_path: Path, customers: int, days: int, seed: int) -> Path:
+    """A generated population (2 % bad events, merges, refunds) with ticks and blank lines among it."""
+    buffer = io.StringIO()
+    write_jsonl(generate(customers, days, seed=seed), buffer)
+    lines = buffer.getvalue().splitlines()
+    start = datetime.fromisoformat(json.loads(lines[0])["occurred_at"])
+    for n, at in enumerate(range(len(lines) // 3, len(lines), len(lines) // 3)):
+        tick = (start + timedelta(days=(n + 1) * days // 4)).isoformat().replace("+00:00", "Z")
+        lines.insert(at, json.dumps({"tick": tick}))
+    lines.insert(5, "")
+    lines.insert(9, "   ")
+    lines.insert(11, '{"tick": "yesterday"}')
+    lines.insert(12, "not json")
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _one_process(path: Path, **kwargs: object) -> bytes:
+    with open(path, "rb") as fh:
+        return fold_to_json(fh, secret=SECRET, **kwargs).encode()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+@pytest.mark.parametrize("as_of", [None, datetime(2026, 6, 1, tzinfo=UTC)])
+def test_parts_print_the_bytes_of_one_fold(tmp_path: Path, caplog: pytest.LogCaptureFixture, jobs: int,
+                                           as_of: datetime | None) -> None:
+    path = _population(tmp_path, customers=150, days=200, seed=7)
+    expected = _one_process(path, as_of=as_of)
+    with caplog.at_level(logging.INFO, logger=_LOGGER):
+        got = fold_file_to_json(path, jobs=jobs, as_of=as_of, secret=SECRET)
+    assert [r.getMessage() for r in caplog.records if r.name == _LOGGER] == []  # the parts were used
+    assert got == expected
+    document = json.loads(got)
+    assert len(document["customers"]) > 100
+    assert any(d["decision"] == "merged" for d in document["identity_decisions"])
+    reasons = {r["event_id"]: r["reason"] for r in document["rejected"]}
+    assert reasons["line 12"].startswith("not a tick") and reasons["line 13"].startswith("not JSON")
+
+
+def test_a_config_reaches_every_part(tmp_path: Path) -> None:
+    path = _population(tmp_path, customers=80, days=120, seed=3)
+    config = FoldConfig(limits={"cookie": 2, "email": 1}, max_ahead_days=5)
+    assert fold_file_to_json(path, jobs=2, config=config, secret=SECRET) == _one_process(path, config=config)
+
+
+def test_a_rejected_event_that_set_the_clock_sends_the_fold_to_one_process(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Line 2 is rejected (a refund of nothing) but the grouping presumed it accepted, so it presumed the
+    # log's clock at day 20: line 3, 40 days in, is within 30 days of that but not of the true latest (day 0).
+    lines = [
+        event("e1", {"customer_no": "A"}, minutes=0),
+        event("e2", {"customer_no": "B"}, typ="refund", minutes=20 * 1440),
+        event("e3", {"customer_no": "C"}, minutes=40 * 1440),
+    ]
+    path = tmp_path / "clock.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger=_LOGGER):
+        got = fold_file_to_json(path, jobs=2, secret=SECRET)
+    assert got == _one_process(path)
+    assert [r.getMessage() for r in caplog.records if r.name == _LOGGER] == [
+        "folding in one process: line 3 was judged against a presumed latest time that a rejected event set"]
+    assert [r["event_id"] for r in json.loads(got)["rejected"]] == ["e2", "e3"]
+
+
+def test_one_job_folds_in_one_process(tmp_path: Path) -> None:
+    path = _population(tmp_path, customers=20, days=30, seed=1)
+    assert fold_file_to_json(path, jobs=1, secret=SECRET) == _one_process(path)
+
+
+def test_groups_join_through_chains_of_lines(tmp_path: Path) -> None:
+    # A-B on one line, B-C on another, C-D on a third: one person, whatever part the first line went to.
+    lines = [
+        event("e1", {"customer_no": "A1", "email": "a@example.com"}, minutes=0),
+        event("x1", {"cookie": "other-1"}, minutes=1),
+        event("e2", {"email": "A@Example.com", "phone": "07700 900123"}, minutes=2),
+        event("x2", {"cookie": "other-2"}, minutes=3),
+        event("e3", {"phone": "+44 7700 900123", "cookie": "k-1"}, minutes=4),
+        event("e4", {"cookie": "k-1"}, typ="purchase", minutes=5),
+        event("e5", {"cookie": "k-1"}, typ="refund", minutes=6),
+    ]
+    path = tmp_path / "chain.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    got = fold_file_to_json(path, jobs=2, secret=SECRET)
+    assert got == _one_process(path)
+    customers = json.loads(got)["customers"]
+    assert sorted(sorted(c["identifiers"]) for c in customers) == [
+        ["cookie"], ["cookie"], ["cookie", "customer_no", "email", "phone"]]
+    assert json.loads(got)["rejected"] == []
