@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -108,3 +111,13 @@ def test_groups_join_through_chains_of_lines(tmp_path: Path) -> None:
     assert sorted(sorted(c["identifiers"]) for c in customers) == [
         ["cookie"], ["cookie"], ["cookie", "customer_no", "email", "phone"]]
     assert json.loads(got)["rejected"] == []
+
+
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "1"]])
+def test_the_command_prints_the_fold(tmp_path: Path, jobs: list[str]) -> None:
+    path = _population(tmp_path, customers=30, days=60, seed=5)
+    env = {**os.environ, "TOUCHPOINT_IDENTIFIER_KEY": SECRET.decode()}
+    result = subprocess.run([sys.executable, "-m", "touchpoint", "fold", str(path), "--as-of", "2026-06-01T00:00:00Z",
+                             *jobs], env=env, capture_output=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert result.stdout == _one_process(path, as_of=datetime(2026, 6, 1, tzinfo=UTC)) + b"\n"
