@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from touchpoint.core.fold import FoldConfig, fold_to_json
 from touchpoint.fold_parallel import fold_file_to_json
 from touchpoint.generate import generate, write_jsonl
-from tests.unit.test_fold import event
+from tests.unit.test_fold import _IDS, event
 
 SECRET = b"test-secret"
 _LOGGER = "touchpoint.fold_parallel"
@@ -121,3 +123,29 @@ def test_the_command_prints_the_fold(tmp_path: Path, jobs: list[str]) -> None:
                              *jobs], env=env, capture_output=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert result.stdout == _one_process(path, as_of=datetime(2026, 6, 1, tzinfo=UTC)) + b"\n"
+
+
+_LINE = st.one_of(
+    st.tuples(_IDS, st.sampled_from(["web", "purchase", "refund", "call"]), st.integers(0, 90 * 1440)),
+    st.sampled_from(["", "not json", '{"tick": "2025-04-01T00:00:00Z"}', '{"tick": "2025-06-15T00:00:00Z"}',
+                     '{"tick": "soon"}']),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(log=st.lists(_LINE, max_size=30), as_of=st.sampled_from([None, datetime(2025, 7, 1, tzinfo=UTC)]))
+def test_any_log_folds_in_parts_to_the_bytes_of_one_fold(tmp_path: Path, log: list[object],
+                                                        as_of: datetime | None) -> None:
+    # Few identifiers, so groups join and merge; minutes up to 90 days apart, so the log's clock refuses some
+    # events (max_ahead_days 30) and a refused or rejected event may hold the latest time the grouping presumed.
+    lines = []
+    for n, item in enumerate(log):
+        if isinstance(item, str):
+            lines.append(item)
+            continue
+        ids, typ, minutes = item  # type: ignore[misc]
+        extra = {"transaction_id": f"T{n % 3}"} if typ in ("purchase", "refund") else {}
+        lines.append(event(f"e{n}", ids, typ, minutes, **extra))
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert fold_file_to_json(path, jobs=2, as_of=as_of, secret=SECRET) == _one_process(path, as_of=as_of)
