@@ -93,8 +93,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors import agent_page
 from connectors.access import KeyRing, Principal, mask_card, may_unmask
-from connectors.keystore import PostgresKeyStore
-from connectors.privacy import Erasure, UnknownCustomer, erase, reveal_identifiers
+from connectors.keystore import WRAPPED_OF_CARD, PostgresKeyStore
+from connectors.privacy import Erasure, UnknownCustomer, erase, open_identifiers
 from connectors.freshness import LagProbe
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
@@ -138,7 +138,8 @@ card AS (
 
 # The read and its audit row in one statement: one transaction, one round trip. The audit part runs
 # whether or not the final SELECT reads it (PostgreSQL runs every data-modifying WITH exactly once) and
-# sees the same card (a CTE referenced twice is computed once).
+# sees the same card (a CTE referenced twice is computed once). The card comes with the wrapped data keys
+# of its pseudonyms from the key store's table in the same database, instead of a second round trip.
 _AUDITED = """,
 audit AS (
     INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status,
@@ -147,7 +148,8 @@ audit AS (
            CASE WHEN card.customer_id IS NULL THEN 404 ELSE 200 END, %(unmasked)s
     FROM (SELECT) AS one LEFT JOIN card ON true
 )
-SELECT customer_id, as_of, view FROM card
+SELECT card.customer_id, card.as_of, card.view, k.keys, k.wrapped
+FROM card LEFT JOIN LATERAL (""" + WRAPPED_OF_CARD + """) AS k (keys, wrapped) ON true
 """
 
 _CARD_BY_ID = _CHAIN_FROM_ID + _CARD + "\nSELECT customer_id, as_of, view FROM card\n"
@@ -384,9 +386,10 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if row is None:
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
-        found, as_of, view = row
+        found, as_of, view, keys, wrapped = row
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
-            view = {**view, "identifiers": await reveal_identifiers(view["identifiers"], keystore)}
+            data_keys = keystore.open_wrapped(keys or [], wrapped or [])
+            view = {**view, "identifiers": open_identifiers(view["identifiers"], data_keys)}
         return _Outcome(200, customer_id=found, as_of=as_of, card=view if unmasked else mask_card(view),
                         resolved_from=value if kind == "customer_id" and found != value else None)
 

@@ -86,7 +86,11 @@ def erased_id(value: bytes) -> str | None:
 async def reveal_identifiers(identifiers: Mapping[str, Sequence[str]], keystore: KeyStore) -> dict[str, list[str]]:
     """A card's identifiers with their pseudonyms opened (one key-store call); :data:`ERASED` when shredded."""
     keys = {parse(value).key for values in identifiers.values() for value in values if is_pseudonym(value)}
-    data_keys = await keystore.data_keys(keys, create=False)
+    return open_identifiers(identifiers, await keystore.data_keys(keys, create=False))
+
+
+def open_identifiers(identifiers: Mapping[str, Sequence[str]], data_keys: Mapping[str, bytes]) -> dict[str, list[str]]:
+    """A card's identifiers with their pseudonyms opened by ``data_keys``; :data:`ERASED` when a key is gone."""
     opened: dict[str, list[str]] = {}
     for kind, values in identifiers.items():
         opened[kind] = []

@@ -15,6 +15,7 @@ readiness, projection lag and the agent page's HTML (the browser drives it in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 from collections.abc import Iterator
@@ -31,10 +32,13 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from connectors.access import digest
+from connectors.keystore import PostgresKeyStore
 from connectors.lookup import COOKIE, create_lookup_app
+from connectors.privacy import ERASED
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from touchpoint.core.normalise import identifier_key, normalise
+from touchpoint.core.pseudonym import pseudonym
 from tests.fix_stack import scoped
 from touchpoint.settings import Settings
 
@@ -539,3 +543,49 @@ def test_lag_without_kafka_still_answers(lookup_settings: Settings, client: Test
     # Offsets up to 112 at least went in through the projection (later tests add more).
     assert stored["partition"] == 0 and stored["next_offset"] >= 113
     assert (stored["end_offset"], stored["behind"]) == (None, None)
+
+
+def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_settings: Settings,
+                                                                        client: TestClient) -> None:
+    settings = lookup_settings
+    phone, email = "+447700900789", "eve@example.com"
+    phone_key, email_key, card_key = key(settings, "phone", phone), key(settings, "email", email), \
+        key(settings, "card", "4242424242424242")
+    store = PostgresKeyStore(settings)
+
+    async def keys() -> dict[str, bytes]:
+        try:
+            return await store.data_keys([phone_key, email_key], create=True)
+        finally:
+            await store.close()
+
+    data = asyncio.run(keys())
+    shown = {"card": [pseudonym("card", card_key, "…4242", None)], "customer_no": ["C7"],
+             "email": [pseudonym("email", email_key, email, data[email_key])],
+             "phone": [pseudonym("phone", phone_key, phone, data[phone_key])]}
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        write_batch(conn, CustomersProjection(settings), [record(settings, 300, card_doc(
+            "lk-eve", "gold", {"phone": [phone_key], "email": [email_key], "card": [card_key]},
+            "2026-03-01T00:00:00.000Z", identifiers=shown))])
+    def identifiers(unmasked_by: str | None = None) -> dict[str, list[str]]:
+        """The card's identifiers found by phone: as an agent sees them, or unmasked by the holder of a key."""
+        params, headers = {"phone": "07700 900789"}, None
+        if unmasked_by is not None:
+            params["unmasked"], headers = "true", {"Authorization": f"Bearer {unmasked_by}"}
+        answer = client.get("/v1/customers/lookup", params=params, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["card"]["identifiers"]  # type: ignore[no-any-return]
+
+    opened = {"card": ["…4242"], "customer_no": ["C7"], "email": [email], "phone": [phone]}
+    assert identifiers(unmasked_by=ADMIN_KEY) == opened
+    assert identifiers() == {"card": ["•••• 4242"], "customer_no": ["C7"], "email": ["e***@example.com"],
+                             "phone": ["•••• 0789"]}
+
+    async def destroy() -> int:
+        try:
+            return await store.destroy([email_key])
+        finally:
+            await store.close()
+
+    assert asyncio.run(destroy()) == 1
+    assert identifiers(unmasked_by=ADMIN_KEY) == {**opened, "email": [ERASED]}
