@@ -153,7 +153,7 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
     """COPY ``customers`` rows (cards from ``templates``, round robin) and their phone and e-mail keys.
 
     The cards hold their phone and e-mail as pseudonyms sealed under data keys made in the key store, as
-    ingestion writes them, so every lookup opens them as in production (one key-store statement).
+    ingestion writes them, so every lookup opens them as in production (their wrapped keys come with the card).
     ``workers`` threads, each with its own connection, take chunks in turn: PostgreSQL's side (parsing each card
     into jsonb and compressing it) is most of the work, and each connection has a backend of its own.
     """

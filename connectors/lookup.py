@@ -19,9 +19,10 @@ cards are masked unless an ``operations`` or ``admin`` key asks
 (:func:`connectors.privacy.erase`, audited as endpoint ``erasure``).
 
 Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6); the
-API opens them with their data keys from the key store (one statement per
-card, on the pool) and then masks them by role. An erased identifier shows
-as ``(erased)``.
+API opens them with their data keys and then masks them by role. The
+wrapped keys come with the card in the lookup's one statement (the key
+store's table is in the same database: ``WRAPPED_OF_CARD``), unwrapped with
+the master key here. An erased identifier shows as ``(erased)``.
 
 Audit. Every lookup (JSON or page, found or not, refused with 400 or 403)
 writes one ``lookup_audit`` row: key name, role, endpoint, identifier kind,
