@@ -46,7 +46,7 @@ def test_compose_pins_match_the_local_stack() -> None:
     assert "image: postgres:15" in COMPOSE
 
 
-@pytest.mark.parametrize("service", ["kafka", "postgres", "registry", "worker", "projections", "gateway"])
+@pytest.mark.parametrize("service", ["kafka", "postgres", "registry", "worker", "projections", "gateway", "api"])
 def test_every_long_running_service_has_a_healthcheck(service: str) -> None:
     block = _service_block(service)
     assert "healthcheck:" in block
@@ -65,7 +65,8 @@ def _service_block(service: str) -> str:
 
 # -- the `secured` profile ---------------------------------------------------------------------------
 
-SECURED_APPS = ["setup-secured", "worker-secured", "projections-secured", "clock-secured", "gateway-secured"]
+SECURED_APPS = ["setup-secured", "worker-secured", "projections-secured", "clock-secured", "gateway-secured",
+                "api-secured"]
 SECURED = ["kafka-secured", "postgres-secured", "registry-secured", *SECURED_APPS]
 
 
@@ -86,12 +87,12 @@ def test_the_secured_profile_parses_and_stays_out_of_the_default_stack() -> None
     for name in SECURED:
         assert secured["services"][name]["profiles"] == ["secured"], name
     # `docker compose up` starts the same services as before; the profile's need it named.
-    for name in ("kafka", "postgres", "registry", "setup", "worker", "projections", "clock", "gateway"):
+    for name in ("kafka", "postgres", "registry", "setup", "worker", "projections", "clock", "gateway", "api"):
         assert "profiles" not in default["services"][name], name
 
 
 @pytest.mark.parametrize("service", ["kafka-secured", "postgres-secured", "registry-secured", "worker-secured",
-                                     "projections-secured", "gateway-secured"])
+                                     "projections-secured", "gateway-secured", "api-secured"])
 def test_every_long_running_secured_service_has_a_healthcheck(service: str) -> None:
     assert "healthcheck" in rendered("--profile", "secured")["services"][service]
 
@@ -114,8 +115,9 @@ def test_the_secured_apps_environment_is_valid_touchpoint_settings(service: str,
     for name, value in given.items():
         if value is None:  # a secret passed through: stands for whatever the operator sets
             given[name] = "svc-touchpoint" if name == "kafka_sasl_username" else f"secret-for-{name}"
-    if "gateway_keys" in given:
-        given["gateway_keys"] = {}
+    for keys in ("gateway_keys", "api_keys"):  # JSON maps of key digests, not strings
+        if keys in given:
+            given[keys] = {}
     settings = Settings(**given)  # extra="forbid": a misspelt variable fails here
     assert settings.kafka_security_protocol == "SASL_SSL"
     assert settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
