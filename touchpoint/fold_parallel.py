@@ -140,8 +140,8 @@ def _scan(path: Path, start: int, end: int, config: FoldConfig, secret: bytes) -
     with open(path, "rb") as fh:
         fh.seek(start)
         data = fh.read(end - start)
-    pieces = data.split(b"\n")
-    if pieces and pieces[-1] == b"" and data.endswith(b"\n"):
+    pieces = data.split(b"\n") if data else []  # a range may be empty: a long line can span two cuts
+    if data.endswith(b"\n"):
         pieces.pop()  # the newline ending the range's last line
     groups = _Groups()
     keyed: dict[tuple[str, str], str | None] = {}

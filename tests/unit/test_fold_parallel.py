@@ -149,3 +149,17 @@ def test_any_log_folds_in_parts_to_the_bytes_of_one_fold(tmp_path: Path, log: li
     path = tmp_path / "log.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert fold_file_to_json(path, jobs=2, as_of=as_of, secret=SECRET) == _one_process(path, as_of=as_of)
+
+
+def test_lines_are_numbered_alike_whatever_the_cuts(tmp_path: Path) -> None:
+    # Three parts of a small file: one long line spans both cuts of the scan; then a one-line file,
+    # whose second and third byte ranges are empty.
+    lines = [event("e1", {"customer_no": "A"}, minutes=0), "x" * 20_000,
+             event("e2", {"customer_no": "B"}, minutes=1), "", event("e3", {"customer_no": "A"}, minutes=2)]
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")  # and no newline after the last line
+    got = fold_file_to_json(path, jobs=3, secret=SECRET)
+    assert got == _one_process(path)
+    assert [r["event_id"] for r in json.loads(got)["rejected"]] == ["line 2"]
+    path.write_text(lines[1] + "\n", encoding="utf-8")
+    assert fold_file_to_json(path, jobs=3, secret=SECRET) == _one_process(path)
