@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "TOUCHPOINT_TOPIC_PREFIX": settings.topic_prefix,
                "TOUCHPOINT_PG_DATABASE": settings.pg_database, "TOUCHPOINT_LOG_LEVEL": "WARNING"}
         if args.ingest_rate > 0:  # started first: they have joined their groups by the time it matters
-            children += [_spawn("worker", env, logs, args.pipeline_nice), _spawn("project", env, logs, args.pipeline_nice)]
+            children += [_spawn(verb, env, logs, args.pipeline_nice) for verb in ("worker", "project")]
 
         began = time.perf_counter()
         templates, folded = _templates(args.template_customers, args.template_days, args.seed, secret)

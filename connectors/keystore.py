@@ -45,6 +45,7 @@ WHERE k.key IN (
 wrapped data keys of its pseudonyms (``tp1:<kind>:<32 hex>:…``, key ``<kind>:<32 hex>``), for
 :meth:`PostgresKeyStore.open_wrapped`; NULLs when there are none. Keys destroyed (an erased person) are absent.
 ``%%`` because the statements it joins take named parameters."""
+
 T = TypeVar("T")
 
 
