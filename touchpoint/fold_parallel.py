@@ -350,11 +350,9 @@ def _fold_in_parts(path: Path, jobs: int, as_of: datetime | None, config: FoldCo
         pipes.append(mine)
         children.append(child)
     try:
-        reports = [pipe.recv() for pipe in pipes]
+        reports = _receive(pipes)
         log.debug("fold: parts folded at %.1fs", time.perf_counter() - began)
-        failed = next((r for r in reports if isinstance(r, BaseException)), None)
-        if failed is not None:
-            log.warning("a fold part failed (%r); folding in one process", failed)
+        if reports is None:
             return None
         problem = _check(reports, latest_before, ticks, now, ahead_ms)
         if problem is not None:
@@ -369,11 +367,9 @@ def _fold_in_parts(path: Path, jobs: int, as_of: datetime | None, config: FoldCo
             render_as_of = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=accepted_latest)
         for pipe in pipes:
             pipe.send(render_as_of)
-        rendered = [pipe.recv() for pipe in pipes]
+        rendered = _receive(pipes)
         log.debug("fold: parts rendered at %.1fs", time.perf_counter() - began)
-        failed = next((r for r in rendered if isinstance(r, BaseException)), None)
-        if failed is not None:
-            log.warning("a fold part failed (%r); folding in one process", failed)
+        if rendered is None:
             return None
     finally:
         for pipe in pipes:
@@ -393,6 +389,21 @@ def _fold_in_parts(path: Path, jobs: int, as_of: datetime | None, config: FoldCo
     out = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
     log.debug("fold: merged at %.1fs", time.perf_counter() - began)
     return out
+
+
+def _receive(pipes: list[Connection]) -> list[Any] | None:
+    """What every part sent next, or None (logged) when one failed or died: the file is then folded in one process."""
+    received = []
+    for part, pipe in enumerate(pipes):
+        try:
+            message = pipe.recv()
+        except EOFError:
+            message = RuntimeError("it ended without an answer")
+        if isinstance(message, BaseException):
+            log.warning("fold part %d failed (%r); folding in one process", part, message)
+            return None
+        received.append(message)
+    return received
 
 
 def _line(item: tuple[int, Any]) -> int:

@@ -163,3 +163,17 @@ def test_lines_are_numbered_alike_whatever_the_cuts(tmp_path: Path) -> None:
     assert [r["event_id"] for r in json.loads(got)["rejected"]] == ["line 2"]
     path.write_text(lines[1] + "\n", encoding="utf-8")
     assert fold_file_to_json(path, jobs=3, secret=SECRET) == _one_process(path)
+
+
+def test_a_part_that_dies_sends_the_fold_to_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    path = _population(tmp_path, customers=20, days=30, seed=2)
+
+    def killed(*_: object) -> None:
+        os._exit(9)  # as the OOM killer would: no answer, no exception
+
+    monkeypatch.setattr("touchpoint.fold_parallel._fold_part", killed)
+    with caplog.at_level(logging.INFO, logger=_LOGGER):
+        assert fold_file_to_json(path, jobs=2, secret=SECRET) == _one_process(path)
+    assert "fold part 0 failed (RuntimeError('it ended without an answer')); folding in one process" in [
+        r.getMessage() for r in caplog.records]
