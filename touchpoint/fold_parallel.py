@@ -4,11 +4,13 @@ The fold is sequential because identity is: an event may link or merge any
 two customers. But two events that share no identifier, directly or through
 a chain of other events, can never touch the same customer. So:
 
-1. **Group** (one pass, this process): every line's identifiers are
-   normalised and keyed exactly as the fold does, and a union-find joins the
-   keys that appear on one line. Each connected group goes, whole, to one of
+1. **Group** (one pass, split by byte ranges over ``jobs`` processes):
+   every line's identifiers are keyed as the fold keys them (phones by their
+   last seven digits instead: phonenumbers costs ~85 us a value; any key
+   that joins more than the fold's is safe), and a union-find joins the keys
+   that appear on one line. Each connected group goes, whole, to one of
    ``jobs`` parts, balancing their lines. Ticks go to every part; lines that
-   carry no usable identifier (they will be rejected) go to part 0.
+   carry no identifier (they will be rejected) go to part 0.
 2. **Fold** (``jobs`` forked processes): each part runs an ordinary
    :class:`~touchpoint.core.fold.Folder` over its lines, in file order,
    with the line numbers of the whole file. One thing a part cannot see is
@@ -54,6 +56,7 @@ from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.instants import any_zone_ms
 from touchpoint.core.normalise import InvalidIdentifier, normalise
 from touchpoint.core.profile import render
+from touchpoint.core.pseudonym import PREFIX as PSEUDONYM_PREFIX
 from touchpoint.errors import ConfigError
 
 __all__ = ["default_jobs", "fold_file_to_json"]
@@ -144,7 +147,7 @@ def _scan(path: Path, start: int, end: int, config: FoldConfig, secret: bytes) -
     if data.endswith(b"\n"):
         pieces.pop()  # the newline ending the range's last line
     groups = _Groups()
-    keyed: dict[tuple[str, str], str | None] = {}
+    keyed: dict[tuple[str, str], str] = {}
     anchors: list[str | None] = []
     times = array("q")
     ticks: dict[int, int] = {}
@@ -169,15 +172,10 @@ def _scan(path: Path, start: int, end: int, config: FoldConfig, secret: bytes) -
                     for kind, value in identifiers.items():
                         if kind in kinds and isinstance(value, str):
                             pair = (kind, value)
-                            key = keyed.get(pair, "")
-                            if key == "":
-                                try:
-                                    key = normalise(kind, value, region=region, secret=secret).key
-                                except InvalidIdentifier:
-                                    key = None
-                                keyed[pair] = key
-                            if key is not None:
-                                keys.append(key)
+                            key = keyed.get(pair)
+                            if key is None:
+                                key = keyed[pair] = _group_key(kind, value, region, secret)
+                            keys.append(key)
                 if keys:
                     anchor = groups.union(keys) if len(keys) > 1 else groups.find(keys[0])
                 event_ms = _event_ms(doc.get("occurred_at"))
@@ -190,6 +188,22 @@ def _scan(path: Path, start: int, end: int, config: FoldConfig, secret: bytes) -
     number = {key: n for n, key in enumerate(table)}
     roots = array("i", [number[groups.find(key)] for key in table])
     return _Scan(table, roots, array("i", [-1 if a is None else number[a] for a in anchors]), times, ticks)
+
+
+def _group_key(kind: str, value: str, region: str, secret: bytes) -> str:
+    """A key that two identifiers the fold keys alike share (it may also join some it keys apart).
+
+    Identity's own normalisation but for phones, where it costs ~85 us a value (phonenumbers): a
+    phone's group key is its last seven digits. Should two spellings of one number differ there (an
+    extension, letters), the parts key it alike apart and the check sends the fold to one process.
+    """
+    if kind == "phone" and not value.startswith(PSEUDONYM_PREFIX):
+        digits = "".join(c for c in value if "0" <= c <= "9")
+        return f"phone~{digits[-7:]}"
+    try:
+        return normalise(kind, value, region=region, secret=secret).key
+    except InvalidIdentifier:
+        return f"{kind}~{value}"  # the event will be rejected; grouping it joins nothing wrongly
 
 
 @dataclass
@@ -255,9 +269,29 @@ def _in_children(target: Callable[..., T], calls: list[tuple[Any, ...]]) -> list
         return pool.starmap(target, calls)
 
 
+_HOUR_MS: dict[str, int] = {}
+
+
 def _event_ms(value: object) -> int | None:
+    """An event's time as the grouping presumes it (a mistake here costs a fallback, never a wrong fold)."""
     if not isinstance(value, str):
         return None
+    # The contract's usual spelling, "YYYY-MM-DDTHH:MM:SS[.fff]Z", from a table of hours: ~4x faster.
+    if len(value) in (20, 24) and value[-1] == "Z" and value[13] == ":" and value[16] == ":":
+        hour = _HOUR_MS.get(value[:13])
+        if hour is None:
+            hour = _event_ms(value[:13] + ":00:00+00:00")
+            if hour is None:
+                return None
+            if len(_HOUR_MS) < 1 << 20:
+                _HOUR_MS[value[:13]] = hour
+        try:
+            minute, second = int(value[14:16]), int(value[17:19])
+            millis = int(value[20:23]) if len(value) == 24 else 0
+        except ValueError:
+            minute = second = 60  # not this spelling after all
+        if minute < 60 and second < 60:
+            return hour + minute * 60_000 + second * 1000 + millis
     try:
         instant = datetime.fromisoformat(value)
     except ValueError:
@@ -305,6 +339,7 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
                     reached.append((i, folder.last_event_ms, folder.last_customer_id is not None))
         if as_of is not None:
             folder.tick(as_of)
+        log.debug("fold part %d: %d lines folded in %.1fs of CPU", part, len(reached), time.process_time())
         keys = {ident.key for ident in folder._normalised.values()}
         conn.send((decisions, rejected, unscored, reached, keys))
         render_as_of = conn.recv()

@@ -177,3 +177,19 @@ def test_a_part_that_dies_sends_the_fold_to_one_process(tmp_path: Path, monkeypa
         assert fold_file_to_json(path, jobs=2, secret=SECRET) == _one_process(path)
     assert "fold part 0 failed (RuntimeError('it ended without an answer')); folding in one process" in [
         r.getMessage() for r in caplog.records]
+
+
+def test_a_grouping_that_splits_one_identifier_sends_the_fold_to_one_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # Two spellings of one phone that the group key (wrongly, here) tells apart: each part keys the phone.
+    lines = [event(f"e{n}", {"phone": phone}, minutes=n) for n, phone in
+             enumerate(["07700 900123", "+447700900123", "07700 900123", "+447700900123"])]
+    path = tmp_path / "split.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setattr("touchpoint.fold_parallel._group_key", lambda kind, value, *_: f"{kind}~{value}")
+    with caplog.at_level(logging.INFO, logger=_LOGGER):
+        got = fold_file_to_json(path, jobs=2, secret=SECRET)
+    assert got == _one_process(path)
+    assert len(json.loads(got)["customers"]) == 1
+    assert "folding in one process: an identifier was keyed in two parts (the grouping missed a link)" in [
+        r.getMessage() for r in caplog.records]
