@@ -407,12 +407,13 @@ def _fold_in_parts(path: Path, jobs: int, as_of: datetime | None, config: FoldCo
         if rendered is None:
             return None
     finally:
+        # Everything a part had to say is received, or it is no longer wanted (a part left waiting for the
+        # render instant would wait for ever: each child also holds the other ends of the pipes).
         for pipe in pipes:
             pipe.close()
         for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
+            child.kill()
+            child.join()
     log.debug("fold: parts ended at %.1fs", time.perf_counter() - began)
     customers = [orjson.Fragment(card) for _, card in heapq.merge(*rendered, key=lambda item: item[0])]
     document = {
