@@ -8,7 +8,7 @@ Preparation (timed and printed, not part of the figures):
 2. **A million cards.** A small generated population is folded with the real
    core (:class:`~touchpoint.core.fold.Folder`, cards rendered with
    :func:`~touchpoint.core.profile.render`), so the cards have the size and
-   shape the customers agent writes. They are replicated to ``--customers``
+   shape the profile agent writes. They are replicated to ``--customers``
    rows of ``customers``, each with its own customer id, phone
    (``+447400000000 + n``; the generator's are ``+447700900000 + n``) and
    e-mail (``u<n>@example.com``), and two ``customer_identifiers`` rows

@@ -43,6 +43,8 @@ def event_topic(settings: Settings, channel: str) -> str:
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic of the backbone with its configs."""
     keep_forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
+    state_configs = {"cleanup.policy": "compact", "retention.ms": "-1", "segment.ms": "3600000",
+                     "max.message.bytes": str(STATE_MAX_RECORD_BYTES)}
     specs = [TopicSpec(event_topic(settings, ch), settings.topic_partitions, keep_forever) for ch in CHANNELS]
     specs += [
         TopicSpec(settings.topic("dlq"), settings.topic_partitions, keep_forever),
@@ -58,11 +60,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic("loyalty"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.dormancy"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.churn"), settings.topic_partitions, keep_forever),
-        # The customers stage's state table (streams.state): one partition like the stage; the
-        # latest record per customer (compacted; segments roll hourly, as compaction skips the open one).
-        TopicSpec(settings.topic("customer-state"), 1, {
-            "cleanup.policy": "compact", "retention.ms": "-1", "segment.ms": "3600000",
-            "max.message.bytes": str(STATE_MAX_RECORD_BYTES)}),
+        # The customer-keyed stream from identity to the profile (streams.identity, streams.profile):
+        # resolved events, hand-outs and hand-ins of merged views, ticks, erasures. A profile rebuild replays it.
+        TopicSpec(settings.topic("resolved"), settings.topic_partitions,
+                  {**keep_forever, "max.message.bytes": str(STATE_MAX_RECORD_BYTES)}),
+        # The stages' state tables (streams.state): the latest record per customer (compacted; segments
+        # roll hourly, as compaction skips the open one). Identity's has one partition like its input.
+        TopicSpec(settings.topic("identity-state"), 1, state_configs),
+        TopicSpec(settings.topic("profile-state"), settings.topic_partitions, state_configs),
     ]
     return specs
 

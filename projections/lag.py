@@ -1,7 +1,7 @@
 """How far each stage of the pipeline is behind the log, in records.
 
-Stages: ``ingest`` (channel topics, the workers' consumer group), ``customers``
-(``touchpoint.accepted``, same group) and every projection (its stored
+Stages: ``ingest`` (channel topics, the workers' consumer group), ``identity``
+(``touchpoint.accepted``, same group), ``profile`` (``touchpoint.resolved``, same group) and every projection (its stored
 offsets against its topics' end offsets). All zero means every event
 published so far is reflected in PostgreSQL (or dead-lettered with a reason).
 """
@@ -33,7 +33,8 @@ def pipeline_lag(settings: Settings) -> dict[str, int]:
 
         lag = {
             "ingest": group_lag([event_topic(settings, ch) for ch in CHANNELS]),
-            "customers": group_lag([settings.topic("accepted")]),
+            "identity": group_lag([settings.topic("accepted")]),
+            "profile": group_lag([settings.topic("resolved")]),
         }
         with psycopg.connect(settings.pg_conninfo()) as conn:
             for name, topic_names in PROJECTION_TOPICS.items():

@@ -11,6 +11,7 @@ import asyncio
 
 import faust
 
+from connectors.topics import STATE_MAX_RECORD_BYTES
 from touchpoint.kafka_security import faust_options
 from touchpoint.settings import Settings
 
@@ -43,18 +44,24 @@ def create_app(settings: Settings) -> faust.App:
         # worker showed a quarter of its time writing those to the socket. 5 ms batches them.
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        # A merged customer's view travels between partitions of ``resolved`` in one record.
+        producer_max_request_size=STATE_MAX_RECORD_BYTES,
+        consumer_max_fetch_size=STATE_MAX_RECORD_BYTES,
         **faust_options(settings),
     )
-    from streams.customers import register_customers
+    from streams.identity import register_identity
     from streams.ingest import register_ingest
+    from streams.profile import register_profile
 
     register_ingest(app, settings)
-    register_customers(app, settings)
+    register_identity(app, settings)
+    register_profile(app, settings)
     return app
 
 
-Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
-"""(topic, key, value, headers) of one record an agent emits."""
+Outgoing = (tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+            | tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int])
+"""(topic, key, value, headers[, partition]) of one record an agent emits (no partition: by key)."""
 
 
 async def send_batch(app: faust.App, records: list[Outgoing]) -> None:
@@ -67,8 +74,9 @@ async def send_batch(app: faust.App, records: list[Outgoing]) -> None:
     committed only after the batch's output is acknowledged.
     """
     producer = app.producer
-    futures = [await producer.send(topic, key, value, partition=None, timestamp=None, headers=headers)
-               for topic, key, value, headers in records]
+    futures = [await producer.send(record[0], record[1], record[2], partition=record[4] if len(record) > 4 else None,
+                                   timestamp=None, headers=record[3])
+               for record in records]
     if futures:
         await asyncio.gather(*futures)
 

@@ -1,12 +1,15 @@
-"""The customers stage's changelog-backed state table on Kafka (``<prefix>.customer-state``).
+"""A stage's changelog-backed state table on Kafka: one partition of a compacted topic.
 
-A compacted topic keyed by customer id whose latest value per key is that
-customer's state record (:mod:`touchpoint.core.snapshot`), plus one
-checkpoint record saying up to which offset of ``touchpoint.accepted`` the
-table reflects. The customers agent writes the records of the customers a
-batch changed, and the checkpoint, **in one Kafka transaction**, so a reader
-(``read_committed``) sees the table as of a batch boundary and never half of
-one; a restarted worker reads it back instead of re-folding the whole log.
+``<prefix>.identity-state`` (one partition, like identity's ordered input) and
+``<prefix>.profile-state`` (one partition per partition of the customer-keyed
+stream ``resolved``) are compacted topics keyed by customer id whose latest
+value per key is that customer's state record
+(:mod:`touchpoint.core.snapshot`), plus one checkpoint record saying up to
+which offset of the stage's input partition the table reflects. A stage writes
+the records of the customers a batch changed, and the checkpoint, **in one
+Kafka transaction** on its own partition, so a reader (``read_committed``)
+sees the table as of a batch boundary and never half of one; a restarted
+worker reads it back instead of re-folding the whole log.
 
 Why not a Faust ``Table``: its changelog writes are not atomic with each
 other nor ordered with the agent's output and offset commits (at-least-once),
@@ -18,8 +21,9 @@ acknowledged, and a restart skips the offsets the table already holds.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from connectors.topics import STATE_MAX_RECORD_BYTES, ensure_topics, topic_specs
 from touchpoint.kafka_security import aiokafka_options
@@ -30,9 +34,10 @@ log = logging.getLogger(__name__)
 class StateTable:
     """Reads the table back on start and writes batches of records transactionally."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, name: str, partition: int = 0) -> None:
         self.settings = settings
-        self.topic = settings.topic("customer-state")
+        self.topic = settings.topic(name)
+        self.partition = partition
         self._producer: AIOKafkaProducer | None = None
 
     def ensure_topic(self) -> None:
@@ -41,7 +46,7 @@ class StateTable:
 
     async def load(self) -> dict[str, bytes]:
         """The latest committed value of every key, tombstones dropped."""
-        tp = TopicPartition(self.topic, 0)
+        tp = TopicPartition(self.topic, self.partition)
         reader = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
                                   enable_auto_commit=False, isolation_level="read_committed",
                                   max_partition_fetch_bytes=STATE_MAX_RECORD_BYTES, **aiokafka_options(self.settings))
@@ -70,7 +75,7 @@ class StateTable:
         try:
             async with producer.transaction():
                 for key, value in [*records.items(), checkpoint]:
-                    futures.append(await producer.send(self.topic, value, key=key.encode(), partition=0))
+                    futures.append(await producer.send(self.topic, value, key=key.encode(), partition=self.partition))
         finally:
             for future in futures:  # a failed transaction fails them all; its own error says why
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -82,10 +87,10 @@ class StateTable:
 
     async def _started(self) -> AIOKafkaProducer:
         if self._producer is None:
-            # One transactional id per deployment: a restarted (or second) worker fences the old one,
+            # One transactional id per table partition: a restarted (or second) worker fences the old one,
             # whose unfinished transaction is aborted and never read.
             producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                        transactional_id=f"{self.settings.topic_prefix}.customer-state",
+                                        transactional_id=f"{self.topic}.{self.partition}",
                                         enable_idempotence=True, acks="all",
                                         max_request_size=STATE_MAX_RECORD_BYTES, linger_ms=5,
                                         **aiokafka_options(self.settings))
@@ -97,3 +102,38 @@ class StateTable:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+
+async def committed_offset(settings: Settings, topic: str, partition: int) -> int:
+    """The workers' group's committed offset of one input partition (0: none yet)."""
+    tp = TopicPartition(topic, partition)
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+                             enable_auto_commit=False, **aiokafka_options(settings))
+    await probe.start()
+    try:
+        return await probe.committed(tp) or 0
+    finally:
+        await probe.stop()
+
+
+async def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
+                     max_fetch_bytes: int = STATE_MAX_RECORD_BYTES) -> AsyncIterator[ConsumerRecord]:
+    """The committed messages of one partition from ``start`` up to (not including) ``end``, in order."""
+    if end <= start:
+        return
+    tp = TopicPartition(topic, partition)
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+                              isolation_level="read_committed", max_partition_fetch_bytes=max_fetch_bytes,
+                              **aiokafka_options(settings))
+    await reader.start()
+    try:
+        reader.assign([tp])
+        reader.seek(tp, start)
+        while await reader.position(tp) < end:
+            batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
+            for message in batch.get(tp, []):
+                if message.offset >= end:
+                    return
+                yield message
+    finally:
+        await reader.stop()

@@ -4,12 +4,13 @@ Every end-to-end test of the pipeline (a kill, two workers, duplicates, ...)
 drains the pipeline with :func:`drained` and checks, with
 :func:`assert_equals_oracle`, that the cards, aliases, loyalty ledger and
 alerts in PostgreSQL and on the topics equal the fold of ``touchpoint.accepted``
-by the worker's own stage: every accepted event reflected exactly once, no
+by the workers' own Folder: every accepted event reflected exactly once, no
 point lost or doubled, the same customers, merges and alerts.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -19,7 +20,9 @@ from connectors.alerts import AlertSerde
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from projections.lag import pipeline_lag
-from streams.customers import CustomerStage, is_tick
+from connectors.privacy import erased_id, is_erasure
+from streams.identity import is_tick, stage_folder
+from touchpoint.core.fold import Folder, tick_of
 from touchpoint.core.profile import render
 from touchpoint.settings import Settings
 
@@ -34,7 +37,7 @@ def end_offset(settings: Settings, topic: str) -> dict[int, int]:
 
 
 def committed(settings: Settings) -> int:
-    """The customers agent's committed offset on ``accepted`` (its group is the app id)."""
+    """The identity agent's committed offset on ``accepted`` (its group is the app id)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
                              enable_auto_commit=False)
     try:
@@ -51,15 +54,16 @@ def projected_positions(settings: Settings, projection: str = "customers",
         return dict(rows.fetchall())
 
 
-def oracle(settings: Settings, once: bool = False) -> CustomerStage:
-    """Fold the worker's whole input log offline, with the worker's own stage.
+def oracle(settings: Settings, once: bool = False) -> Folder:
+    """Fold the worker's whole input log offline in one Folder (identity and views, in log order).
 
     :param once: skip every event whose id came earlier in the log (what the log would
         be without duplicate deliveries).
     """
     seen: set[str] = set()
+    folder = stage_folder(settings)
     with RegistryClient(settings.registry_url) as registry:
-        stage = CustomerStage(settings, EventSerde(registry))
+        serde = EventSerde(registry)
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
                                  enable_auto_commit=False, consumer_timeout_ms=3000)
         tp = TopicPartition(settings.topic("accepted"), 0)
@@ -68,17 +72,26 @@ def oracle(settings: Settings, once: bool = False) -> CustomerStage:
         end = consumer.end_offsets([tp])[tp]
         try:
             for message in consumer:
-                if once and not is_tick(message.headers):
-                    event_id = stage.serde.deserialize(message.value).event_id
-                    if event_id in seen:
-                        continue
-                    seen.add(event_id)
-                stage.add_message(message.value, message.headers)
+                if is_erasure(message.headers):
+                    customer_id = erased_id(message.value)
+                    if customer_id is not None:
+                        folder.erase(customer_id)
+                elif is_tick(message.headers):
+                    at = tick_of(json.loads(message.value))
+                    if at is not None:
+                        folder.tick(at)
+                else:
+                    event = serde.deserialize(message.value)
+                    if once:
+                        if event.event_id in seen:
+                            continue
+                        seen.add(event.event_id)
+                    folder.add(event)
                 if message.offset + 1 >= end:
                     break
         finally:
             consumer.close()
-    return stage
+    return folder
 
 
 def alerts_on_topics(settings: Settings) -> list[dict[str, object]]:
@@ -110,9 +123,9 @@ def drained(settings: Settings, after: int = -1) -> bool:
 def assert_equals_oracle(settings: Settings) -> dict[str, Any]:
     """Check the read model and the alert topics against the fold of the log; returns counts to print."""
     expected = oracle(settings)
-    expected_alerts = [alert for alert, _ in expected.folder.drain_alerts()]
+    expected_alerts = [alert for alert, _ in expected.drain_alerts()]
     published = alerts_on_topics(settings)
-    segment = expected.folder.config.segment
+    segment = expected.config.segment
     with psycopg.connect(settings.pg_conninfo()) as conn:
         rows = {cid: (view, as_of) for cid, view, as_of in conn.execute(
             "SELECT customer_id, view, as_of FROM customers")}
@@ -120,16 +133,16 @@ def assert_equals_oracle(settings: Settings) -> dict[str, Any]:
         ledger = conn.execute("SELECT entry_id, customer_id, points FROM loyalty_ledger").fetchall()
         projected_alerts = {(cid, kind): alert_id for cid, kind, alert_id in conn.execute(
             "SELECT customer_id, kind, alert_id FROM alerts")}
-    assert set(rows) == set(expected.folder.views), "the same customers"
+    assert set(rows) == set(expected.views), "the same customers"
     for customer_id, (view, as_of) in rows.items():
-        card = render(expected.folder.views[customer_id], as_of, segment)
+        card = render(expected.views[customer_id], as_of, segment)
         assert view == card, (customer_id, {k: (view.get(k), card.get(k)) for k in card.keys() | view.keys()
                                             if view.get(k) != card.get(k)})
-    merged = {alias for view in expected.folder.views.values() for alias in view.aliases}
+    merged = {alias for view in expected.views.values() for alias in view.aliases}
     assert set(aliases) == merged
 
     # The ledger: every entry the oracle issued, once, on the customer (or an alias of it) it belongs to.
-    expected_entries = {entry.id: (customer_id, entry.points) for customer_id, view in expected.folder.views.items()
+    expected_entries = {entry.id: (customer_id, entry.points) for customer_id, view in expected.views.items()
                         for entry in view.loyalty.entries.values()}
     assert len(ledger) == len({entry_id for entry_id, _, _ in ledger}) == len(expected_entries)
     def survivor(customer_id: str) -> str:
@@ -141,7 +154,7 @@ def assert_equals_oracle(settings: Settings) -> dict[str, Any]:
         assert expected_entries[entry_id] == (survivor(customer_id), points), entry_id
     for customer_id in rows:
         owned = [points for _, cid, points in ledger if survivor(cid) == customer_id]
-        assert sum(owned) == sum(e.points for e in expected.folder.views[customer_id].loyalty.entries.values())
+        assert sum(owned) == sum(e.points for e in expected.views[customer_id].loyalty.entries.values())
     assert len(rows) > 100 and merged, "the population is big enough to mean something"
     # Alerts: the same transitions as the replay decided (a re-emission after the kill repeats an id,
     # which subscribers deduplicate on), and the latest per customer and kind in PostgreSQL.

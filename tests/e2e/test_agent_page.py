@@ -1,7 +1,7 @@
 """The agent's customer card page in a real browser: headless Chromium driven by Playwright.
 
 The read model holds real cards: a synthetic population (``touchpoint
-generate``) folded by the very ``Folder`` the customers agent runs, each card
+generate``) folded by the very ``Folder`` the workers run, each card
 and its identifier keys written as the agent's customer-views record through
 ``CustomersProjection`` into a database of this module's own. The lookup API
 runs in uvicorn on a free port. The browser opens the CTI pop-up link (a
@@ -62,7 +62,7 @@ def customer(page_settings: Settings) -> dict[str, Any]:
     folder = Folder(secret=settings.identifier_key.get_secret_value().encode())
     for event in generate(customers=40, days=150, seed=11):
         folder.add_json(json.dumps(event))
-    # As the customers agent publishes: the card as of the log's clock, with its identifiers' keys.
+    # As the profile agent publishes: the card as of the log's clock, with its identifiers' keys.
     as_of = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
     stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     records, cards = [], []
@@ -70,7 +70,7 @@ def customer(page_settings: Settings) -> dict[str, Any]:
         if customer_id in folder.merged_into:
             continue
         card = render(view, as_of, folder.config.segment, folder.rules)
-        keys = {kind: sorted(found) for kind, found in folder.state.keys.get(customer_id, {}).items()}
+        keys = {kind: sorted(found) for kind, found in folder.views[customer_id].keys.items()}
         doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
         records.append(Record(settings.topic("customer-views"), 0, offset, customer_id.encode(),
                               json.dumps(doc).encode()))

@@ -46,7 +46,8 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
             # The worker holds the first half in memory only; kill it without a chance to leave.
             wait_until(lambda: committed(settings) >= accepted_before + half + 1, 90, "the first half", (worker,))
             # ... and in its state table, so the restart exercises restoring it (not only the log).
-            wait_until(lambda: end_offset(settings, settings.topic("customer-state"))[0] > 0, 30,
+            wait_until(lambda: end_offset(settings, settings.topic("identity-state"))[0] > 0
+                       and sum(end_offset(settings, settings.topic("profile-state")).values()) > 60, 30,
                        "the state table's first write", (worker,))
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
@@ -54,7 +55,7 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
             assert all(isinstance(r, Delivered) for r in producer.publish(events[half:], datetime.now(UTC)))
         publish_tick(settings, final_tick)  # months later: the lapsed become dormant
         worker = spawn_touchpoint(settings, "worker", log=tmp_path / "worker-2.log")
-        wait_until(lambda: "customer state rebuilt" in (tmp_path / "worker-2.log").read_text(), 90,
+        wait_until(lambda: "identity state rebuilt" in (tmp_path / "worker-2.log").read_text(), 90,
                    "the restarted worker to rebuild its state", (worker,))
         rebuilt = re.search(r"restored=(\d+) .* replayed=(\d+) ", (tmp_path / "worker-2.log").read_text())
         assert rebuilt, "the restarted worker reports how it rebuilt its state"
@@ -68,4 +69,7 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
         stop_process(writer)
 
     counts = assert_equals_oracle(settings)
-    print(f"killed at committed offset {killed_at}; {counts}")
+    partitions = re.findall(r"profile state rebuilt: partition (\d+) restored=(\d+) ",
+                            (tmp_path / "worker-2.log").read_text())
+    assert sum(int(n) for _, n in partitions) > 50, f"the profile's partitions were restored too: {partitions}"
+    print(f"killed at committed offset {killed_at}; {counts}; profile partitions restored {partitions}")

@@ -119,7 +119,7 @@ def test_every_event_published_twice_counts_once(isolated: Settings, tmp_path: P
 
     # Stronger than the oracle of the log (which holds most events two or three times): the fold
     # of that log with every repeated event id left out.
-    once = oracle(settings, once=True).folder
+    once = oracle(settings, once=True)
     with psycopg.connect(settings.pg_conninfo()) as conn:
         cards = {cid: (view, as_of) for cid, view, as_of in conn.execute(
             "SELECT customer_id, view, as_of FROM customers")}

@@ -295,7 +295,8 @@ def test_pg_dump_holds_no_identifier_in_clear(scan: Scan) -> None:
 
 # Every topic the backbone creates, by its name after the prefix (connectors.topics.topic_specs).
 TOPIC_SUFFIXES = (*(f"events.{ch}" for ch in CHANNELS), "dlq", "accepted", "customer-views", "customer-events",
-                  "identity", "loyalty", "alerts.dormancy", "alerts.churn", "customer-state")
+                  "identity", "loyalty", "alerts.dormancy", "alerts.churn", "resolved",
+                  "identity-state", "profile-state")
 
 
 @pytest.mark.parametrize("suffix", TOPIC_SUFFIXES)

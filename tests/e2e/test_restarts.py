@@ -181,7 +181,7 @@ def run_with_fault(settings: Settings, tmp_path: Path, seed: int,
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
     project_log = (tmp_path / "project.log").read_text(errors="replace")
     # Built at start; once more at most, if the outage fenced the state table's transactional writer.
-    recovered = worker_log.count("customer state rebuilt")
+    recovered = worker_log.count("identity state rebuilt")
     assert 1 <= recovered <= 2, recovered
     # (Tracebacks of reset connections are logged by the Kafka clients while the broker is away: not crashes.)
     assert "Crashed" not in worker_log, "a Faust agent crashed (its supervisor restarts it: a crash loop)"

@@ -32,9 +32,9 @@ from touchpoint.settings import Settings
 pytestmark = pytest.mark.integration
 
 KEY = "trace-key-0123456789abcdef"
-PATH = ["gateway", "publish", "ingest", "customers", "project"]
+PATH = ["gateway", "publish", "ingest", "identity", "profile", "project"]
 SERVICE = {"gateway": "touchpoint-gateway", "publish": "touchpoint-gateway", "ingest": "touchpoint-worker",
-           "customers": "touchpoint-worker", "project": "touchpoint-projections"}
+           "identity": "touchpoint-worker", "profile": "touchpoint-worker", "project": "touchpoint-projections"}
 
 
 def free_port() -> int:
@@ -85,11 +85,12 @@ def test_one_event_is_one_trace_from_gateway_to_projection_and_counted(settings:
             path = wait_until(lambda: trace_of(receiver.spans, event_id), 120,
                               "the event's spans from every stage", tuple(procs))
             counters = [("touchpoint-gateway", "gateway", "accepted"), ("touchpoint-worker", "ingest", "accepted"),
-                        ("touchpoint-worker", "customers", "folded"),
+                        ("touchpoint-worker", "identity", "resolved"),
+                        ("touchpoint-worker", "profile", "folded"),
                         ("touchpoint-projections", "projection interactions", "written")]
             wait_until(lambda: all(receiver.counted(*c) >= 1 for c in counters), 60,
                        "every stage's event counter", tuple(procs))
-            wait_until(lambda: any(name == "touchpoint.lag" and attrs == (("touchpoint.stage", "customers"),)
+            wait_until(lambda: any(name == "touchpoint.lag" and attrs == (("touchpoint.stage", "profile"),)
                                    for (_, name, attrs) in list(receiver.points)), 60, "the lag gauge", tuple(procs))
         finally:
             for proc in procs:

@@ -1,0 +1,279 @@
+"""The profile agent: each customer's view, loyalty and alerts, in partitions keyed by customer id.
+
+Input is ``touchpoint.resolved``, the customer-keyed stream the identity agent
+(:mod:`streams.identity`) writes: every partition is folded by its own
+:class:`~touchpoint.core.partitions.ProfilePartition` (the profile's half of
+the pure core, :meth:`Folder.follow <touchpoint.core.fold.Folder.follow>`),
+so the partitions spread over the workers. When an event merges a customer
+whose view lives in another partition, that partition hands the view over
+(a ``hand-in`` record on ``resolved``, to the survivor's partition) and the
+survivor's partition holds its records until it arrives.
+
+Output, per batch:
+
+* ``touchpoint.customer-events``: each event the profile folded, its Avro
+  bytes keyed by its customer id;
+* ``touchpoint.customer-views``: the rendered card of every customer the
+  batch changed (compacted, keyed by customer id) with the keyed hashes of
+  its identifiers (for lookups; never clear values), and for a customer
+  merged away a record naming its survivor;
+* ``touchpoint.loyalty``: every ledger entry issued, as JSON
+  ``{"customer_id", "entry"}``; the entry id is derived from the log, so a
+  re-emission is the same entry;
+* ``touchpoint.alerts.dormancy`` / ``.churn``: alert transitions (Avro), with
+  the customer's segment, value and contactability;
+* ``touchpoint.resolved``: views handed in to other partitions;
+* ``touchpoint.dlq``: refunds the profile refuses once history is known (of
+  an unknown purchase, or above it), with the reason and source position.
+
+Erasures: for the erased id and each alias, an ``{"erased": true}`` card and
+an erase record on ``customer-events``, so the projections drop the rows.
+
+State: ``touchpoint.profile-state``, one partition per partition of
+``resolved`` (:mod:`streams.state`): the views, due times, views handed in
+but not merged yet, and a checkpoint (where a replay of the partition must
+start, and the last identity position folded), written in one transaction
+per partition after the batch's output is acknowledged. The first message
+of a partition (on start, or after a rebalance or a fenced write) loads its
+table and replays ``resolved`` from the checkpoint up to that message,
+publishing what the replay folds: all of it is idempotent downstream, and a
+held record's output may never have gone out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaError, ProducerFenced
+from opentelemetry import trace
+
+from connectors.alerts import AlertSerde, alert_topic
+from connectors.privacy import erasure_record
+from connectors.registry import RegistryClient
+from connectors.serde import EventSerde
+from streams import resolved
+from streams.app import Outgoing, send_batch
+from streams.identity import stage_folder
+from streams.ingest import dlq_headers
+from streams.state import StateTable, read_range
+from touchpoint.core.fold import Folder
+from touchpoint.core.partitions import ProfilePartition, Resolved
+from touchpoint.core.profile import render
+from touchpoint.core.snapshot import SnapshotError, partition_from_records, partition_records, track_changes
+from touchpoint.settings import Settings
+from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
+from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+BATCH_WITHIN_S = 0.05
+STATE_FLUSH_S = 1.0
+"""At most this often a partition's state table is written; a restart replays at most this much."""
+_TRACER = tracer(__name__)
+
+
+def as_of_of(folder: Folder) -> datetime:
+    """The log's clock: the latest event time or tick folded so far."""
+    return datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
+
+
+class PartitionStage:
+    """One partition of ``resolved``: its ProfilePartition, state table, and raw messages of held records."""
+
+    def __init__(self, settings: Settings, partition: int) -> None:
+        self.settings = settings
+        self.table = StateTable(settings, "profile-state", partition)
+        self.part, self.changed = self._new(partition, None)
+        #: The next offset the state expects; -1: recover before the next message.
+        self.position = -1
+        self._flushed_at = 0.0
+        #: A resolved event's position -> its Avro bytes and trace headers, until it is folded.
+        self.raw: dict[tuple[int, int], tuple[bytes, Any]] = {}
+
+    def raw_of(self, record: Resolved) -> tuple[bytes, Any]:
+        return self.raw.pop(record.position)
+
+    def forget_raw(self) -> None:
+        """Drop the bytes of re-sent events the partition dropped (at or before its last position)."""
+        last = self.part.last
+        if any(position <= last for position in self.raw):
+            self.raw = {position: raw for position, raw in self.raw.items() if position > last}
+
+    def _new(self, partition: int, records: dict[str, bytes] | None) -> tuple[ProfilePartition, set[str]]:
+        folder = stage_folder(self.settings)
+        changed = track_changes(folder)
+        if records is None:
+            part = ProfilePartition(folder, partition, self.settings.topic_partitions)
+        else:
+            part = partition_from_records(folder, partition, self.settings.topic_partitions, records)
+        return part, changed
+
+    async def load(self) -> int:
+        """Claim and read this partition's table; returns the offset a replay must start at."""
+        partition = self.part.partition
+        await asyncio.to_thread(self.table.ensure_topic)
+        await self.table.claim()  # fences a previous owner of the partition
+        records = await self.table.load()
+        self.part, self.changed = self._new(partition, None)
+        if records:
+            try:
+                self.part, self.changed = self._new(partition, records)
+            except SnapshotError as exc:
+                log.warning("profile state table unusable, rebuilding the partition from the log",
+                            extra={"partition": partition, "reason": str(exc)})
+                self.part, self.changed = self._new(partition, None)
+        self.raw = {}
+        return self.part.fed
+
+    async def persist(self, force: bool = False) -> None:
+        """Write the changed customers, arrived views and the checkpoint, at most every ``STATE_FLUSH_S``."""
+        now = time.monotonic()
+        if not force and now - self._flushed_at < STATE_FLUSH_S:
+            return
+        part = self.part
+        records = partition_records(part, sorted(self.changed), sorted(part.arrived_changed))
+        checkpoint = records.pop("__checkpoint__")
+        try:
+            await self.table.write(records, ("__checkpoint__", checkpoint))  # type: ignore[arg-type]
+        except ProducerFenced:
+            log.warning("profile state table claimed by another worker; recovering before the next message",
+                        extra={"partition": part.partition})
+            self.position = -1
+            await self.table.close()
+            return
+        except KafkaError as exc:
+            log.warning("profile state table write failed, retried with the next batch: %s", exc)
+            await self.table.close()
+            return
+        self.changed.clear()
+        part.arrived_changed.clear()
+        self._flushed_at = now
+
+
+def register_profile(app: faust.App, settings: Settings) -> None:
+    """Register the profile agent on ``app``."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(settings.topic("resolved"), key_type=bytes, value_type=bytes, **raw)
+    registry = RegistryClient(settings.registry_url)
+    serde = EventSerde(registry)
+    alert_serde = AlertSerde(registry)
+    secret = settings.identifier_key.get_secret_value().encode()
+    names = {name: settings.topic(name)
+             for name in ("customer-events", "customer-views", "loyalty", "resolved", "dlq")}
+    stages: dict[int, PartitionStage] = {}
+
+    @app.agent(source, name="profile")
+    async def profile(stream: faust.StreamT[bytes]) -> None:
+        try:
+            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+                out: list[Outgoing] = []
+                touched: set[int] = set()
+                for event in events:
+                    message = event.message
+                    stage = stages.get(message.partition)
+                    if stage is None:
+                        stage = stages[message.partition] = PartitionStage(settings, message.partition)
+                    if message.offset != stage.position and (stage.position < 0 or message.offset > stage.position):
+                        # First message of the partition, or not the one our state expects (the partition was
+                        # another worker's meanwhile, or our table write was fenced): load, replay, go on.
+                        await recover(stage, message.topic, message.offset, out)
+                    if message.offset < stage.position:
+                        continue  # fed already
+                    feed(stage, message.topic, message.offset, message.value, message.headers, out)
+                    touched.add(message.partition)
+                for partition in sorted(touched):
+                    publish(stages[partition], out)
+                # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
+                await send_batch(app, out)
+                for stage in stages.values():
+                    await stage.persist()
+        finally:
+            for stage in stages.values():
+                await stage.table.close()
+
+    async def recover(stage: PartitionStage, topic: str, up_to: int, out: list[Outgoing]) -> None:
+        start = await stage.load()
+        replayed = 0
+        async for message in read_range(settings, topic, stage.part.partition, start, up_to):
+            feed(stage, topic, message.offset, message.value, message.headers, out)
+            replayed += 1
+            if len(out) >= BATCH_SIZE:
+                publish(stage, out)
+                await send_batch(app, out)
+                out.clear()
+        publish(stage, out)
+        stage.position = max(start, up_to)
+        log.info("profile state rebuilt: partition %d restored=%d customers from the state table at offset %d, "
+                 "replayed=%d records up to offset %d", stage.part.partition, len(stage.part.folder.views), start,
+                 replayed, stage.position)
+
+    def feed(stage: PartitionStage, topic: str, offset: int, value: bytes, headers: Any,
+             out: list[Outgoing]) -> None:
+        part = stage.part
+        stage.position = offset + 1
+        with _TRACER.start_as_current_span(
+                "profile", context=context_from_headers(headers), kind=trace.SpanKind.CONSUMER,
+                attributes={MESSAGING_TOPIC: topic, MESSAGING_PARTITION: part.partition, MESSAGING_OFFSET: offset}):
+            try:
+                record = resolved.decode(value, headers, serde, part.folder, secret)
+            except (ValueError, KeyError) as exc:
+                # Nobody but the two agents writes here; a record that does not read is kept, with why.
+                out.append((names["dlq"], None, value, dlq_headers(f"not a record of resolved: {exc}", topic,
+                                                                   part.partition, offset)))
+                count_events("profile", "dead_lettered", 1)
+                return
+            if isinstance(record, Resolved):
+                stage.raw[record.position] = (value, kafka_headers() or None)
+            part.feed(offset, record)
+
+    def publish(stage: PartitionStage, out: list[Outgoing]) -> None:
+        """Add what the stage folded since the last call to ``out``."""
+        part, folder = stage.part, stage.part.folder
+        outcome = part.drain()
+        for record in outcome.followed:
+            value, trace_headers = stage.raw_of(record)
+            out.append((names["customer-events"], record.customer_id.encode(), value, trace_headers))
+        count_events("profile", "folded", len(outcome.followed))
+        for record, reason in outcome.rejected:
+            value, _ = stage.raw_of(record)
+            out.append((names["dlq"], record.customer_id.encode(), value,
+                        dlq_headers(reason, names["resolved"], part.partition, record.position[0])))
+        count_events("profile", "dead_lettered", len(outcome.rejected))
+        for target, hand_in in outcome.hand_ins:
+            key, value, headers = resolved.encode(hand_in, None, secret)
+            out.append((names["resolved"], key, value, headers, target))
+        for alert, context in folder.drain_alerts():
+            doc = {**alert.to_json(), **context}
+            out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),
+                        alert_serde.serialize(doc), None))
+        for customer_id, entry in folder.drain_entries():
+            doc = {"customer_id": customer_id, "entry": entry.to_json()}
+            out.append((names["loyalty"], customer_id.encode(), json.dumps(doc).encode(), None))
+        touched, merged = folder.drain_changes()
+        stage.changed |= touched
+        stage.changed |= merged.keys()
+        as_of = as_of_of(folder)
+        stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        for customer_id in sorted(touched):
+            view = folder.views[customer_id]
+            card = render(view, as_of, folder.config.segment, folder.rules)
+            # The keyed hashes of its identifiers, so a lookup by phone or card finds the customer.
+            keys = {kind: sorted(found) for kind, found in view.keys.items()}
+            doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
+            out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
+        for alias, survivor in sorted(merged.items()):
+            doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
+            out.append((names["customer-views"], alias.encode(), json.dumps(doc).encode(), None))
+        for customer_id in outcome.erased:
+            doc = {"customer_id": customer_id, "as_of": stamp, "erased": True}
+            out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
+            key, value, headers = erasure_record(customer_id, as_of)
+            out.append((names["customer-events"], key, value, headers))
+        stage.forget_raw()
