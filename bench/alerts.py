@@ -293,7 +293,7 @@ def bench_e2e(customers: int, per_customer: int, rounds: int, keep_topics: bool)
     lasts: list[float] = []
     since_ack: list[float] = []
     try:
-        _wait(lambda: "customer state rebuilt" in log.read_text(errors="replace"), 120,
+        _wait(lambda: "identity state rebuilt" in log.read_text(errors="replace"), 120,
               "the worker to join and rebuild its state", worker, log)
 
         in_log = 0  # records the worker must have folded: events (once ingest forwarded them) and ticks

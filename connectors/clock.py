@@ -3,11 +3,11 @@
 Dormancy needs time to pass with nothing happening, yet the alert decisions
 must not read a wall clock (a replay has to decide the same). So time enters
 the log: the clock is an edge that reads the wall clock and writes the
-instant as a *tick* into ``touchpoint.accepted``, the customers agent's single
+instant as a *tick* into ``touchpoint.accepted``, the identity agent's single
 ordered input (partition 0). A replay then meets the same ticks at the same
 places between the same events.
 
-Wire format (fixed; the customers agent relies on it):
+Wire format (fixed; the identity agent relies on it):
 
 * key ``b"clock"``;
 * value the JSON bytes ``{"tick":"2026-01-05T10:00:00.000Z"}`` (ISO-8601 UTC,
@@ -71,7 +71,7 @@ def tick_record(at: datetime) -> tuple[bytes, bytes, Headers]:
 
 
 def tick_topic(settings: Settings) -> str:
-    """Where ticks go: the customers agent's ordered input."""
+    """Where ticks go: the identity agent's ordered input."""
     return settings.topic("accepted")
 
 

@@ -31,7 +31,7 @@ the status. The row is written in the transaction that read the card and the
 answer is sent only after it commits: what was not recorded was not shown.
 
 Answers. ``200`` ``{"customer_id", "as_of", "card"}`` (``card`` is the JSONB
-card as the customers agent rendered it, identifiers masked unless asked);
+card as the profile agent rendered it, identifiers masked unless asked);
 ``404`` when nobody matches, naming the kind and the normalised value (a
 card only by its last four digits, the normaliser's ``display``); ``400``
 naming the bad parameter (none or several given, or a value the normaliser

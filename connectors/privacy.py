@@ -5,7 +5,7 @@
 1. finds the customer (an alias id names its survivor too), its aliases and
    the keys of every identifier they hold, in the read model;
 2. records the erasure in the log: a control record (header
-   ``touchpoint-record: erase``) on the customers stage's ordered input, so
+   ``touchpoint-record: erase``) on the identity stage's ordered input, so
    the stage forgets the person at that point of the log
    (:meth:`touchpoint.core.fold.Folder.erase`) on every replay too: their
    identifiers link nobody any more and a later event of theirs starts a

@@ -136,7 +136,7 @@ def partition_key(identifiers: Mapping[str, str], secret: bytes, region: str) ->
     try:
         basis = normalise(kind, value, region=region, secret=secret).key
     except InvalidIdentifier:
-        basis = f"{kind}:{value}"  # the customers stage will refuse it; any stable key will do
+        basis = f"{kind}:{value}"  # the identity stage will refuse it; any stable key will do
     return hmac.new(secret, basis.encode(), hashlib.sha256).hexdigest()[:32].encode()
 
 

@@ -2,7 +2,7 @@
 
 A message that decodes (Confluent-framed Avro, writer schema from the
 registry) and honours the contract goes on to ``touchpoint.accepted``, the
-single ordered input of identity resolution (:mod:`streams.customers`);
+single ordered input of identity resolution (:mod:`streams.identity`);
 anything else goes to ``touchpoint.dlq`` with its original bytes and headers,
 plus headers holding the reason and its source topic, partition and offset.
 Nothing is dropped and nothing bad stops the agent.

@@ -351,7 +351,7 @@ def clock(
     at: Annotated[str | None, typer.Option("--at", help="publish one tick for this ISO-8601 instant "
                                                          "(implies --once)")] = None,
 ) -> None:
-    """Write event-time ticks into the customers agent's input, so dormancy can be noticed (until Ctrl-C)."""
+    """Write event-time ticks into the identity agent's input, so dormancy can be noticed (until Ctrl-C)."""
     import signal
     import threading
     from datetime import UTC, datetime

@@ -10,7 +10,7 @@ One event's trace crosses processes through Kafka: the producer injects the
 W3C ``traceparent`` of its span into the record's headers
 (:func:`kafka_headers`), and each agent and projection writer continues the
 trace from there (:func:`context_from_headers`). So the gateway's request,
-the publish, ingest, the customers stage and the projection's row are one
+the publish, ingest, the identity and profile stages and the projection's row are one
 trace. With tracing off no provider is installed: spans are OpenTelemetry's
 no-ops and nothing is added to the headers.
 
@@ -18,7 +18,7 @@ Metrics follow the same switch and the same exporter choice
 (:func:`configure_metrics`): ``touchpoint.events``, a counter of events per
 stage and outcome (its rate is events/s per stage; its ``dead_lettered``
 outcome the dead-letter count), and ``touchpoint.lag``, records not yet
-processed per stage (consumer lag of ingest and customers, projection lag),
+processed per stage (consumer lag of ingest, identity and profile, projection lag),
 observed by the projections process. The export interval is OpenTelemetry's
 ``OTEL_METRIC_EXPORT_INTERVAL`` (60 s by default).
 """

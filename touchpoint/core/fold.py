@@ -22,12 +22,16 @@ Per event, in log order:
    an event more than ``max_ahead_days`` after the latest event accepted
    before it is rejected (a producer with a wrong clock);
 3. **normalise** every identifier; one invalid identifier rejects the event;
-4. **resolve** identity (pure), then check what needs history: a refund must
-   name a purchase of that customer, and the refunds of a purchase may not
-   total more than it, in the purchase's currency. Only then are the
-   decisions **applied** and the views of merged customers merged into the
-   survivor's (open alert episodes of a merged customer are resolved,
-   ``merged``; ledgers merge as a union);
+4. **resolve** identity and **apply** its decisions (:meth:`Folder.identify`,
+   identity's half: what the identity agent runs). Then the profile's half
+   (:meth:`Folder.follow`, what the profile agent runs, per partition): the
+   views of merged customers are merged into the survivor's (open alert
+   episodes of a merged customer are resolved, ``merged``; ledgers merge as
+   a union), and what needs history is checked: a refund must name a
+   purchase of that customer, and the refunds of a purchase may not total
+   more than it, in the purchase's currency. A refund refused here keeps its
+   identity decisions and identifiers (identity judged those) and changes
+   nothing else;
 5. **evolve** the customer's view, and **score** loyalty: a purchase earns,
    a refund reverses, a campaign invitation is remembered
    (:mod:`touchpoint.core.loyalty`). A purchase dated before every rules
@@ -42,7 +46,7 @@ decided by :mod:`touchpoint.core.alerts`. The clock never goes backwards.
 ``fold(as_of=T)`` applies a final tick at T. Alerts and expiries therefore
 depend only on the log, so a replay raises the same alerts.
 
-A rejected event changes nothing and is listed with its reason. The result is
+A rejected event is listed with its reason. The result is
 ``{"customers": [...], "identity_decisions": [...], "loyalty_unscored": [...],
 "rejected": [...]}``,
 customers sorted by id and rendered ``as_of`` (default: the latest event time
