@@ -2,7 +2,7 @@
 
 Preparation (not timed). A population from ``touchpoint.generate`` is
 checked against the contract (the deliberately bad events skipped) and
-folded the way the customers agent folds ``touchpoint.accepted``: a
+folded the way the identity and profile agents fold ``touchpoint.accepted``: a
 worker-mode :class:`~touchpoint.core.fold.Folder`, batches of 1,000 events,
 a tick every ``--tick-days`` of event time (default 7: daily ticks make
 alert flapping a quarter of the records and the preparation slow); after each batch the agent's output
@@ -49,7 +49,7 @@ from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.generate import generate
 
 _DAY = timedelta(days=1)
-AGENT_BATCH = 1000  # streams.customers.BATCH_SIZE
+AGENT_BATCH = 1000  # streams.profile.BATCH_SIZE
 
 # (topic name without prefix, key, value)
 Out = tuple[str, bytes, bytes]
@@ -67,7 +67,7 @@ def _events(customers: int, days: int, seed: int) -> tuple[list[Event], int]:
 
 def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert_bytes: object,
                   tick_days: int) -> Iterator[Out]:
-    """What the customers agent would publish for ``events`` (batches of 1,000, a tick every ``tick_days``)."""
+    """What the profile agent would publish for ``events`` (batches of 1,000, a tick every ``tick_days``)."""
     from touchpoint.core.fold import Folder, FoldConfig
     from touchpoint.core.profile import render
 
@@ -85,7 +85,7 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for customer_id in sorted(touched):
             card = render(folder.views[customer_id], as_of, segment, folder.rules)
-            keys = {kind: sorted(found) for kind, found in folder.state.keys.get(customer_id, {}).items()}
+            keys = {kind: sorted(found) for kind, found in folder.views[customer_id].keys.items()}
             doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
             yield "customer-views", customer_id.encode(), json.dumps(doc).encode()
         for alias, survivor in sorted(merged.items()):
@@ -102,8 +102,9 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
                 folder.tick(midnight)
                 in_batch = 0
             day = midnight
+        rejected = len(folder.rejected)
         folder.add(event)
-        if folder.last_customer_id is not None:
+        if folder.last_customer_id is not None and len(folder.rejected) == rejected:
             yield "customer-events", folder.last_customer_id.encode(), event_bytes(event)  # type: ignore[operator]
         in_batch += 1
         if in_batch >= AGENT_BATCH:

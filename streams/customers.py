@@ -305,6 +305,9 @@ def register_customers(app: faust.App, settings: Settings) -> None:
                 attributes={MESSAGING_TOPIC: message.topic, MESSAGING_OFFSET: message.offset}):
             customer_id, decisions, reason = stage.add_message(message.value, message.headers)
             trace_headers = kafka_headers() or None
+        if customer_id is not None:  # identity took it (a refund the profile refuses keeps its decisions)
+            key = customer_id.encode()
+            out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
         if reason is not None:
             out.append((names["dlq"], message.key, message.value,
                         dlq_headers(reason, message.topic, message.partition, message.offset)))
@@ -313,9 +316,7 @@ def register_customers(app: faust.App, settings: Settings) -> None:
         if customer_id is None:  # a tick: its expiries and alerts are drained in publish()
             return
         count_events("customers", "folded", 1)
-        key = customer_id.encode()
-        out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in decisions]
-        out.append((names["customer-events"], key, message.value, trace_headers))
+        out.append((names["customer-events"], customer_id.encode(), message.value, trace_headers))
 
     async def publish(out: list[Outgoing]) -> None:
         """Send ``out`` with everything the folded messages caused: alerts, ledger entries, cards."""

@@ -129,11 +129,26 @@ def test_rejected_with_reasons(name: str, lines: list[str], rejected: list[tuple
         assert reason in got["reason"], name
 
 
-def test_rejected_event_changes_nothing() -> None:
+def test_event_identity_rejects_changes_nothing() -> None:
     good = [event("e1", {"customer_no": "C1"}, "purchase")]
-    bad = [event("e2", {"customer_no": "C1", "email": "x@example.com"}, "refund", 5, transaction_id="T9")]
+    bad = [event("e2", {"customer_no": "C1", "email": "not an e-mail"}, "purchase", 5, transaction_id="T9")]
+    assert run(good + bad)["rejected"][0]["event_id"] == "e2"
     assert run(good + bad)["customers"] == run(good)["customers"]
     assert run(good + bad)["identity_decisions"] == run(good)["identity_decisions"]
+
+
+def test_refund_the_profile_rejects_keeps_identity_but_changes_no_history() -> None:
+    """Identity judges identifiers, the profile judges history: the split the workers run in."""
+    good = [event("e1", {"customer_no": "C1"}, "purchase"), event("e0", {"email": "x@example.com"}, "web", 1)]
+    bad = [event("e2", {"customer_no": "C1", "email": "x@example.com"}, "refund", 5, transaction_id="T9")]
+    before, after = run(good), run(good + bad)
+    assert [r["event_id"] for r in after["rejected"]] == ["e2"]
+    assert "not a purchase of this customer" in after["rejected"][0]["reason"]
+    assert [d["decision"] for d in after["identity_decisions"][len(before["identity_decisions"]):]] == ["merged"]
+    [merged] = after["customers"]
+    assert merged["identifiers"] == {"customer_no": ["C1"], "email": ["x@example.com"]}
+    assert merged["counts"]["total"] == 2 and "refund" not in merged["counts"]["by_type"]
+    assert merged["loyalty"] == next(c for c in before["customers"] if "customer_no" in c["identifiers"])["loyalty"]
 
 
 def test_now_judges_event_time_like_ingest() -> None:

@@ -72,11 +72,11 @@ def test_a_config_reaches_every_part(tmp_path: Path) -> None:
 
 def test_a_rejected_event_that_set_the_clock_sends_the_fold_to_one_process(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # Line 2 is rejected (a refund of nothing) but the grouping presumed it accepted, so it presumed the
+    # Line 2 is rejected (an invalid e-mail) but the grouping presumed it accepted, so it presumed the
     # log's clock at day 20: line 3, 40 days in, is within 30 days of that but not of the true latest (day 0).
     lines = [
         event("e1", {"customer_no": "A"}, minutes=0),
-        event("e2", {"customer_no": "B"}, typ="refund", minutes=20 * 1440),
+        event("e2", {"customer_no": "B", "email": "not an e-mail"}, minutes=20 * 1440),
         event("e3", {"customer_no": "C"}, minutes=40 * 1440),
     ]
     path = tmp_path / "clock.jsonl"

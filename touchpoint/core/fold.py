@@ -22,12 +22,16 @@ Per event, in log order:
    an event more than ``max_ahead_days`` after the latest event accepted
    before it is rejected (a producer with a wrong clock);
 3. **normalise** every identifier; one invalid identifier rejects the event;
-4. **resolve** identity (pure), then check what needs history: a refund must
-   name a purchase of that customer, and the refunds of a purchase may not
-   total more than it, in the purchase's currency. Only then are the
-   decisions **applied** and the views of merged customers merged into the
-   survivor's (open alert episodes of a merged customer are resolved,
-   ``merged``; ledgers merge as a union);
+4. **resolve** identity and **apply** its decisions (:meth:`Folder.identify`,
+   identity's half). Then the profile's half (:meth:`Folder.follow`; the two
+   halves can run apart, see :mod:`touchpoint.core.partitions`): the
+   views of merged customers are merged into the survivor's (open alert
+   episodes of a merged customer are resolved, ``merged``; ledgers merge as
+   a union), and what needs history is checked: a refund must name a
+   purchase of that customer, and the refunds of a purchase may not total
+   more than it, in the purchase's currency. A refund refused here keeps its
+   identity decisions and identifiers (identity judged those) and changes
+   nothing else;
 5. **evolve** the customer's view, and **score** loyalty: a purchase earns,
    a refund reverses, a campaign invitation is remembered
    (:mod:`touchpoint.core.loyalty`). A purchase dated before every rules
@@ -42,7 +46,7 @@ decided by :mod:`touchpoint.core.alerts`. The clock never goes backwards.
 ``fold(as_of=T)`` applies a final tick at T. Alerts and expiries therefore
 depend only on the log, so a replay raises the same alerts.
 
-A rejected event changes nothing and is listed with its reason. The result is
+A rejected event is listed with its reason. The result is
 ``{"customers": [...], "identity_decisions": [...], "loyalty_unscored": [...],
 "rejected": [...]}``,
 customers sorted by id and rendered ``as_of`` (default: the latest event time
@@ -57,7 +61,7 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -109,11 +113,12 @@ from touchpoint.core.profile import (
     alert_inputs,
     evolve,
     merge_views,
+    note_identifiers,
     render,
 )
 from touchpoint.errors import ConfigError
 
-__all__ = ["FoldConfig", "Folder", "fold", "fold_to_json"]
+__all__ = ["FoldConfig", "Folder", "Handover", "Rejected", "fold", "fold_to_json"]
 
 _DAY_MS = 86_400_000
 _LOYALTY_TYPES = frozenset({"purchase", "refund", "campaign"})
@@ -207,6 +212,14 @@ def tick_of(doc: object) -> int | None:
     return None if at.tzinfo is None else epoch_ms(at)
 
 
+class Handover(NamedTuple):
+    """A customer's view and due times, moving to the Folder of the customer it merged into."""
+
+    view: CustomerView
+    alert_due_ms: int | None
+    expiry_due_ms: int | None
+
+
 class Rejected(Exception):
     """An event the fold cannot take (internal: becomes a ``rejected`` entry)."""
 
@@ -247,7 +260,8 @@ class Folder:
         # survivor -> the aliases in merged_into that point at it (a merge of a merge re-points them
         # without scanning merged_into, which a fold never drains).
         self._merged_by: dict[str, list[str]] = {}
-        #: The customer the last added event was attributed to (None when it was rejected).
+        #: The customer identity attributed the last added event to (None when identity rejected it;
+        #: the log's clock moved otherwise, even if the profile then rejected a refund).
         self.last_customer_id: str | None = None
         self.secret = secret
         self.identity = config.identity_config(secret)
@@ -320,18 +334,26 @@ class Folder:
         self.rejected.append({"event_id": event_id, "reason": reason})
 
     def add(self, event: Event) -> list[Decision]:
-        """Fold one validated event; returns the identity decisions it caused.
+        """Fold one validated event (:meth:`identify`, then :meth:`follow`); returns its identity decisions.
 
-        An event that cannot be taken (invalid identifier, time too far
-        ahead, refund of an unknown purchase or above it) changes nothing and
-        is appended to :attr:`rejected` with its reason.
+        An event that cannot be taken is appended to :attr:`rejected` with its reason. One
+        identity refuses (invalid identifier, time too far ahead) changes nothing; a refund
+        the profile refuses (unknown purchase, above it) keeps its identity decisions.
         """
         self.last_customer_id = None
         try:
-            return self._add(event)
+            customer_id, decisions, attributed, ms = self.identify(event)
         except Rejected as exc:
             self._reject(event.event_id, str(exc))
             return []
+        self.last_customer_id = customer_id
+        try:
+            self.follow(event, customer_id, decisions, attributed, ms)
+        except Rejected as exc:
+            self._reject(event.event_id, str(exc))
+        if decisions and self.keep_decisions:
+            self.decisions.extend(decisions)
+        return list(decisions)
 
     def drain_changes(self) -> tuple[set[str], dict[str, str]]:
         """Customers changed and customers merged away since the last call (for the workers' output)."""
@@ -342,7 +364,14 @@ class Folder:
             touched.discard(alias)
         return touched, merged
 
-    def _add(self, event: Event) -> list[Decision]:
+    def identify(self, event: Event) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int]:
+        """Identity's half of :meth:`add`: check the time, normalise, resolve and apply the decisions.
+
+        Reads and writes identity state and the log's clock, never a view.
+
+        :returns: (customer id, decisions, identifiers attributed to it, event time in epoch ms).
+        :raises Rejected: an invalid identifier or a time too far ahead; nothing changed.
+        """
         self.last_event_ms = ms = any_zone_ms(event.occurred_at)
         latest = self.latest_ms
         if self.now is None and latest is not None and self._ahead_ms is not None and ms > latest + self._ahead_ms:
@@ -357,38 +386,56 @@ class Folder:
         except InvalidIdentifier as exc:
             raise Rejected(str(exc)) from exc
         customer_id, decisions, attributed = resolve(self.state, identifiers, event.event_id, self.identity)
-        if event.type == "refund":
-            self._check_refund(event, customer_id, decisions)
-
-        views = self.views
         if decisions:
             state = self.state
             for decision in decisions:
                 apply(state, decision)
-                if isinstance(decision, Minted):
-                    views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
-                elif isinstance(decision, Merged):
-                    merged = views.pop(decision.merged)
-                    self._retire(merged, decision.survivor, ms)
-                    merge_views(views[decision.survivor], merged)
-                    self._merged(decision.merged, decision.survivor)
+        if latest is None or ms > latest:
+            self.latest_ms = ms
+        return customer_id, decisions, attributed, ms
+
+    def follow(self, event: Event, customer_id: str, decisions: Iterable[Decision],
+               attributed: Iterable[Identifier], ms: int) -> None:
+        """The profile's half of :meth:`add`: what identity decided, applied to the views.
+
+        A mint makes a view; a merge folds the merged customer's view into the survivor's
+        (it must be here: on a worker, handed over first, see :meth:`hand_over`). Then a
+        refund is checked against the customer's history, and the event is folded into the
+        view and scored.
+
+        :raises Rejected: a refund of an unknown purchase or above it. Identity's decisions
+            stand (identity judged the identifiers, and they were valid), so the views are
+            merged and the identifiers noted, but the event itself changes nothing.
+        """
+        views = self.views
+        for decision in decisions:
+            if isinstance(decision, Minted):
+                views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
+            elif isinstance(decision, Merged):
+                merged = views.pop(decision.merged)
+                self._retire(merged, decision.survivor, ms)
+                merge_views(views[decision.survivor], merged)
+                self._merged(decision.merged, decision.survivor)
         view = views[customer_id]
+        self.touched.add(customer_id)
         due = self._alert_due.due_of(customer_id)
         if due is None or due > ms:
             self._alert_due.set(customer_id, ms)  # decided at the next tick
+        if event.type == "refund":
+            try:
+                self._check_refund(event, view)
+            except Rejected:
+                note_identifiers(view, attributed)
+                raise
         if evolve(view, event, attributed, ms=ms) and event.type in _LOYALTY_TYPES:
             entries = self._score(view.loyalty, event, ms)
             if entries:
                 self._issued(customer_id, view, entries)
-        self.touched.add(customer_id)
-        self.last_customer_id = customer_id
-        if latest is None or ms > latest:
-            self.latest_ms = ms
-        if decisions:
-            if self.keep_decisions:
-                self.decisions.extend(decisions)
-            return list(decisions)
-        return []
+
+    def advance(self, clock_ms: int) -> None:
+        """Move the log's clock to ``clock_ms`` (never back): a profile's events carry identity's clock."""
+        if self.latest_ms is None or clock_ms > self.latest_ms:
+            self.latest_ms = clock_ms
 
     def _score(self, state: LoyaltyState, event: Event, ms: int) -> list[LedgerEntry]:
         """The loyalty side of one purchase, refund or campaign event (checked already)."""
@@ -449,21 +496,50 @@ class Folder:
         :returns: the ids erased, the live id first and then its aliases; [] when the
             id is unknown or erased already (erasing twice changes nothing).
         """
-        erased = forget(self.state, customer_id)
-        if not erased:
-            return []
-        cid = erased[0]
-        view = self.views.get(cid)
+        erased = self.forget(customer_id)
+        if erased:
+            self.erase_view(erased[0])
+        return erased
+
+    def forget(self, customer_id: str) -> list[str]:
+        """Identity's half of :meth:`erase`: the customer's identifiers link nobody any more."""
+        return forget(self.state, customer_id)
+
+    def erase_view(self, customer_id: str) -> None:
+        """The profile's half of :meth:`erase`: empty the live customer's view, close its alerts."""
+        view = self.views.get(customer_id)
         ms = self.latest_ms or 0
         if view is not None:
             for kind in sorted(view.alerts):
-                _, alerts = close_erased(view.alerts[kind][0], cid, ms)
+                _, alerts = close_erased(view.alerts[kind][0], customer_id, ms)
                 self._alerted(view, alerts, ms)
-            self.views[cid] = CustomerView(cid)
-        self._alert_due.discard(cid)
-        self._expiry_due.discard(cid)
-        self.touched.discard(cid)
-        return erased
+            self.views[customer_id] = CustomerView(customer_id)
+        self._alert_due.discard(customer_id)
+        self._expiry_due.discard(customer_id)
+        self.touched.discard(customer_id)
+
+    def hand_over(self, customer_id: str) -> Handover | None:
+        """Take a customer merged away out of this Folder, for the Folder that holds its survivor.
+
+        Workers keep views in partitions by customer id, so a merge can join two views that
+        live in different places; the survivor's side :meth:`take_over` s this before it
+        follows the event that merged them. None: no such view here.
+        """
+        view = self.views.pop(customer_id, None)
+        if view is None:
+            return None
+        handover = Handover(view, self._alert_due.due_of(customer_id), self._expiry_due.due_of(customer_id))
+        self._alert_due.discard(customer_id)
+        self._expiry_due.discard(customer_id)
+        self.touched.discard(customer_id)
+        return handover
+
+    def take_over(self, handover: Handover) -> None:
+        """Hold a view handed over by :meth:`hand_over`, as it was there (the merge follows)."""
+        customer_id = handover.view.customer_id
+        self.views[customer_id] = handover.view
+        self._alert_due.set(customer_id, handover.alert_due_ms)
+        self._expiry_due.set(customer_id, handover.expiry_due_ms)
 
     def _alerted(self, view: CustomerView, alerts: list[Alert], ms: int) -> None:
         if alerts and not self.keep_decisions:
@@ -527,6 +603,13 @@ class Folder:
                 merged_into[alias] = survivor
                 into.append(alias)
 
+    def normalise_pair(self, pair: tuple[str, str]) -> Identifier:
+        """One (kind, value) normalised and keyed, as :meth:`identify` does it (cached).
+
+        :raises InvalidIdentifier: the value is not a valid identifier of its kind.
+        """
+        return self._normalised.get(pair) or self._normalise(pair)
+
     def _normalise(self, pair: tuple[str, str]) -> Identifier:
         ident = normalise(pair[0], pair[1], region=self.config.region, secret=self.secret)
         if self.cache_limit is not None and len(self._normalised) >= self.cache_limit:
@@ -534,19 +617,16 @@ class Folder:
         self._normalised[pair] = ident
         return ident
 
-    def _check_refund(self, event: Event, customer_id: str, decisions: tuple[Decision, ...]) -> None:
+    def _check_refund(self, event: Event, view: CustomerView) -> None:
         payload: Any = event.payload
         tid = payload.transaction_id
-        # The customer as it will be once this event's merges are applied.
-        ids = [customer_id, *(d.merged for d in decisions if isinstance(d, Merged))]
-        found = [self.views[c] for c in ids if c in self.views]
-        total = next((v.purchases[tid][1] for v in found if tid in v.purchases), None)
-        if total is None:
+        found = view.purchases.get(tid)
+        if found is None:
             raise Rejected(f"payload.transaction_id: refund of {tid}, not a purchase of this customer")
+        total = found[1]
         before = sum(
             amount
-            for v in found
-            for rid, (_, amount, of) in v.refunds.items()
+            for rid, (_, amount, of) in view.refunds.items()
             if of == tid and rid != payload.refund_id  # a redelivered refund is not counted twice
         )
         if before + payload.amount_minor > total:
@@ -554,7 +634,7 @@ class Folder:
                 f"payload.amount_minor: refunds of {tid} would total {before + payload.amount_minor}, "
                 f"above its total_minor {total}"
             )
-        lot = next((v.loyalty.lots[tid] for v in found if tid in v.loyalty.lots), None)
+        lot = view.loyalty.lots.get(tid)
         if lot is not None and lot.currency != payload.currency:
             raise Rejected(f"payload.currency: refund in {payload.currency} of {tid}, a purchase in {lot.currency}")
 

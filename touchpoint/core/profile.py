@@ -85,6 +85,7 @@ __all__ = [
     "SegmentConfig",
     "evolve",
     "merge_views",
+    "note_identifiers",
     "render",
 ]
 
@@ -135,6 +136,7 @@ class CustomerView:
         "consent",
         "customer_id",
         "identifiers",
+        "keys",
         "last_contact",
         "loyalty",
         "pseudo",
@@ -151,6 +153,8 @@ class CustomerView:
         self.pseudo = pseudo  # a shared identifier's pseudo-customer, not a person
         self.aliases: dict[str, None] = {}
         self.identifiers: dict[str, dict[str, None]] = {}
+        # kind -> keyed hashes of the same identifiers: how a lookup by phone or card finds the card
+        self.keys: dict[str, dict[str, None]] = {}
         # event_id -> (ms, channel, type, customer-initiated?): the newest events, for dedupe and dormancy
         self.seen: dict[str, tuple[int, str, str, bool]] = {}
         self.seen_heap: list[tuple[int, str]] = []  # (ms, event_id), min first
@@ -174,14 +178,17 @@ def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
         facts[key] = value
 
 
-def _add_identifiers(view: CustomerView, identifiers: Iterable[Identifier]) -> None:
-    idents = view.identifiers
+def note_identifiers(view: CustomerView, identifiers: Iterable[Identifier]) -> None:
+    """Add identifiers identity attributed to the customer (their display and key), nothing else."""
+    idents, keys = view.identifiers, view.keys
     for ident in identifiers:
         displays = idents.get(ident.kind)
         if displays is None:
             idents[ident.kind] = {ident.display: None}
+            keys[ident.kind] = {ident.key: None}
         else:
             displays[ident.display] = None
+            keys[ident.kind][ident.key] = None
 
 
 def evolve(
@@ -231,13 +238,15 @@ def evolve(
     last = last_contact.get(channel)
     if last is None or ms > last:
         last_contact[channel] = ms
-    idents = view.identifiers  # as _add_identifiers, inline: once per event
+    idents, keys = view.identifiers, view.keys  # as note_identifiers, inline: once per event
     for ident in identifiers:
         displays = idents.get(ident.kind)
         if displays is None:
             idents[ident.kind] = {ident.display: None}
+            keys[ident.kind] = {ident.key: None}
         else:
             displays[ident.display] = None
+            keys[ident.kind][ident.key] = None
 
     if typ == "purchase":
         _latest(view.purchases, payload.transaction_id, (ms, payload.total_minor))
@@ -285,6 +294,8 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
     survivor.aliases.pop(survivor.customer_id, None)
     for kind, displays in merged.identifiers.items():
         survivor.identifiers.setdefault(kind, {}).update(displays)
+    for kind, keys in merged.keys.items():
+        survivor.keys.setdefault(kind, {}).update(keys)
 
     # Events both views counted (a redelivery resolved differently) are counted once.
     overlap = survivor.seen.keys() & merged.seen.keys()

@@ -42,6 +42,7 @@ from typing import Any
 
 from touchpoint.core.alerts import DueIndex
 from touchpoint.core.fold import Folder
+from touchpoint.core.partitions import ProfilePartition
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -51,12 +52,19 @@ __all__ = [
     "TrackedDueIndex",
     "checkpoint_record",
     "customer_records",
+    "partition_from_records",
+    "partition_records",
     "restore",
+    "seal",
+    "unseal",
     "track_changes",
 ]
 
-FORMAT = 2  # 2: erased customers
+FORMAT = 3  # 2: erased customers; 3: identity and views in separate stages, view keys
 """Bump when the pickled shape of a view or of these records changes incompatibly."""
+
+ARRIVED = "__arrived__:"
+"""Key prefix of a view handed in to a profile partition and not merged yet."""
 
 CHECKPOINT_KEY = "__checkpoint__"
 """The checkpoint's key; customer ids start with ``cus_``, so it never collides."""
@@ -75,6 +83,7 @@ class Checkpoint:
     next_offset: int
     clock_ms: int | None
     latest_ms: int | None
+    last: tuple[int, int] | None = None  # a profile partition's last identity position folded
 
 
 class TrackedDueIndex(DueIndex):
@@ -131,38 +140,89 @@ def _unsign(secret: bytes, key: str, value: bytes) -> Any:
         raise SnapshotError(f"state record {key!r} no longer reads: {exc}") from exc
 
 
+def seal(secret: bytes, value: Any) -> bytes:
+    """``value`` pickled and signed, as state records are (for a view handed between workers)."""
+    return _sign(secret, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def unseal(secret: bytes, name: str, value: bytes) -> Any:
+    """The value :func:`seal` sealed. :raises SnapshotError: another key signed it, or it no longer reads."""
+    return _unsign(secret, name, value)
+
+
 def customer_records(folder: Folder, customer_ids: Iterable[str]) -> dict[str, bytes | None]:
-    """The signed record of each customer (``None`` for one merged away or never minted)."""
+    """The signed record of each customer (``None`` for one merged away, handed over or never minted).
+
+    A record holds what ``folder`` keeps of the customer: its identity (keys, mint position,
+    aliases, refusals) if the Folder resolves identity, its view and due times if it keeps views.
+    """
     state = folder.state
     refused: dict[str, list[str]] = defaultdict(list)
     for owner, key in state.refused:
         refused[state.canonical(owner)].append(f"{owner}\x00{key}")
     records: dict[str, bytes | None] = {}
     for customer_id in customer_ids:
+        doc: dict[str, Any] = {"format": FORMAT}
+        if customer_id in state.seq and customer_id not in state.alias:
+            doc.update({
+                "keys": state.keys.get(customer_id, {}),
+                "seq": state.seq[customer_id],
+                "aliases": [(alias, state.seq[alias]) for alias in state.aliases.get(customer_id, [])],
+                "refused": sorted(refused.get(customer_id, ())),
+                "erased": customer_id in state.erased,
+            })
         view = folder.views.get(customer_id)
-        if view is None:
-            records[customer_id] = None
-            continue
-        aliases = state.aliases.get(customer_id, [])
-        doc = {
-            "format": FORMAT,
-            "view": view,
-            "keys": state.keys.get(customer_id, {}),
-            "seq": state.seq[customer_id],
-            "aliases": [(alias, state.seq[alias]) for alias in aliases],
-            "refused": sorted(refused.get(customer_id, ())),
-            "alert_due": folder._alert_due.due_of(customer_id),
-            "expiry_due": folder._expiry_due.due_of(customer_id),
-            "erased": customer_id in state.erased,
-        }
-        records[customer_id] = _sign(folder.secret, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
+        if view is not None:
+            doc.update({
+                "view": view,
+                "alert_due": folder._alert_due.due_of(customer_id),
+                "expiry_due": folder._expiry_due.due_of(customer_id),
+            })
+        records[customer_id] = _sign(folder.secret, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL)) \
+            if len(doc) > 1 else None
     return records
 
 
-def checkpoint_record(folder: Folder, next_offset: int) -> bytes:
-    """The signed checkpoint: the table reflects the log before ``next_offset``."""
-    doc = {"format": FORMAT, "next_offset": next_offset, "clock_ms": folder.clock_ms, "latest_ms": folder.latest_ms}
+def checkpoint_record(folder: Folder, next_offset: int, last: tuple[int, int] | None = None) -> bytes:
+    """The signed checkpoint: the table reflects the log before ``next_offset``.
+
+    :param last: a partition's position of the last identity record folded (see
+        :class:`~touchpoint.core.partitions.ProfilePartition`).
+    """
+    doc = {"format": FORMAT, "next_offset": next_offset, "clock_ms": folder.clock_ms, "latest_ms": folder.latest_ms,
+           "last": last}
     return _sign(folder.secret, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def partition_records(part: ProfilePartition, customer_ids: Iterable[str],
+                      arrived_ids: Iterable[str] = ()) -> dict[str, bytes | None]:
+    """A profile partition's records: customers, views handed in and not yet merged, and its checkpoint."""
+    records = customer_records(part.folder, customer_ids)
+    for customer_id in arrived_ids:
+        hand_in = part.arrived.get(customer_id)
+        records[ARRIVED + customer_id] = None if hand_in is None else _sign(
+            part.folder.secret, pickle.dumps({"format": FORMAT, "hand_in": hand_in}, protocol=pickle.HIGHEST_PROTOCOL))
+    records[CHECKPOINT_KEY] = checkpoint_record(part.folder, part.next_offset, part.last)
+    return records
+
+
+def partition_from_records(folder: Folder, partition: int, partitions: int,
+                           records: Mapping[str, bytes]) -> ProfilePartition:
+    """The :class:`ProfilePartition` that :func:`partition_records` wrote, on an empty ``folder``.
+
+    Feed it from its ``fed`` offset on. :raises SnapshotError: as :func:`restore`.
+    """
+    arrived = {key: value for key, value in records.items() if key.startswith(ARRIVED)}
+    mark = restore(folder, {key: value for key, value in records.items() if key not in arrived})
+    part = ProfilePartition(folder, partition, partitions)
+    part.fed = mark.next_offset
+    part.last = mark.last if mark.last is not None else part.last
+    for key, value in arrived.items():
+        doc = _unsign(folder.secret, key, value)
+        if doc.get("format") != FORMAT:
+            raise SnapshotError(f"state record {key!r} is format {doc.get('format')}, not {FORMAT}")
+        part.arrived[key.removeprefix(ARRIVED)] = doc["hand_in"]
+    return part
 
 
 def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
@@ -186,7 +246,12 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
         doc = _unsign(folder.secret, customer_id, value)
         if doc.get("format") != FORMAT:
             raise SnapshotError(f"state record {customer_id!r} is format {doc.get('format')}, not {FORMAT}")
-        folder.views[customer_id] = doc["view"]
+        if "view" in doc:
+            folder.views[customer_id] = doc["view"]
+            folder._alert_due.set(customer_id, doc["alert_due"])
+            folder._expiry_due.set(customer_id, doc["expiry_due"])
+        if "seq" not in doc:
+            continue
         state.keys[customer_id] = doc["keys"]
         for keys in doc["keys"].values():
             for key in keys:
@@ -202,12 +267,11 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
             state.refused.add((owner, key))
         if doc["erased"]:
             state.erased.add(customer_id)
-        folder._alert_due.set(customer_id, doc["alert_due"])
-        folder._expiry_due.set(customer_id, doc["expiry_due"])
     if sorted(seq.values()) != list(range(len(seq))):
         raise SnapshotError("the state table's mint positions have gaps: records are missing")
     # Mint order decides merges: the restored map must iterate in the order it was built.
     for customer_id in sorted(seq, key=seq.__getitem__):
         state.seq[customer_id] = seq[customer_id]
     folder.clock_ms, folder.latest_ms = mark["clock_ms"], mark["latest_ms"]
-    return Checkpoint(mark["next_offset"], mark["clock_ms"], mark["latest_ms"])
+    last = mark["last"]
+    return Checkpoint(mark["next_offset"], mark["clock_ms"], mark["latest_ms"], None if last is None else tuple(last))
