@@ -94,6 +94,7 @@ class PartitionStage:
         #: The next offset the state expects; -1: recover before the next message.
         self.position = -1
         self._flushed_at = 0.0
+        self._written: tuple[int, tuple[int, int]] | None = None  # (next offset, last position) last written
         #: A resolved event's position -> its Avro bytes and trace headers, until it is folded.
         self.raw: dict[tuple[int, int], tuple[bytes, Any]] = {}
 
@@ -138,6 +139,9 @@ class PartitionStage:
         if not force and now - self._flushed_at < STATE_FLUSH_S:
             return
         part = self.part
+        if self.position < 0 or (not self.changed and not part.arrived_changed
+                                 and (part.next_offset, part.last) == self._written):
+            return  # not ours any more, or nothing new: no write (and no claim on a partition moved away)
         records = partition_records(part, sorted(self.changed), sorted(part.arrived_changed))
         checkpoint = records.pop("__checkpoint__")
         try:
@@ -155,6 +159,7 @@ class PartitionStage:
         self.changed.clear()
         part.arrived_changed.clear()
         self._flushed_at = now
+        self._written = (part.next_offset, part.last)
 
 
 def register_profile(app: faust.App, settings: Settings) -> None:
@@ -257,8 +262,10 @@ def register_profile(app: faust.App, settings: Settings) -> None:
             doc = {"customer_id": customer_id, "entry": entry.to_json()}
             out.append((names["loyalty"], customer_id.encode(), json.dumps(doc).encode(), None))
         touched, merged = folder.drain_changes()
-        stage.changed |= touched
-        stage.changed |= merged.keys()
+        # update(), not |=: ``set |= dict.keys()`` binds a new set, and the due indexes would then report
+        # their changes (a hand-out, a tick) into the old one, never written.
+        stage.changed.update(touched)
+        stage.changed.update(merged)
         as_of = as_of_of(folder)
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for customer_id in sorted(touched):

@@ -59,6 +59,8 @@ class StateTable:
             while await reader.position(tp) < end:
                 batch = await reader.getmany(tp, timeout_ms=1000, max_records=5000)
                 for message in batch.get(tp, []):
+                    if message.offset >= end:
+                        break  # a transaction committed since: reading part of it would mix two snapshots
                     key = message.key.decode()
                     if message.value is None:
                         table.pop(key, None)

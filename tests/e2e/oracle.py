@@ -133,7 +133,9 @@ def assert_equals_oracle(settings: Settings) -> dict[str, Any]:
         ledger = conn.execute("SELECT entry_id, customer_id, points FROM loyalty_ledger").fetchall()
         projected_alerts = {(cid, kind): alert_id for cid, kind, alert_id in conn.execute(
             "SELECT customer_id, kind, alert_id FROM alerts")}
-    assert set(rows) == set(expected.views), "the same customers"
+    assert set(rows) == set(expected.views), ("the same customers", "only in PostgreSQL:",
+                                              sorted(set(rows) - set(expected.views))[:10], "only in the fold:",
+                                              sorted(set(expected.views) - set(rows))[:10])
     for customer_id, (view, as_of) in rows.items():
         card = render(expected.views[customer_id], as_of, segment)
         assert view == card, (customer_id, {k: (view.get(k), card.get(k)) for k in card.keys() | view.keys()
