@@ -122,6 +122,8 @@ class IdentityStage:
         #: The next offset of ``accepted`` the state expects (below: a re-delivery; above: recover first).
         self.position = 0
         self._flushed_at = 0.0
+        #: The position of the last write (None: not recovered yet, so there is nothing of ours to write).
+        self._written: int | None = None
 
     def feed(self, offset: int, value: bytes, headers: Any) -> Fed:
         """One message of ``accepted``: a tick, an erasure or an event."""
@@ -172,6 +174,7 @@ class IdentityStage:
             self.feed(message.offset, message.value, message.headers)  # published by the run that fed it first
             replayed += 1
         self.position = max(target, start)
+        self._written = start
         log.info("identity state rebuilt: restored=%d ids from the state table at offset %d, "
                  "replayed=%d messages of the log up to offset %d", restored, start, replayed, self.position)
         return replayed
@@ -181,6 +184,8 @@ class IdentityStage:
         now = time.monotonic()
         if not force and now - self._flushed_at < STATE_FLUSH_S:
             return
+        if self.position < 0 or self._written is None or (not self.changed and self.position == self._written):
+            return  # not recovered (or fenced): nothing of ours to write; or nothing new
         records = customer_records(self.log.folder, sorted(self.changed))
         try:
             await table.write(records, (CHECKPOINT_KEY, checkpoint_record(self.log.folder, self.position)))
@@ -195,6 +200,7 @@ class IdentityStage:
             return
         self.changed.clear()
         self._flushed_at = now
+        self._written = self.position
 
 
 def register_identity(app: faust.App, settings: Settings) -> None:
@@ -205,31 +211,45 @@ def register_identity(app: faust.App, settings: Settings) -> None:
     secret = settings.identifier_key.get_secret_value().encode()
     names = {name: settings.topic(name) for name in ("identity", "resolved", "dlq")}
 
+    table = StateTable(settings, "identity-state")
+    # The agent's batches and the quiet-time flush never interleave: a write reads what feeding changes.
+    lock = asyncio.Lock()
+
     @app.agent(accepted, name="identity")
     async def identity(stream: faust.StreamT[bytes]) -> None:
-        table = StateTable(settings, "identity-state")
         topic = accepted.get_topic_name()
-        await stage.recover(topic, table)
+        async with lock:
+            await stage.recover(topic, table)
         try:
             async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-                out: list[Outgoing] = []
-                for event in events:
-                    message = event.message
-                    if message.offset > stage.position:
-                        # Not the message our state expects: the partition was another worker's meanwhile
-                        # (or our table write was fenced). Publish what this batch fed, then recover.
-                        await send_batch(app, out)
-                        out = []
-                        await stage.recover(topic, table, up_to=message.offset)
-                    if message.offset < stage.position:
-                        continue  # fed already, and its output published then
-                    feed_message(message, out)
-                    stage.position = message.offset + 1
-                # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
-                await send_batch(app, out)
-                await stage.persist(table)
+                async with lock:
+                    await feed_batch(topic, events)
         finally:
             await table.close()
+
+    @app.timer(STATE_FLUSH_S)
+    async def flush_identity_state() -> None:
+        """Write what the last batches changed once the stream goes quiet (the agent writes after batches)."""
+        async with lock:
+            await stage.persist(table)
+
+    async def feed_batch(topic: str, events: list[Any]) -> None:
+        out: list[Outgoing] = []
+        for event in events:
+            message = event.message
+            if message.offset > stage.position:
+                # Not the message our state expects: the partition was another worker's meanwhile
+                # (or our table write was fenced). Publish what this batch fed, then recover.
+                await send_batch(app, out)
+                out = []
+                await stage.recover(topic, table, up_to=message.offset)
+            if message.offset < stage.position:
+                continue  # fed already, and its output published then
+            feed_message(message, out)
+            stage.position = message.offset + 1
+        # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
+        await send_batch(app, out)
+        await stage.persist(table)
 
     def feed_message(message: Any, out: list[Outgoing]) -> None:
         with _TRACER.start_as_current_span(

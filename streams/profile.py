@@ -174,37 +174,52 @@ def register_profile(app: faust.App, settings: Settings) -> None:
              for name in ("customer-events", "customer-views", "loyalty", "resolved", "dlq")}
     stages: dict[int, PartitionStage] = {}
 
+    # The agent's batches and the quiet-time flush never interleave: a write reads what feeding changes.
+    lock = asyncio.Lock()
+
     @app.agent(source, name="profile")
     async def profile(stream: faust.StreamT[bytes]) -> None:
         try:
             async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-                out: list[Outgoing] = []
-                touched: set[int] = set()
-                for event in events:
-                    message = event.message
-                    stage = stages.get(message.partition)
-                    if stage is None:
-                        stage = stages[message.partition] = PartitionStage(settings, message.partition)
-                    if message.offset != stage.position and (stage.position < 0 or message.offset > stage.position):
-                        # First message of the partition, or not the one our state expects (the partition was
-                        # another worker's meanwhile, or our table write was fenced): load, replay, go on.
-                        await recover(stage, message.topic, message.offset, out)
-                    if message.offset < stage.position:
-                        continue  # fed already
-                    feed(stage, message.topic, message.offset, message.value, message.headers, out)
-                    touched.add(message.partition)
-                for partition in sorted(touched):
-                    publish(stages[partition], out)
-                # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
-                await send_batch(app, out)
-                for stage in stages.values():
-                    await stage.persist()
+                async with lock:
+                    await fold_batch(events)
         finally:
             for stage in stages.values():
                 await stage.table.close()
 
+    @app.timer(STATE_FLUSH_S)
+    async def flush_profile_state() -> None:
+        """Write what the last batches changed once the stream goes quiet (the agent writes after batches)."""
+        async with lock:
+            for stage in stages.values():
+                await stage.persist()
+
+    async def fold_batch(events: list[Any]) -> None:
+        out: list[Outgoing] = []
+        touched: set[int] = set()
+        for event in events:
+            message = event.message
+            stage = stages.get(message.partition)
+            if stage is None:
+                stage = stages[message.partition] = PartitionStage(settings, message.partition)
+            if message.offset != stage.position and (stage.position < 0 or message.offset > stage.position):
+                # First message of the partition, or not the one our state expects (the partition was
+                # another worker's meanwhile, or our table write was fenced): load, replay, go on.
+                await recover(stage, message.topic, message.offset, out)
+            if message.offset < stage.position:
+                continue  # fed already
+            feed(stage, message.topic, message.offset, message.value, message.headers, out)
+            touched.add(message.partition)
+        for partition in sorted(touched):
+            publish(stages[partition], out)
+        # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
+        await send_batch(app, out)
+        for stage in stages.values():
+            await stage.persist()
+
     async def recover(stage: PartitionStage, topic: str, up_to: int, out: list[Outgoing]) -> None:
         start = await stage.load()
+        restored = len(stage.part.folder.views)
         replayed = 0
         async for message in read_range(settings, topic, stage.part.partition, start, up_to):
             feed(stage, topic, message.offset, message.value, message.headers, out)
@@ -216,8 +231,8 @@ def register_profile(app: faust.App, settings: Settings) -> None:
         publish(stage, out)
         stage.position = max(start, up_to)
         log.info("profile state rebuilt: partition %d restored=%d customers from the state table at offset %d, "
-                 "replayed=%d records up to offset %d", stage.part.partition, len(stage.part.folder.views), start,
-                 replayed, stage.position)
+                 "replayed=%d records up to offset %d", stage.part.partition, restored, start, replayed,
+                 stage.position)
 
     def feed(stage: PartitionStage, topic: str, offset: int, value: bytes, headers: Any,
              out: list[Outgoing]) -> None:

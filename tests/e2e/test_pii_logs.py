@@ -79,7 +79,7 @@ def test_no_clear_identifier_in_logs_or_spans_of_the_demo(settings: Settings, re
     assert len(lines) > 200 and debug > 20, f"{len(lines)} lines, {debug} at debug: the scan would be vacuous"
     with receiver.lock:
         spans = list(receiver.spans)
-    assert {s.name for s in spans} >= {"gateway", "publish", "ingest", "customers", "project"}
+    assert {s.name for s in spans} >= {"gateway", "publish", "ingest", "identity", "profile", "project"}
 
     forms = fed_in(settings.identifier_key.get_secret_value().encode())
     assert len(forms) > 200
