@@ -15,6 +15,7 @@ its time went (own time by function, and by the innermost Touchpoint frame
 on the stack).
 
     python -m bench.pipeline --customers 2000 --days 120 --rate 3000 --profile
+    python -m bench.pipeline --rate 3000 --workers 2
 """
 
 from __future__ import annotations
@@ -123,7 +124,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--rate", type=int, default=3000, help="events/s offered")
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--profile", action="store_true", help="sample the worker with py-spy")
+    parser.add_argument("--profile", action="store_true", help="sample the (first) worker with py-spy")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the partitions (identity runs in one of them)")
     args = parser.parse_args()
 
     run = uuid.uuid4().hex[:8]
@@ -136,7 +139,8 @@ def main() -> None:
     events = [e for e in generate(args.customers, args.days, seed=17) if e["event_id"].startswith("ev-")]
     print(machine_line())
     print(f"{len(events)} events of {args.customers} customers over {args.days} days, offered at {args.rate}/s")
-    worker, writer = spawn(settings, "worker"), spawn(settings, "project")
+    workers = [spawn(settings, "worker") for _ in range(args.workers)]
+    worker, writer = workers[0], spawn(settings, "project")
     acked: dict[str, float] = {}
     profiler = None
     profile_path = f"/tmp/bench-pipeline-{run}.txt"
@@ -169,14 +173,14 @@ def main() -> None:
             rows_at = dict(conn.execute("SELECT event_id, extract(epoch FROM recorded_at) FROM interactions"))
             (cards,) = conn.execute("SELECT count(*) FROM customers").fetchone() or (0,)
         latencies = [float(rows_at[e]) - t for e, t in acked.items() if e in rows_at]
-        rss = peak_rss_mib(worker.pid)
+        rss = [peak_rss_mib(w.pid) for w in workers]
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
             profiler.wait(timeout=60)
         channel_topics = [event_topic(settings, ch) for ch in CHANNELS]
         bare_n, bare_s = asyncio.run(_bare_consume(settings, channel_topics))
     finally:
-        for proc in (worker, writer):
+        for proc in (*workers, writer):
             proc.terminate()
             proc.wait(timeout=30)
         with psycopg.connect(base.pg_conninfo("postgres"), autocommit=True) as conn:
@@ -186,7 +190,8 @@ def main() -> None:
           f"{len(rows_at) / span:,.0f} events/s end to end; {cards} customer cards")
     print(f"event-to-row latency (ack -> interactions row): p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
           f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
-    print(f"worker peak RSS {rss:.0f} MiB; topic prefix {settings.topic_prefix}")
+    print(f"{args.workers} worker(s), peak RSS {', '.join(f'{r:.0f}' for r in rss)} MiB; "
+          f"topic prefix {settings.topic_prefix}")
     end_to_end = len(rows_at) / span
     ceiling = bare_n / bare_s
     print(f"ceiling: a bare aiokafka consumer read the same {bare_n} messages in {bare_s:.2f}s = {ceiling:,.0f} "

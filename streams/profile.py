@@ -101,12 +101,6 @@ class PartitionStage:
     def raw_of(self, record: Resolved) -> tuple[bytes, Any]:
         return self.raw.pop(record.position)
 
-    def forget_raw(self) -> None:
-        """Drop the bytes of re-sent events the partition dropped (at or before its last position)."""
-        last = self.part.last
-        if any(position <= last for position in self.raw):
-            self.raw = {position: raw for position, raw in self.raw.items() if position > last}
-
     def _new(self, partition: int, records: dict[str, bytes] | None) -> tuple[ProfilePartition, set[str]]:
         folder = stage_folder(self.settings)
         changed = track_changes(folder)
@@ -298,4 +292,5 @@ def register_profile(app: faust.App, settings: Settings) -> None:
             out.append((names["customer-views"], customer_id.encode(), json.dumps(doc).encode(), None))
             key, value, headers = erasure_record(customer_id, as_of)
             out.append((names["customer-events"], key, value, headers))
-        stage.forget_raw()
+        for record in outcome.dropped:
+            stage.raw.pop(record.position, None)  # a re-send of a folded event: nothing to publish

@@ -174,6 +174,7 @@ class Outcome:
     rejected: list[tuple[Resolved, str]] = field(default_factory=list)  # refunds refused: the dead-letter topic
     hand_ins: list[tuple[int, HandIn]] = field(default_factory=list)  # views for other partitions
     erased: list[str] = field(default_factory=list)  # ids erased (the live one first, then its aliases)
+    dropped: list[Resolved] = field(default_factory=list)  # events identity re-sent, folded already
 
 
 class ProfilePartition:
@@ -228,6 +229,8 @@ class ProfilePartition:
 
     def _fold(self, record: Record) -> None:
         if record.position <= self.last:  # type: ignore[union-attr]
+            if isinstance(record, Resolved):
+                self.outcome.dropped.append(record)
             return  # identity re-sent it after a restart; folded already
         self.last = record.position  # type: ignore[union-attr]
         folder, outcome = self.folder, self.outcome
