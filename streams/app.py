@@ -59,6 +59,13 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+BATCH_SIZE = 1000
+"""Most messages an agent takes at once."""
+BATCH_WITHIN_S = 0.05
+"""How long an agent waits to fill a batch before it takes what came."""
+STATE_FLUSH_S = 1.0
+"""At most this often a stage writes its state table; a restart replays at most this much of its input."""
+
 Outgoing = (tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
             | tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int])
 """(topic, key, value, headers[, partition]) of one record an agent emits (no partition: by key)."""

@@ -55,7 +55,7 @@ from connectors.privacy import erased_id, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.app import Outgoing, send_batch
+from streams.app import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
 from streams.ingest import dlq_headers
 from streams.state import StateTable, committed_offset, read_range
 from touchpoint.core.fold import Folder, FoldConfig, Rejected, tick_of
@@ -68,10 +68,6 @@ from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-BATCH_WITHIN_S = 0.05
-STATE_FLUSH_S = 1.0
-"""At most this often a state table is written; a restart replays at most this much of the log."""
 _TRACER = tracer(__name__)
 
 

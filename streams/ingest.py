@@ -33,15 +33,13 @@ from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, event_topic
 from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.errors import RegistryError, SerializationError
-from streams.app import Outgoing, send_batch
+from streams.app import BATCH_SIZE, BATCH_WITHIN_S, Outgoing, send_batch
 from touchpoint.settings import Settings
 from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-BATCH_WITHIN_S = 0.05
 _TRACER = tracer(__name__)
 
 

@@ -58,7 +58,7 @@ from connectors.privacy import erasure_record
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.app import Outgoing, send_batch
+from streams.app import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
 from streams.identity import stage_folder
 from streams.ingest import dlq_headers
 from streams.state import StateTable, read_range
@@ -72,10 +72,6 @@ from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_PARTITION, ME
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-BATCH_WITHIN_S = 0.05
-STATE_FLUSH_S = 1.0
-"""At most this often a partition's state table is written; a restart replays at most this much."""
 _TRACER = tracer(__name__)
 
 
@@ -257,8 +253,9 @@ def register_profile(app: faust.App, settings: Settings) -> None:
         count_events("profile", "folded", len(outcome.followed))
         for record, reason in outcome.rejected:
             value, _ = stage.raw_of(record)
+            # Named by where it came in: its offset in the ordered log (identity's position).
             out.append((names["dlq"], record.customer_id.encode(), value,
-                        dlq_headers(reason, names["resolved"], part.partition, record.position[0])))
+                        dlq_headers(reason, settings.topic("accepted"), 0, record.position[0])))
         count_events("profile", "dead_lettered", len(outcome.rejected))
         for target, hand_in in outcome.hand_ins:
             key, value, headers = resolved.encode(hand_in, None, secret)

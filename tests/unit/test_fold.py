@@ -242,6 +242,20 @@ _IDS = st.fixed_dictionaries(
 ).filter(bool)
 
 
+def log_lines(log: list[object]) -> list[str]:
+    """The JSON lines of a drawn log: ``(identifiers, type, minutes)`` events (purchases and refunds of
+    three transactions) and literal lines (ticks, blanks, junk) as they are."""
+    lines = []
+    for n, item in enumerate(log):
+        if isinstance(item, str):
+            lines.append(item)
+            continue
+        ids, typ, minutes = item  # type: ignore[misc]
+        extra = {"transaction_id": f"T{n % 3}"} if typ in ("purchase", "refund") else {}
+        lines.append(event(f"e{n}", ids, typ, minutes, **extra))
+    return lines
+
+
 @settings(max_examples=60, deadline=None)
 @given(log=st.lists(st.tuples(_IDS, st.sampled_from(["web", "purchase", "call"])), max_size=25))
 def test_folding_is_deterministic(log: list[tuple[dict[str, str], str]]) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from touchpoint.core.fold import FoldConfig, fold_to_json
 from touchpoint.fold_parallel import fold_file_to_json
 from touchpoint.generate import generate, write_jsonl
-from tests.unit.test_fold import _IDS, event
+from tests.unit.test_fold import _IDS, log_lines, event
 
 SECRET = b"test-secret"
 _LOGGER = "touchpoint.fold_parallel"
@@ -138,14 +138,7 @@ def test_any_log_folds_in_parts_to_the_bytes_of_one_fold(tmp_path: Path, log: li
                                                         as_of: datetime | None) -> None:
     # Few identifiers, so groups join and merge; minutes up to 90 days apart, so the log's clock refuses some
     # events (max_ahead_days 30) and a refused or rejected event may hold the latest time the grouping presumed.
-    lines = []
-    for n, item in enumerate(log):
-        if isinstance(item, str):
-            lines.append(item)
-            continue
-        ids, typ, minutes = item  # type: ignore[misc]
-        extra = {"transaction_id": f"T{n % 3}"} if typ in ("purchase", "refund") else {}
-        lines.append(event(f"e{n}", ids, typ, minutes, **extra))
+    lines = log_lines(log)
     path = tmp_path / "log.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert fold_file_to_json(path, jobs=2, as_of=as_of, secret=SECRET) == _one_process(path, as_of=as_of)

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from touchpoint.contract.models import ContractViolation, validate_event
 from touchpoint.core.fold import Folder, Rejected, tick_of
 from touchpoint.core.partitions import (
-    HandIn,
     IdentityLog,
     ProfilePartition,
     Record,
@@ -34,7 +33,7 @@ from touchpoint.core.partitions import (
 from touchpoint.core.profile import render
 from touchpoint.core.snapshot import partition_from_records, partition_records
 from touchpoint.generate import generate
-from tests.unit.test_fold import _IDS, SECRET, event
+from tests.unit.test_fold import _IDS, log_lines, SECRET, event
 
 
 def folder() -> Folder:
@@ -227,14 +226,7 @@ _LINE = st.one_of(
 @given(log=st.lists(_LINE, max_size=40), partitions=st.integers(1, 4), seed=st.integers(0, 2**16))
 def test_any_log_in_any_partitioning_and_order_equals_one_fold(log: list[object], partitions: int,
                                                                seed: int) -> None:
-    lines = []
-    for n, item in enumerate(log):
-        if isinstance(item, str):
-            lines.append(item)
-            continue
-        ids, typ, minutes = item  # type: ignore[misc]
-        extra = {"transaction_id": f"T{n % 3}"} if typ in ("purchase", "refund") else {}
-        lines.append(event(f"e{n}", ids, typ, minutes, **extra))
+    lines = log_lines(log)
     broker = Broker(partitions, random.Random(seed))
     broker.publish(lines)
     broker.deliver()
