@@ -1,4 +1,4 @@
-"""The customers stage's state table: records written per batch rebuild exactly the Folder that wrote them."""
+"""A stage's state table: records written per batch rebuild exactly the Folder that wrote them."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SECRET = b"test-secret"
 
 
 def worker_folder() -> tuple[Folder, set[str]]:
-    """A Folder configured as the customers agent's, with its change tracking."""
+    """A Folder configured as the workers' (both halves here), with its change tracking."""
     folder = Folder(secret=SECRET, keep_decisions=False, log_clock_check=False)
     return folder, track_changes(folder)
 

@@ -1,22 +1,26 @@
-"""The customers stage's state as a table keyed by customer id (pure: no Kafka).
+"""The identity and profile stages' state as tables keyed by customer id (pure: no Kafka).
 
-The worker keeps a :class:`~touchpoint.core.fold.Folder` in memory. Rebuilding
-it from the whole log on every start grows with the log, so the worker also
-writes its state, per customer, to a compacted changelog topic (see
-:mod:`streams.state`); a restart reads that table back and replays only the
-log after its checkpoint. This module turns a Folder into those records and
-records back into a Folder:
+Each stage keeps a :class:`~touchpoint.core.fold.Folder` in memory (identity's
+half, or a profile partition's views). Rebuilding it from the whole log on
+every start grows with the log, so the worker also writes its state, per
+customer, to a compacted changelog topic (see :mod:`streams.state`); a restart
+reads that table back and replays only the log after its checkpoint. This
+module turns a Folder into those records and records back into a Folder:
 
-* one record per **live customer**, keyed by its id: its view (timeline, RFM
-  inputs, cases, consent, loyalty ledger, alert episodes), its identifier keys
-  per kind, its aliases (path-compressed, as
-  :class:`~touchpoint.core.identity.IdentityState` holds them) with their mint
-  positions, identity refusals recorded for it or its aliases, and its due
-  times (next alert decision, next points expiry);
-* ``None`` (a tombstone) for a customer merged away: its survivor's record
-  carries everything it had;
+* one record per **live customer**, keyed by its id, with what the Folder
+  holds of it: its view (timeline, RFM inputs, cases, consent, loyalty
+  ledger, alert episodes) and due times (next alert decision, next points
+  expiry) if it keeps views; its identifier keys per kind, its aliases
+  (path-compressed, as :class:`~touchpoint.core.identity.IdentityState` holds
+  them) with their mint positions and identity refusals recorded for it or its
+  aliases if it resolves identity;
+* ``None`` (a tombstone) for a customer merged away (its survivor's record
+  carries everything it had) or handed over to another partition;
+* for a profile partition, the views handed in and not merged yet
+  (:func:`partition_records`);
 * one **checkpoint** record: the log position the table reflects, the log's
-  clock, and the format version.
+  clock, the format version and, for a profile partition, the last identity
+  position folded.
 
 Together the records rebuild exactly the Folder that wrote them (a unit test
 folds, snapshots, restores and folds on, against an uninterrupted fold).
