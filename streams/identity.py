@@ -175,10 +175,10 @@ class IdentityStage:
                  "replayed=%d messages of the log up to offset %d", restored, start, replayed, self.position)
         return replayed
 
-    async def persist(self, table: StateTable, force: bool = False) -> None:
-        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S`` unless ``force``."""
+    async def persist(self, table: StateTable) -> None:
+        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S``."""
         now = time.monotonic()
-        if not force and now - self._flushed_at < STATE_FLUSH_S:
+        if now - self._flushed_at < STATE_FLUSH_S:
             return
         if self.position < 0 or self._written is None or (not self.changed and self.position == self._written):
             return  # not recovered (or fenced): nothing of ours to write; or nothing new

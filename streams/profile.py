@@ -104,6 +104,7 @@ class PartitionStage:
             part = ProfilePartition(folder, partition, self.settings.topic_partitions)
         else:
             part = partition_from_records(folder, partition, self.settings.topic_partitions, records)
+            changed.clear()  # restoring set every due time; the table holds those records already
         return part, changed
 
     async def load(self) -> int:
@@ -112,21 +113,19 @@ class PartitionStage:
         await asyncio.to_thread(self.table.ensure_topic)
         await self.table.claim()  # fences a previous owner of the partition
         records = await self.table.load()
-        self.part, self.changed = self._new(partition, None)
-        if records:
-            try:
-                self.part, self.changed = self._new(partition, records)
-            except SnapshotError as exc:
-                log.warning("profile state table unusable, rebuilding the partition from the log",
-                            extra={"partition": partition, "reason": str(exc)})
-                self.part, self.changed = self._new(partition, None)
+        try:
+            self.part, self.changed = self._new(partition, records or None)
+        except SnapshotError as exc:
+            log.warning("profile state table unusable, rebuilding the partition from the log",
+                        extra={"partition": partition, "reason": str(exc)})
+            self.part, self.changed = self._new(partition, None)
         self.raw = {}
         return self.part.fed
 
-    async def persist(self, force: bool = False) -> None:
+    async def persist(self) -> None:
         """Write the changed customers, arrived views and the checkpoint, at most every ``STATE_FLUSH_S``."""
         now = time.monotonic()
-        if not force and now - self._flushed_at < STATE_FLUSH_S:
+        if now - self._flushed_at < STATE_FLUSH_S:
             return
         part = self.part
         if self.position < 0 or (not self.changed and not part.arrived_changed

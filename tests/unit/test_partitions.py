@@ -28,7 +28,6 @@ from touchpoint.core.partitions import (
     Record,
     Resolved,
     partition_of,
-    views_of,
 )
 from touchpoint.core.profile import render
 from touchpoint.core.snapshot import partition_from_records, partition_records
@@ -128,6 +127,16 @@ class Broker:
         for offset in range(replay_from, self.read[p]):
             new.feed(offset, self.logs[p][offset])
             self.collect(new)
+
+
+def views_of(partitions: list[ProfilePartition]) -> dict[str, Any]:
+    """Every partition's views in one map; each customer lives in exactly one partition."""
+    views: dict[str, Any] = {}
+    for partition in partitions:
+        for customer_id, view in partition.folder.views.items():
+            assert customer_id not in views, f"{customer_id} in two partitions"
+            views[customer_id] = view
+    return views
 
 
 def assert_same(broker: Broker, whole: Folder) -> None:

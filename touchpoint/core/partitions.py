@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import zlib
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from touchpoint.contract.models import Event
 from touchpoint.core.fold import Folder, Handover, Rejected
@@ -263,12 +261,3 @@ class ProfilePartition:
             folder.erase_view(record.customer_id)
             outcome.erased += record.ids
 
-
-def views_of(partitions: Iterable[ProfilePartition]) -> dict[str, Any]:
-    """Every partition's views in one map (each customer lives in exactly one)."""
-    views: dict[str, Any] = {}
-    for partition in partitions:
-        for customer_id, view in partition.folder.views.items():
-            assert customer_id not in views, f"{customer_id} in two partitions"
-            views[customer_id] = view
-    return views
