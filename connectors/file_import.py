@@ -95,6 +95,7 @@ from connectors.producer import keys_to_seal, normalised, partition_key, pseudon
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, TopicSpec, ensure_topics, event_topic, topic_specs
+from touchpoint import jsontext
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.normalise import Identifier
 from touchpoint.errors import PublishError, TouchpointError
@@ -300,7 +301,7 @@ class _Run:
         entry = {"line": record.start, "event_id": event_id if isinstance(event_id, str) else None,
                  "problems": [{"field": f, "message": m} for f, m in problems], "raw": record.raw}
         assert self.report is not None
-        self.report.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.report.write(jsontext.dumps(entry) + "\n")
 
     def _check(self, record: _Record) -> tuple[_Checked | None, list[tuple[str, str]] | None]:
         if record.problems is not None:

@@ -102,12 +102,12 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from connectors.access import Source, SourceKeys, presented_key
+from connectors.http import SafeJSONResponse, safe_json_app
 from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Refused, Result
 from touchpoint.contract.models import AnyEvent, ContractViolation, validate_event
 from touchpoint.errors import TouchpointError
@@ -540,12 +540,12 @@ class _Gateway:
             raise Refusal(429, detail, {"Retry-After": str(retry_after)})
         return source
 
-    async def ingest(self, request: Request) -> JSONResponse:
+    async def ingest(self, request: Request) -> SafeJSONResponse:
         now = datetime.now(UTC)  # arrival time: the reference for "too far in the future"
         try:
             source = self._admit(request)
         except Refusal as exc:
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+            return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
         try:
             media = _media_type(request)
             body = await _read_body(request, source.max_body_bytes or self.max_body_bytes)
@@ -554,7 +554,7 @@ class _Gateway:
             if exc.status == 413:
                 self.stats.count(source.name, "too_large")
             log.info("gateway: request refused", extra={"status": exc.status, "source": source.name})
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+            return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status)
 
         # Scope first: an event the key may not publish never reaches the producer.
         forbidden = {i: why for i, doc in enumerate(docs) if (why := _out_of_scope(source, doc)) is not None}
@@ -565,7 +565,7 @@ class _Gateway:
             log.info("gateway: request refused",
                      extra={"status": 403, "reason": "out_of_scope", "source": source.name, "events": len(docs)})
             results: list[Result] = [_forbidden(docs[i], why) for i, why in forbidden.items()]
-            return JSONResponse({"detail": f"source {source.name} may not publish any of these events "
+            return SafeJSONResponse({"detail": f"source {source.name} may not publish any of these events "
                                            "(see each result for the channel or type its key does not allow)",
                                  "accepted": 0, "rejected": len(results),
                                  "results": [_result_doc(i, r) for i, r in enumerate(results)]}, status_code=403)
@@ -603,14 +603,14 @@ class _Gateway:
             log.warning("gateway: events not acknowledged",
                         extra={"status": status, "source": source.name, "accepted": accepted, "rejected": rejected,
                                "failed": len(failed), "failed_event_ids": failed[:50]})
-            return JSONResponse(body_doc, status_code=status, headers={"Retry-After": str(self.retry_after_s)})
+            return SafeJSONResponse(body_doc, status_code=status, headers={"Retry-After": str(self.retry_after_s)})
         status = 202 if accepted else 422
         log.info("gateway: events ingested",
                  extra={"status": status, "source": source.name, "accepted": accepted, "rejected": rejected,
                         "out_of_scope": len(forbidden)})
-        return JSONResponse(body_doc, status_code=status)
+        return SafeJSONResponse(body_doc, status_code=status)
 
-    async def readiness(self) -> JSONResponse:
+    async def readiness(self) -> SafeJSONResponse:
         kafka, registry = await asyncio.gather(self._kafka_check(), self._registry_check())
         checks = {"kafka": kafka, "registry": registry}
         if self.slot.producer is None:
@@ -618,7 +618,7 @@ class _Gateway:
             if kafka == "ok":
                 self.slot.start()
         ready = kafka == "ok" and registry == "ok"
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        return SafeJSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     async def _kafka_check(self) -> str:
         # aiokafka on the serving loop: no thread, and kafka-python's admin client leaks a socket per
@@ -716,14 +716,14 @@ def create_gateway(settings: Settings, producer: EventProducer | AsyncEventProdu
         yield
         await run_in_threadpool(slot.close)
 
-    app = FastAPI(title="Touchpoint ingest gateway", version="1", lifespan=lifespan,
+    app = safe_json_app(title="Touchpoint ingest gateway", version="1", lifespan=lifespan,
                   description="Events in over HTTP for systems that cannot speak Kafka. Send your source "
                               "system's key as `Authorization: Bearer <key>` or `X-API-Key: <key>`.")
     app.state.gateway = gateway
 
     @app.post("/v1/events", status_code=202, response_model=IngestResponse, responses=_INGEST_RESPONSES,
               openapi_extra={"requestBody": _REQUEST_BODY}, summary="Publish one event, a JSON array or NDJSON")
-    async def post_events(request: Request) -> JSONResponse:
+    async def post_events(request: Request) -> SafeJSONResponse:
         # The request's span; the caller's own traceparent, if it sent one, is its parent.
         with _TRACER.start_as_current_span("gateway", context=propagate.extract(request.headers),
                                            kind=trace.SpanKind.SERVER, attributes={HTTP_ROUTE: "/v1/events"}):
@@ -739,7 +739,7 @@ def create_gateway(settings: Settings, producer: EventProducer | AsyncEventProdu
 
     @app.get("/readyz", response_model=ReadinessResponse, summary="Kafka and the registry answer",
              responses={503: {"model": ReadinessResponse, "description": "Kafka or the registry does not answer."}})
-    async def readyz() -> JSONResponse:
+    async def readyz() -> SafeJSONResponse:
         return await gateway.readiness()
 
     def openapi() -> dict[str, Any]:

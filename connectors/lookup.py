@@ -84,7 +84,7 @@ import orjson
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -97,6 +97,7 @@ from connectors.access import KeyRing, Principal, mask_card, may_unmask
 from connectors.keystore import WRAPPED_OF_CARD, PostgresKeyStore
 from connectors.privacy import Erasure, UnknownCustomer, erase, open_identifiers
 from connectors.freshness import LagProbe
+from connectors.http import SafeJSONResponse, safe_json_app
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise
@@ -327,7 +328,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             await run_in_threadpool(lag_probe.close)
             await pool.close()
 
-    app = FastAPI(title="Touchpoint lookup", version="1", lifespan=lifespan,
+    app = safe_json_app(title="Touchpoint lookup", version="1", lifespan=lifespan,
                   description="The front line's customer lookup by identifier or id. Send an API key as "
                               "`Authorization: Bearer <key>` or `X-API-Key: <key>`.")
     app.add_middleware(_Headers)
@@ -400,20 +401,20 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
 
     @app.get("/readyz", summary="Readiness: PostgreSQL answers and every migration is applied",
              responses={503: {"description": "not ready, and why"}})
-    async def readyz() -> JSONResponse:
+    async def readyz() -> SafeJSONResponse:
         shipped = [name for name, _ in migration_files()]
         try:
             async with pool.connection(timeout=2.0) as conn:
                 cursor = await conn.execute("SELECT name FROM schema_migrations")
                 applied = {name for (name,) in await cursor.fetchall()}
         except (PoolTimeout, psycopg.Error) as exc:
-            return JSONResponse({"status": "not ready", "reason": f"PostgreSQL: {type(exc).__name__}: {exc}"},
+            return SafeJSONResponse({"status": "not ready", "reason": f"PostgreSQL: {type(exc).__name__}: {exc}"},
                                 status_code=503)
         missing = [name for name in shipped if name not in applied]
         if missing:
-            return JSONResponse({"status": "not ready", "reason": f"migrations not applied: {', '.join(missing)}"},
+            return SafeJSONResponse({"status": "not ready", "reason": f"migrations not applied: {', '.join(missing)}"},
                                 status_code=503)
-        return JSONResponse({"status": "ready", "migrations": len(shipped)})
+        return SafeJSONResponse({"status": "ready", "migrations": len(shipped)})
 
     async def caller(request: Request) -> Principal:
         """The principal of a JSON request, as a dependency; 401 without a valid key."""
@@ -476,23 +477,23 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
               responses={401: {"description": "no or an invalid API key"},
                          403: {"description": "not an admin key"},
                          404: {"description": "no such customer in the read model"}})
-    async def erasure(customer_id: str, request: Request) -> JSONResponse:
+    async def erasure(customer_id: str, request: Request) -> SafeJSONResponse:
         principal = principal_of(request)
         audit = {"key_name": principal.name, "role": principal.role, "endpoint": "erasure", "kind": "customer_id",
                  "key": None, "unmasked": False, "customer_id": None}
-        answer: JSONResponse
+        answer: SafeJSONResponse
         if principal.role != "admin":
-            answer = JSONResponse({"detail": f"role {principal.role} may not erase customers (admin may)"}, 403)
+            answer = SafeJSONResponse({"detail": f"role {principal.role} may not erase customers (admin may)"}, 403)
         elif "\x00" in customer_id:
-            answer = JSONResponse({"detail": f"no customer {_shown(customer_id)}"}, 404)
+            answer = SafeJSONResponse({"detail": f"no customer {_shown(customer_id)}"}, 404)
         else:
             try:
                 done = await run_in_threadpool(erase, settings, customer_id)
             except UnknownCustomer as exc:
-                answer = JSONResponse({"detail": str(exc)}, 404)
+                answer = SafeJSONResponse({"detail": str(exc)}, 404)
             else:
                 audit["customer_id"] = done.customer_id
-                answer = JSONResponse(asdict(done))
+                answer = SafeJSONResponse(asdict(done))
         async with pool.connection() as conn:
             await conn.execute(_AUDIT, {**audit, "status": answer.status_code})
         return answer

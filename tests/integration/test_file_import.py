@@ -150,6 +150,22 @@ def test_not_json_lines_and_blank_lines(settings: Settings, tmp_path: Path) -> N
     assert set(committed_event_ids(settings, "ev-71-")) == {e["event_id"] for e in events}
 
 
+def test_a_line_whose_event_id_is_not_unicode_goes_to_the_report(settings: Settings, tmp_path: Path) -> None:
+    """``"\\ud800"`` is valid JSON but no Unicode text: the line is refused and reported, the import goes on."""
+    events = list(generate(customers=2, days=5, seed=72, bad_share=0.0))[:2]
+    bad = {**events[0], "event_id": "ev-72-\ud800"}
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text("".join(json.dumps(doc) + "\n" for doc in (events[0], bad, events[1])), encoding="utf-8")
+
+    summary = import_file(settings, path, progress=False)
+
+    assert (summary.lines, summary.accepted, summary.rejected) == (3, 2, 1)
+    (entry,) = report_entries(summary.report_path)
+    assert (entry["line"], entry["event_id"]) == (2, "ev-72-\ud800")
+    assert [p["field"] for p in entry["problems"]] == ["event_id"]
+    assert set(committed_event_ids(settings, "ev-72-")) == {e["event_id"] for e in events}
+
+
 def csv_row(event: dict[str, Any]) -> dict[str, str]:
     row = {k: event[k] for k in ("event_id", "type", "channel", "occurred_at")}
     row.update({f"id_{kind}": value for kind, value in event["identifiers"].items()})

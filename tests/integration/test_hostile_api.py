@@ -225,14 +225,18 @@ def test_mutated_events_refused_exactly_when_the_edge_refuses_them(gateway: Test
                                                                    hostile_settings: Settings) -> None:
     seen: Counter[str] = Counter()
 
-    nan, huge = sample("purchase"), sample("web")
+    nan, huge, surrogate_id = sample("purchase"), sample("web"), sample("web")
     nan["payload"]["total_minor"] = math.nan
     huge["payload"]["page"] = "x" * (MAX_BODY // 3)
+    # Valid JSON text, not valid Unicode: the refusal echoes the id back (it was a 500 once in several runs).
+    surrogate_id["event_id"] = "\ud800"
 
     @given(docs=st.lists(hostile_events(), min_size=1, max_size=4),
            form=st.sampled_from(["object", "array", "ndjson"]))
     @example(docs=[nan], form="object")
     @example(docs=[huge, huge, huge, huge], form="ndjson")
+    @example(docs=[surrogate_id], form="object")
+    @example(docs=[sample("sms"), surrogate_id], form="ndjson")
     @hypothesis_settings(max_examples=200, deadline=None, database=None,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     def one(docs: list[Any], form: str) -> None:
@@ -280,6 +284,23 @@ def test_mutated_events_refused_exactly_when_the_edge_refuses_them(gateway: Test
     assert seen["accepted"] and seen["rejected"] > seen["accepted"], seen
     assert seen["status 400"] and seen["status 413"], seen
     print(dict(seen))
+
+
+def test_refusals_echo_text_that_is_not_unicode_as_the_escapes_it_came_in(gateway: TestClient) -> None:
+    """A lone surrogate (``"\\ud800"``, valid JSON) in an event id or a field comes back escaped, never a 500."""
+    by_id, by_field = sample("web"), sample("web")
+    by_id["event_id"] = "bad-\udc80-id"
+    by_field["payload"]["page"] = "/\ud83d"
+    body = json.dumps([by_id, by_field]).encode()
+    assert b"\\udc80" in body and b"\\ud83d" in body  # sent as JSON escapes
+    response = gateway.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text[:1000]
+    assert response.content.decode("utf-8")  # the body itself is valid UTF-8
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "rejected"]
+    assert results[0]["event_id"] == "bad-\udc80-id"
+    assert {p["field"] for p in results[0]["problems"]} == {"event_id"}
+    assert {p["field"] for p in results[1]["problems"]} == {"payload.page"}
 
 
 def test_gateway_without_a_valid_key_is_401_with_the_reason(gateway: TestClient) -> None:

@@ -129,6 +129,16 @@ def test_rejected_with_reasons(name: str, lines: list[str], rejected: list[tuple
         assert reason in got["reason"], name
 
 
+def test_an_event_id_that_is_not_unicode_is_rejected_as_its_escape() -> None:
+    """JSON may spell a lone surrogate (``"\\ud800"``): refused, and printed as the escape it came in."""
+    line = event("e1", {"cookie": "k"}).replace('"e1"', '"\\ud800"')
+    assert "\\ud800" in line
+    doc = json.loads(fold_to_json([line, event("e2", {"cookie": "k"})], secret=SECRET))
+    assert [r["event_id"] for r in doc["rejected"]] == ["\\ud800"]
+    assert doc["rejected"][0]["reason"].startswith("event_id:")
+    assert len(doc["customers"]) == 1
+
+
 def test_event_identity_rejects_changes_nothing() -> None:
     good = [event("e1", {"customer_no": "C1"}, "purchase")]
     bad = [event("e2", {"customer_no": "C1", "email": "not an e-mail"}, "purchase", 5, transaction_id="T9")]

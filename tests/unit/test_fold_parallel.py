@@ -37,6 +37,8 @@ def _population(tmp_path: Path, customers: int, days: int, seed: int) -> Path:
     lines.insert(9, "   ")
     lines.insert(11, '{"tick": "yesterday"}')
     lines.insert(12, "not json")
+    first_id = json.loads(lines[0])["event_id"]
+    lines.insert(13, lines[0].replace(f'"{first_id}"', '"\\ud800"', 1))  # valid JSON, not Unicode
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -62,6 +64,7 @@ def test_parts_print_the_bytes_of_one_fold(tmp_path: Path, caplog: pytest.LogCap
     assert any(d["decision"] == "merged" for d in document["identity_decisions"])
     reasons = {r["event_id"]: r["reason"] for r in document["rejected"]}
     assert reasons["line 12"].startswith("not a tick") and reasons["line 13"].startswith("not JSON")
+    assert reasons["\\ud800"].startswith("event_id:")  # a lone surrogate, kept as its escape
 
 
 def test_a_config_reaches_every_part(tmp_path: Path) -> None:

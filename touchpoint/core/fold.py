@@ -117,6 +117,7 @@ from touchpoint.core.profile import (
     render,
 )
 from touchpoint.errors import ConfigError
+from touchpoint.jsontext import printable
 
 __all__ = ["FoldConfig", "Folder", "Handover", "Rejected", "fold", "fold_to_json"]
 
@@ -331,7 +332,8 @@ class Folder:
             return None
 
     def _reject(self, event_id: str, reason: str) -> None:
-        self.rejected.append({"event_id": event_id, "reason": reason})
+        # A line's event id may hold a lone surrogate (JSON allows the escape): kept as its escape, printable.
+        self.rejected.append({"event_id": printable(event_id), "reason": printable(reason)})
 
     def add(self, event: Event) -> list[Decision]:
         """Fold one validated event (:meth:`identify`, then :meth:`follow`); returns its identity decisions.
