@@ -10,6 +10,8 @@ order.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -18,6 +20,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from touchpoint.errors import StackError
 from touchpoint.kafka_security import describe_connection, kafka_python_options
 from touchpoint.settings import Settings
+
+log = logging.getLogger(__name__)
 
 CHANNELS = ("branch", "phone", "email", "web", "sms")
 
@@ -72,14 +76,18 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return specs
 
 
+def _admin(settings: Settings) -> KafkaAdminClient:
+    try:
+        return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-topics",
+                                request_timeout_ms=10000, **kafka_python_options(settings))
+    except (KafkaError, OSError) as exc:
+        raise StackError(f"kafka: cannot reach {describe_connection(settings)}: {exc}") from exc
+
+
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the missing topics; returns the names created (existing ones are left as they are)."""
     specs = topic_specs(settings) if specs is None else specs
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-topics",
-                                 request_timeout_ms=10000, **kafka_python_options(settings))
-    except (KafkaError, OSError) as exc:
-        raise StackError(f"kafka: cannot reach {describe_connection(settings)} to create topics: {exc}") from exc
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
@@ -94,3 +102,37 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> l
         return created
     finally:
         admin.close()
+
+
+def ensure_topics_before_serving(settings: Settings, service: str, backoff_max_s: float = 10.0) -> list[str]:
+    """Create the missing topics before ``service`` consumes, waiting (logged) while Kafka cannot be reached.
+
+    A worker or projection writer subscribed to a topic that does not exist yet sits idle looking
+    healthy (Faust logs "Ignoring missing topic" once and never picks it up), so each service makes
+    the topics itself, with their configs, as ``touchpoint topics`` does. Returns the names created.
+    """
+    backoff = 0.5
+    while True:
+        try:
+            created = ensure_topics(settings)
+        except (StackError, KafkaError) as exc:
+            log.warning("%s: waiting for Kafka to create its topics (retry in %.1f s): %s", service, backoff, exc)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, backoff_max_s)
+            continue
+        if created:
+            log.info("%s: created %d missing topic(s): %s", service, len(created), ", ".join(created))
+        return created
+
+
+def missing_topics(settings: Settings) -> list[str]:
+    """The topics of :func:`topic_specs` that do not exist (a readiness check).
+
+    :raises StackError: Kafka cannot be reached.
+    """
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    return [spec.name for spec in topic_specs(settings) if spec.name not in existing]

@@ -12,6 +12,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from connectors.alerts import AlertSerde
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
+from connectors.topics import ensure_topics_before_serving
 from projections.alerts import AlertsProjection
 from projections.customers import CustomersProjection
 from projections.interactions import InteractionsProjection
@@ -71,6 +72,7 @@ def run_projections(settings: Settings) -> None:
     if configure_metrics(settings, "touchpoint-projections") is not None:
         observe_lag(settings)
     migrate(settings)
+    ensure_topics_before_serving(settings, "projections")  # a writer needs its topics' partitions to assign them
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

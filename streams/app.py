@@ -11,7 +11,7 @@ import asyncio
 
 import faust
 
-from connectors.topics import STATE_MAX_RECORD_BYTES
+from connectors.topics import STATE_MAX_RECORD_BYTES, ensure_topics_before_serving
 from touchpoint.kafka_security import faust_options
 from touchpoint.settings import Settings
 
@@ -96,5 +96,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
 
     configure_tracing(settings, "touchpoint-worker")
     configure_metrics(settings, "touchpoint-worker")
+    ensure_topics_before_serving(settings, "worker")  # Faust would idle on a topic made after it subscribed
     app = create_app(settings)
     Worker(app, loglevel=loglevel).execute_from_commandline()

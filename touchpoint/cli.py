@@ -89,10 +89,20 @@ def db_migrate() -> None:
 
 
 @app.command("topics")
-def topics() -> None:
+def topics(
+    check: Annotated[bool, typer.Option("--check", help="create nothing; exit 3 if a topic is missing "
+                                                        "(the worker's and the projections' readiness check)")] = False,
+) -> None:
     """Create Touchpoint's topics with their configs (existing ones are kept)."""
-    from connectors.topics import ensure_topics
+    from connectors.topics import ensure_topics, missing_topics
 
+    if check:
+        missing = missing_topics(_settings())
+        if missing:
+            print(f"missing {len(missing)} topic(s): {', '.join(missing)}", file=sys.stderr)
+            raise typer.Exit(3)
+        print("every topic exists")
+        return
     created = ensure_topics(_settings())
     print(f"created {len(created)} topic(s): {', '.join(created) or 'all existed'}")
 
