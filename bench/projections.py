@@ -35,6 +35,7 @@ PostgreSQL's and Kafka's). ``--tiny`` is a smoke run of a few seconds.
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import signal
@@ -166,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick-days", type=int, default=7, help="event-time days between the clock's ticks")
     parser.add_argument("--rebuild-batch", type=int, default=5000, help="records per poll in the rebuild")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 100 customers x 60 days")
+    parser.add_argument("--json", action="store_true", help="the lines on stderr; the figures as one JSON object")
     args = parser.parse_args(argv)
+    figures: dict[str, object] = {}
+
+    def print(*parts: object, file: object = None) -> None:  # noqa: A001 - every line of the run, one switch
+        builtins.print(*parts, file=sys.stderr if args.json or file is sys.stderr else sys.stdout, flush=True)
+
     if args.tiny:
         args.customers, args.days = 100, 60
     if args.batch < 1 or args.rebuild_batch < 1 or args.tick_days < 1:
@@ -237,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 total_records, total_wall, total_cpu = total_records + len(records), total_wall + wall, total_cpu + cpu
                 print(f"write {projection.name}: {len(records)} records in {len(batches)} transactions in "
                       f"{wall:.2f}s wall {cpu:.2f}s cpu: {len(records) / wall if wall else 0:,.0f} records/s")
+        figures["write_records_per_s"] = total_records / total_wall
         print(f"write throughput: {total_records} records in {total_wall:.2f}s wall {total_cpu:.2f}s cpu "
               f"(client), batches of {args.batch}: {total_records / total_wall:,.0f} records/s")
         live = checksum(conninfo)
@@ -247,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
         cpu = time.process_time() - cpu
         print(f"rebuild: {report.line()} ({cpu:.2f}s cpu client), polls of {args.rebuild_batch}")
         rebuilt = checksum(conninfo)
+        figures.update(rebuild_records_per_s=report.total / report.seconds, checksum_equal=live == rebuilt,
+                       records=report.total, load_average=os.getloadavg()[0], machine=machine_line())
+        if args.json:
+            builtins.print(json.dumps(figures, sort_keys=True))
         print(f"checksum: written {live.total[:16]}, rebuilt {rebuilt.total[:16]} "
               f"({'equal' if live == rebuilt else 'DIFFERENT'}; {sum(t.rows for t in live.tables)} rows)")
         if live != rebuilt:

@@ -17,7 +17,7 @@ from touchpoint.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
-    """The Faust app with every agent registered.
+    """The Faust app with the agents of the settings' stages registered (every one by default).
 
     Its id (consumer group, internal topic prefix) is the topic prefix, so
     two deployments (or two test runs) on one cluster never share state.
@@ -53,9 +53,9 @@ def create_app(settings: Settings) -> faust.App:
     from streams.ingest import register_ingest
     from streams.profile import register_profile
 
-    register_ingest(app, settings)
-    register_identity(app, settings)
-    register_profile(app, settings)
+    registers = {"ingest": register_ingest, "identity": register_identity, "profile": register_profile}
+    for stage in settings.stages:
+        registers[stage](app, settings)
     return app
 
 

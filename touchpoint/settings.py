@@ -16,6 +16,10 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+WORKER_STAGES = ("ingest", "identity", "profile")
+"""The worker's stages in pipeline order (streams/)."""
+
+
 class Settings(BaseSettings):
     """Every knob Touchpoint has; see the README for what each does."""
 
@@ -59,6 +63,10 @@ class Settings(BaseSettings):
     pg_sslkey: Path | None = None
 
     registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+
+    # The stages a worker runs (comma-separated, of ingest, identity, profile): all by default; a subset
+    # scales or measures one stage alone (bench.pipeline). Identity runs in one process at a time.
+    worker_stages: str = "ingest,identity,profile"
 
     # HTTP ingest gateway (touchpoint gateway).
     gateway_host: str = "127.0.0.1"
@@ -115,7 +123,17 @@ class Settings(BaseSettings):
             raise ValueError("TOUCHPOINT_KAFKA_SSL_CERTFILE and TOUCHPOINT_KAFKA_SSL_KEYFILE go together")
         if (self.pg_sslcert is None) != (self.pg_sslkey is None):
             raise ValueError("TOUCHPOINT_PG_SSLCERT and TOUCHPOINT_PG_SSLKEY go together")
+        unknown = set(self.stages) - set(WORKER_STAGES)
+        if unknown or not self.stages:
+            raise ValueError(f"TOUCHPOINT_WORKER_STAGES names {', '.join(sorted(unknown)) or 'no stage'}; "
+                             f"give some of {', '.join(WORKER_STAGES)}")
         return self
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The worker's stages, in pipeline order."""
+        named = {name.strip() for name in self.worker_stages.split(",") if name.strip()}
+        return tuple(stage for stage in WORKER_STAGES if stage in named) + tuple(sorted(named - set(WORKER_STAGES)))
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -49,3 +50,25 @@ def test_lookup_benchmark_runs_at_a_tiny_size(settings: Settings) -> None:
                  "raw PostgreSQL", "ratio HTTP / raw transaction", "ingest meanwhile: "):
         assert text in result.stdout, result.stdout[-3000:]
     assert "errors 0;" in result.stdout, result.stdout[-3000:]
+
+
+def test_pipeline_benchmark_runs_at_a_tiny_size(settings: Settings) -> None:
+    """bench.pipeline --tiny --json: 3,000 events, each stage alone, the pipeline, its oracle, ~60 s."""
+    result = subprocess.run([sys.executable, "-m", "bench.pipeline", "--tiny", "--json"], env=settings_env(settings),
+                            cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                            check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout.splitlines()[-1])
+    assert figures["events"] == 3000 and figures["oracle_equal"] is True, figures
+    for key in ("ceiling_events_per_s", "pipeline_events_per_s", "ingest_events_per_s", "identity_events_per_s",
+                "profile_events_per_s", "projections_records_per_s", "p99_ms_at_half", "worker_rss_mib"):
+        assert figures[key] > 0, (key, figures)
+
+
+def test_projections_benchmark_prints_json(settings: Settings) -> None:
+    result = subprocess.run([sys.executable, "-m", "bench.projections", "--tiny", "--json"],
+                            env=settings_env(settings), cwd=REPO, capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures["checksum_equal"] is True and figures["rebuild_records_per_s"] > 0, figures
