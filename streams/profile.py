@@ -199,8 +199,7 @@ def register_profile(app: faust.App, settings: Settings) -> None:
                 continue  # fed already
             feed(stage, message.topic, message.offset, message.value, message.headers, out)
             touched.add(message.partition)
-        for partition in sorted(touched):
-            publish(stages[partition], out)
+        publish_all(touched, out)
         # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
         await send_batch(app, out)
         for stage in stages.values():
@@ -214,10 +213,10 @@ def register_profile(app: faust.App, settings: Settings) -> None:
             feed(stage, topic, message.offset, message.value, message.headers, out)
             replayed += 1
             if len(out) >= BATCH_SIZE:
-                publish(stage, out)
+                publish_all({stage.part.partition}, out)
                 await send_batch(app, out)
                 out.clear()
-        publish(stage, out)
+        publish_all({stage.part.partition}, out)
         stage.position = max(start, up_to)
         log.info("profile state rebuilt: partition %d restored=%d customers from the state table at offset %d, "
                  "replayed=%d records up to offset %d", stage.part.partition, restored, start, replayed,
@@ -242,8 +241,26 @@ def register_profile(app: faust.App, settings: Settings) -> None:
                 stage.raw[record.position] = (value, kafka_headers() or None)
             part.feed(offset, record)
 
-    def publish(stage: PartitionStage, out: list[Outgoing]) -> None:
-        """Add what the stage folded since the last call to ``out``."""
+    def publish_all(partitions: set[int], out: list[Outgoing]) -> None:
+        """Add what these partitions folded to ``out``, and what views they handed in locally released.
+
+        Every partition's output must be in ``out`` before the batch's state is written, so a
+        partition that a local hand-in released is published in the same call.
+        """
+        pending = set(partitions)
+        while pending:
+            partition = min(pending)
+            pending.discard(partition)
+            pending |= publish(stages[partition], out)
+
+    def publish(stage: PartitionStage, out: list[Outgoing]) -> set[int]:
+        """Add what the stage folded since the last call to ``out``; returns the partitions it handed views to.
+
+        A view for a partition this worker holds (and has recovered) is handed in straight away as well
+        as written to ``resolved``: the survivor's partition holds every record behind the merge until
+        the view arrives, and a round trip through Kafka per merge kept the profile waiting (30,000
+        events: 28,000 records held at once, batches of two or three records, 911 events/s).
+        """
         part, folder = stage.part, stage.part.folder
         outcome = part.drain()
         for record in outcome.followed:
@@ -256,9 +273,14 @@ def register_profile(app: faust.App, settings: Settings) -> None:
             out.append((names["dlq"], record.customer_id.encode(), value,
                         dlq_headers(reason, settings.topic("accepted"), 0, record.position[0])))
         count_events("profile", "dead_lettered", len(outcome.rejected))
+        handed: set[int] = set()
         for target, hand_in in outcome.hand_ins:
             key, value, headers = resolved.encode(hand_in, None, secret)
             out.append((names["resolved"], key, value, headers, target))
+            local = stages.get(target)
+            if local is not None and local.position >= 0:
+                local.part.receive(hand_in)
+                handed.add(target)
         for alert, context in folder.drain_alerts():
             doc = {**alert.to_json(), **context}
             out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),
@@ -290,3 +312,4 @@ def register_profile(app: faust.App, settings: Settings) -> None:
             out.append((names["customer-events"], key, value, headers))
         for record in outcome.dropped:
             stage.raw.pop(record.position, None)  # a re-send of a folded event: nothing to publish
+        return handed

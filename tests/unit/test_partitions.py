@@ -54,8 +54,10 @@ def one_folder(lines: list[str]) -> Folder:
 class Broker:
     """Identity's records and the partitions' hand-ins, queued per partition; delivery order is up to ``rng``."""
 
-    def __init__(self, partitions: int, rng: random.Random) -> None:
+    def __init__(self, partitions: int, rng: random.Random, local: bool = False) -> None:
+        """:param local: hand views in straight to their partition too (as one process does), not only via the log."""
         self.rng = rng
+        self.local = local
         self.identity = IdentityLog(folder(), partitions)
         self.partitions = [ProfilePartition(folder(), p, partitions) for p in range(partitions)]
         self.logs: list[list[Record]] = [[] for _ in range(partitions)]  # everything ever written, per partition
@@ -111,10 +113,13 @@ class Broker:
     def collect(self, part: ProfilePartition) -> None:
         outcome = part.drain()
         self.rejected += [record.event.event_id for record, _ in outcome.rejected]
-        for target, hand_in in outcome.hand_ins:
-            self.write(target, hand_in)
         self.alerts += [alert.alert_id for alert, _ in part.folder.drain_alerts()]
         self.entries += [entry.id for _, entry in part.folder.drain_entries()]
+        for target, hand_in in outcome.hand_ins:
+            self.write(target, hand_in)
+            if self.local:
+                self.partitions[target].receive(hand_in)
+                self.collect(self.partitions[target])
 
     def restart(self, p: int) -> None:
         """Partition ``p`` crashes: a new one restores its last snapshot and replays from its offset."""
@@ -169,11 +174,12 @@ def population(seed: int) -> list[str]:
     return lines
 
 
+@pytest.mark.parametrize("local", [False, True], ids=["through the log", "handed in locally too"])
 @pytest.mark.parametrize("partitions", [1, 2, 5])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_a_generated_population_in_partitions_equals_one_fold(partitions: int, seed: int) -> None:
+def test_a_generated_population_in_partitions_equals_one_fold(partitions: int, seed: int, local: bool) -> None:
     lines = population(seed)
-    broker = Broker(partitions, random.Random(seed))
+    broker = Broker(partitions, random.Random(seed), local)
     broker.publish(lines)
     broker.deliver()
     whole = one_folder(lines)
@@ -182,9 +188,10 @@ def test_a_generated_population_in_partitions_equals_one_fold(partitions: int, s
     assert_same(broker, whole)
 
 
-def test_resent_records_and_a_restarted_partition_change_nothing() -> None:
+@pytest.mark.parametrize("local", [False, True], ids=["through the log", "handed in locally too"])
+def test_resent_records_and_a_restarted_partition_change_nothing(local: bool) -> None:
     lines = population(3)
-    broker = Broker(3, random.Random(3))
+    broker = Broker(3, random.Random(3), local)
     broker.publish(lines[: len(lines) // 2])
     broker.deliver(200)
     broker.restart(1)
@@ -225,6 +232,40 @@ def test_an_event_waits_for_the_view_it_merges() -> None:
     assert set(parts[pa].folder.views) == {a} and b in parts[pa].folder.views[a].aliases
 
 
+def test_a_view_handed_in_locally_releases_the_hold_and_its_copy_in_the_log_changes_nothing() -> None:
+    lines = [event("e1", {"customer_no": "A"}), event("e2", {"email": "b@example.com"}, minutes=1),
+             event("e3", {"customer_no": "A", "email": "b@example.com"}, "purchase", minutes=2)]
+    partitions = 64
+    identity = IdentityLog(folder(), partitions)
+    sent = [sent for offset, line in enumerate(lines)
+            for sent in identity.event(offset, validate_event(json.loads(line), None))[2]]
+    pa, pb = sent[0][0], sent[1][0]
+    assert pa != pb
+    parts = {p: ProfilePartition(folder(), p, partitions) for p in (pa, pb)}
+    queues: dict[int, list[Record]] = {pa: [], pb: []}
+    for p, record in sent:
+        queues[p].append(record)
+    for offset, record in enumerate(queues[pa]):
+        parts[pa].feed(offset, record)
+    assert len(parts[pa].held) == 1
+    for offset, record in enumerate(queues[pb]):
+        parts[pb].feed(offset, record)
+    [(_, hand_in)] = parts[pb].drain().hand_ins
+    parts[pa].receive(hand_in)  # straight from the other partition: no offset in pa's log
+    assert not parts[pa].held and parts[pa].next_offset == len(queues[pa])
+    folded = parts[pa].drain()
+    assert [r.event.event_id for r in folded.followed] == ["e1", "e3"]
+    entries = parts[pa].folder.drain_entries()
+    card = render(parts[pa].folder.views[sent[0][1].customer_id], datetime(2026, 1, 1, tzinfo=UTC),  # type: ignore[union-attr]
+                  parts[pa].folder.config.segment, parts[pa].folder.rules, entries=None)
+    parts[pa].feed(len(queues[pa]), hand_in)  # its copy arrives through the log: a re-send now
+    assert not parts[pa].arrived and parts[pa].next_offset == len(queues[pa]) + 1
+    assert parts[pa].drain().followed == [] and parts[pa].folder.drain_entries() == []
+    assert render(parts[pa].folder.views[sent[0][1].customer_id], datetime(2026, 1, 1, tzinfo=UTC),  # type: ignore[union-attr]
+                  parts[pa].folder.config.segment, parts[pa].folder.rules, entries=None) == card
+    assert entries, "the purchase earned points once"
+
+
 _LINE = st.one_of(
     st.tuples(_IDS, st.sampled_from(["web", "purchase", "refund", "call"]), st.integers(0, 90 * 1440)),
     st.sampled_from(['{"tick": "2025-04-01T00:00:00Z"}', '{"tick": "2025-06-15T00:00:00Z"}']),
@@ -232,11 +273,12 @@ _LINE = st.one_of(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(log=st.lists(_LINE, max_size=40), partitions=st.integers(1, 4), seed=st.integers(0, 2**16))
+@given(log=st.lists(_LINE, max_size=40), partitions=st.integers(1, 4), seed=st.integers(0, 2**16),
+       local=st.booleans())
 def test_any_log_in_any_partitioning_and_order_equals_one_fold(log: list[object], partitions: int,
-                                                               seed: int) -> None:
+                                                               seed: int, local: bool) -> None:
     lines = log_lines(log)
-    broker = Broker(partitions, random.Random(seed))
+    broker = Broker(partitions, random.Random(seed), local)
     broker.publish(lines)
     broker.deliver()
     assert_same(broker, one_folder(lines))
