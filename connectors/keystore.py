@@ -113,6 +113,10 @@ class PostgresKeyStore:
             return await use(await self._connection(), *args)
         except psycopg.OperationalError as exc:
             raise KeyStoreError(f"the key store's database failed: {exc}") from exc
+        except psycopg.errors.UndefinedTable as exc:
+            # A worker may start before the projections process applied the migrations: wait, don't crash.
+            raise KeyStoreError("the key store's table is missing (apply the migrations: touchpoint db migrate)") \
+                from exc
 
     async def _data_keys(self, conn: psycopg.AsyncConnection, wanted: list[str], create: bool) -> dict[str, bytes]:
         rows = await (await conn.execute(_SELECT, (wanted,))).fetchall()

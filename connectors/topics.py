@@ -1,5 +1,10 @@
 """The topics Touchpoint owns, created with explicit configs.
 
+Retention: the channel topics keep records for ``channel_retention_days``
+(default 7): a channel system publishing with its own Kafka client may put
+clear identifiers there, which ingest seals on the way to ``accepted``
+(DESIGN.md §6). Every other topic keeps its records for good (or compacts).
+
 Keys: channel event topics are keyed by a keyed hash of the event's
 strongest identifier (:func:`connectors.producer.partition_key`), so one
 person's events from one channel stay in order; ``accepted`` has a single
@@ -44,12 +49,26 @@ def event_topic(settings: Settings, channel: str) -> str:
     return settings.topic(f"events.{channel}")
 
 
+def channel_configs(settings: Settings) -> dict[str, str]:
+    """A channel topic's configs: a short retention, as a channel system may write clear identifiers there.
+
+    Ingest seals them before anything goes on (``accepted`` and what follows keep everything for good),
+    so a channel topic is only a buffer in front of ingest. Kafka deletes whole closed segments: rolling
+    one a day (Kafka's default is a week) keeps a record of a topic that is written to at most about a
+    day past its retention.
+    """
+    retention_ms = int(settings.channel_retention_days * 86_400_000)
+    return {"cleanup.policy": "delete", "retention.ms": str(retention_ms),
+            "segment.ms": str(min(retention_ms, 86_400_000))}
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic of the backbone with its configs."""
     keep_forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
     state_configs = {"cleanup.policy": "compact", "retention.ms": "-1", "segment.ms": "3600000",
                      "max.message.bytes": str(STATE_MAX_RECORD_BYTES)}
-    specs = [TopicSpec(event_topic(settings, ch), settings.topic_partitions, keep_forever) for ch in CHANNELS]
+    specs = [TopicSpec(event_topic(settings, ch), settings.topic_partitions, channel_configs(settings))
+             for ch in CHANNELS]
     specs += [
         TopicSpec(settings.topic("dlq"), settings.topic_partitions, keep_forever),
         # One partition: identity is decided in one order that every replay repeats.

@@ -14,28 +14,51 @@ retries instead of dead-lettering good events.
 
 Accepted events keep the producer's partition key (a keyed hash of the
 strongest identifier).
+
+Clear identifiers (DESIGN.md §6). A channel system may publish with any
+Kafka client and Confluent's Avro serializer, identifiers in clear. Nothing
+in clear goes past ingest: an accepted event with any identifier that is not
+a pseudonym has its identifiers normalised and sealed into their pseudonyms
+exactly as the producer library does it (:func:`connectors.producer.normalised`,
+:func:`~connectors.producer.keys_to_seal`,
+:func:`~connectors.producer.pseudonymised`), with the data keys of the whole
+batch from the key store in one call, and is serialised again. Events that
+arrive pseudonymised (the producer library, the gateway, the file import)
+keep their original bytes: the common path costs one prefix check per
+identifier. An event with a clear identifier that is not a valid one of its
+kind goes to the dead-letter topic with the reason, as identity would have
+sent it there: it never reaches ``accepted``. An unreachable key store, like
+the registry, is waited out; good events are never dead-lettered and clear
+values never forwarded meanwhile. Events that arrived in clear are counted per
+source topic (``touchpoint.events.clear_identifiers``) and logged per batch
+(topic and count, never a value); the channel topics keep them only for
+``channel_retention_days`` (:mod:`connectors.topics`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import faust
 from opentelemetry import trace
 
-from connectors.producer import partition_key
+from connectors.keystore import KeyStore, KeyStoreError, PostgresKeyStore
+from connectors.producer import keys_to_seal, normalised, partition_key, pseudonymised
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, event_topic
 from touchpoint.contract.models import ContractViolation, Event
+from touchpoint.core.normalise import Identifier
+from touchpoint.core.pseudonym import is_pseudonym
 from touchpoint.errors import RegistryError, SerializationError
 from streams.app import BATCH_SIZE, BATCH_WITHIN_S, Outgoing, send_batch
 from touchpoint.settings import Settings
-from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
+from touchpoint.telemetry import context_from_headers, count_clear_identifiers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
@@ -45,7 +68,14 @@ _TRACER = tracer(__name__)
 
 @dataclass(frozen=True)
 class Accepted:
+    """An event that honours the contract.
+
+    ``clear``: its identifiers normalised when any arrived in clear (to be sealed before it goes on);
+    None when all are pseudonyms, and its original bytes go on as they are.
+    """
+
     event: Event
+    clear: dict[str, Identifier] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +98,36 @@ def judge(serde: EventSerde, raw: bytes | None, now: datetime) -> Accepted | Rej
         return Rejected(f"contract: {exc}")
 
 
+def has_clear_identifiers(event: Event) -> bool:
+    """Whether any identifier arrived in clear: not a pseudonym, so not written by the producer library."""
+    for value in event.identifiers.values():  # a loop, not all(...): this runs for every event
+        if not is_pseudonym(value):
+            return True
+    return False
+
+
+def to_seal(verdict: Accepted, secret: bytes, region: str) -> Accepted | Rejected:
+    """An accepted event with clear identifiers, its identifiers normalised for sealing.
+
+    Rejected when one is not a valid identifier of its kind (the producer library refuses it; identity
+    would dead-letter it): it must not reach ``accepted`` in clear.
+    """
+    try:
+        return Accepted(verdict.event, normalised(verdict.event, secret, region))
+    except ContractViolation as exc:
+        return Rejected(f"contract: {exc}")
+
+
+def sealed(clear: Sequence[Accepted], data_keys: dict[str, bytes]) -> list[Event]:
+    """``clear``'s events with each identifier replaced by its pseudonym (``data_keys``: by identifier key).
+
+    :param clear: events from :func:`to_seal`; ``data_keys`` must hold the keys
+        :func:`~connectors.producer.keys_to_seal` names for them.
+    """
+    made: dict[str, str] = {}  # a person's identifiers recur across a batch
+    return [pseudonymised(item.event, item.clear or {}, data_keys, made) for item in clear]
+
+
 def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
     """Headers that say why and from where an event was dead-lettered."""
     return [
@@ -84,6 +144,9 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
                         key_serializer="raw", value_serializer="raw")
     serde = EventSerde(RegistryClient(settings.registry_url))
     secret = settings.identifier_key.get_secret_value().encode()
+    region = settings.phone_region
+    # Used only when a batch holds clear identifiers; it connects on first use.
+    keystore = PostgresKeyStore(settings)
 
     accepted_name = settings.topic("accepted")
     dlq_name = settings.topic("dlq")
@@ -92,6 +155,10 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
             out: list[Outgoing] = []
+            # Only events to seal are kept past their own turn: holding every decoded event of the batch
+            # cost a third more per event on the common path, all of it in the garbage collector's passes.
+            clear: dict[int, Accepted] = {}  # by place in ``out``
+            arrived_clear: Counter[str] = Counter()
             for event in events:
                 message = event.message
                 now = datetime.fromtimestamp(message.timestamp, UTC)
@@ -100,10 +167,16 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
                         attributes={MESSAGING_TOPIC: message.topic, MESSAGING_PARTITION: message.partition,
                                     MESSAGING_OFFSET: message.offset}) as span:
                     verdict = await _judge_patiently(serde, message.value, now)
+                    if isinstance(verdict, Accepted) and has_clear_identifiers(verdict.event):
+                        arrived_clear[message.topic] += 1
+                        verdict = to_seal(verdict, secret, region)
                     trace_headers = kafka_headers()
                 if isinstance(verdict, Accepted):
                     span.set_attribute(EVENT_ID, verdict.event.event_id)
-                    out.append((accepted_name, partition_key(verdict.event.identifiers, secret, settings.phone_region), message.value,
+                    if verdict.clear is not None:
+                        clear[len(out)] = verdict
+                    # A pseudonym's key is its clear value's: the same partition key either way.
+                    out.append((accepted_name, partition_key(verdict.event.identifiers, secret, region), message.value,
                                 trace_headers or None))
                 else:
                     log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
@@ -111,6 +184,16 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
                     headers = [*_header_list(message.headers),
                                *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
                     out.append((dlq_name, message.key, message.value, headers))
+            if clear:
+                # The clear values are replaced before anything is sent: one key-store call for the batch.
+                for place, value in zip(clear, await _sealed_patiently(keystore, serde, list(clear.values())),
+                                        strict=True):
+                    name, key, _, headers = out[place][:4]
+                    out[place] = (name, key, value, headers)
+            for topic, count in sorted(arrived_clear.items()):
+                log.info("%d event(s) from %s arrived with identifiers in clear (sealed, or dead-lettered if invalid)",
+                         count, topic, extra={"topic": topic, "events": count})
+                count_clear_identifiers(topic, count)
             await send_batch(app, out)
             dead = sum(1 for topic, *_ in out if topic == dlq_name)
             count_events("ingest", "accepted", len(out) - dead)
@@ -124,6 +207,25 @@ def _header_list(headers: object) -> list[tuple[str, bytes]]:
     if isinstance(headers, Mapping):
         return list(headers.items())
     return list(headers)  # type: ignore[call-overload]
+
+
+async def _sealed_patiently(keystore: KeyStore, serde: EventSerde, clear: list[Accepted]) -> list[bytes]:
+    """``clear``'s events sealed and serialised again: one key-store call, key store and registry outages waited out.
+
+    Waiting holds the whole batch (its offsets are not committed): dead-lettering good events, or sending
+    them on in clear, would be worse than a stalled stage.
+    """
+    backoff = 0.5
+    while True:
+        try:
+            data_keys = await keystore.data_keys(keys_to_seal((item.event, item.clear or {}) for item in clear),
+                                                 create=True)
+            return [serde.serialize(event) for event in sealed(clear, data_keys)]
+        except (KeyStoreError, RegistryError) as exc:
+            log.warning("cannot seal clear identifiers (key store or registry unavailable); retrying",
+                        extra={"error": str(exc), "backoff_s": backoff})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 15.0)
 
 
 async def _judge_patiently(serde: EventSerde, raw: bytes | None, now: datetime) -> Accepted | Rejected:

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     topic_partitions: int = 3
     topic_replication_factor: int = 1
     topic_prefix: str = "touchpoint"
+    # How long the channel topics (events.<channel>) keep a record, in days: the only topics where a
+    # channel system's clear identifiers may land before ingest seals them (DESIGN.md §6). Must outlast
+    # the longest time ingest may be down, or events it has not read yet are deleted.
+    channel_retention_days: float = Field(default=7.0, gt=0)
     # How clients reach Kafka (touchpoint/kafka_security.py turns these into each client's options).
     # PLAINTEXT (the local stack), SSL (TLS, optionally with a client certificate), SASL_PLAINTEXT or
     # SASL_SSL (SCRAM user name and password, over TLS for the latter).

@@ -17,7 +17,10 @@ no-ops and nothing is added to the headers.
 Metrics follow the same switch and the same exporter choice
 (:func:`configure_metrics`): ``touchpoint.events``, a counter of events per
 stage and outcome (its rate is events/s per stage; its ``dead_lettered``
-outcome the dead-letter count), and ``touchpoint.lag``, records not yet
+outcome the dead-letter count), ``touchpoint.events.clear_identifiers``, the
+events that reached a channel topic with identifiers in clear, per source
+topic (a channel system publishing with its own Kafka client; ingest seals
+them), and ``touchpoint.lag``, records not yet
 processed per stage (consumer lag of ingest, identity and profile, projection lag),
 observed by the projections process. The export interval is OpenTelemetry's
 ``OTEL_METRIC_EXPORT_INTERVAL`` (60 s by default).
@@ -36,7 +39,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from touchpoint.settings import Settings
-from touchpoint.telemetry_attrs import OUTCOME, STAGE
+from touchpoint.telemetry_attrs import MESSAGING_TOPIC, OUTCOME, STAGE
 
 
 def configure_tracing(settings: Settings, service: str, processor: SpanProcessor | None = None) -> TracerProvider:
@@ -89,6 +92,17 @@ def count_events(stage: str, outcome: str, amount: int) -> None:
     """Add ``amount`` events of ``outcome`` (accepted, dead_lettered, written, ...) to ``stage``'s count."""
     if amount:
         _EVENTS.add(amount, {STAGE: stage, OUTCOME: outcome})
+
+
+_CLEAR = _METER.create_counter(
+    "touchpoint.events.clear_identifiers", unit="{event}",
+    description="Events that reached a channel topic with identifiers in clear (sealed by ingest), by source topic")
+
+
+def count_clear_identifiers(topic: str, amount: int) -> None:
+    """Add ``amount`` events that arrived on ``topic`` with identifiers in clear (a producer other than ours)."""
+    if amount:
+        _CLEAR.add(amount, {MESSAGING_TOPIC: topic})
 
 
 def meter() -> metrics.Meter:

@@ -18,12 +18,22 @@ normalised. DESIGN.md §6 says topics never hold a clear identifier: the
 producer library writes each as its pseudonym (a keyed hash and the value
 sealed with the identifier's own key; a card's last four).
 
+A channel system that is not written in Python publishes with its own Kafka
+client and clear identifiers. A second population is published that way:
+confluent-kafka with Confluent's own ``AvroSerializer`` against the
+registry's Confluent-compatible API (the schema looked up, not registered;
+RecordNameStrategy). Its clear values may sit on the five channel topics
+(short retention), and must be nowhere else: ingest seals them before
+``accepted``; and its events must still reach the read model.
+
 The module has its own topic prefix and database, so its dead letters and
 topics hold only what it wrote.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import random
 import re
@@ -35,19 +45,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from connectors.producer import Delivered, EventProducer, Refused
 from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
+from connectors.serde import SUBJECT, EventSerde
 from connectors.topics import CHANNELS, event_topic
 from tests.e2e.oracle import committed, drained, end_offset
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process
-from touchpoint.contract import validate_event
+from touchpoint.contract import to_avro_record, validate_event
+from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import normalise
 from touchpoint.demo import sample_events
 from touchpoint.generate import generate
@@ -202,6 +219,9 @@ def test_garbage_on_channel_topics_is_dead_lettered_and_the_pipeline_goes_on(pip
 class Scan:
     clear: dict[tuple[str, str], set[str]]  # (kind, normalised display) -> the forms the population used
     places: dict[str, bytes]  # where -> everything read there
+    direct: dict[tuple[str, str], set[str]]  # the same for the population published by a client not ours
+    direct_ids: set[str]  # the event ids of that population
+    direct_keys: set[str]  # the keys (keyed hashes) of its customer numbers
 
 
 def _pg_dump(settings: Settings) -> bytes:
@@ -248,36 +268,119 @@ def _topics_raw(settings: Settings) -> dict[str, bytes]:
         consumer.close()
 
 
+def _clear_forms(events: list[dict[str, Any]], secret: bytes) -> dict[tuple[str, str], set[str]]:
+    """(kind, normalised display) -> every form of it the events wrote (a card's number only, never its display)."""
+    clear: dict[tuple[str, str], set[str]] = {}
+    for event in events:
+        for kind, value in event["identifiers"].items():
+            display = normalise(kind, value, secret=secret).display
+            forms = {value.strip(), re.sub(r"[\s-]", "", value)} | ({display} if kind != "card" else set())
+            clear.setdefault((kind, display), set()).update(forms)
+    return clear
+
+
+def _other_person(identifiers: dict[str, str]) -> dict[str, str]:
+    """Identifiers no one of another generated population has (valid ones of the same kinds).
+
+    The generator draws customer and card numbers from the seed, but phones, e-mails, cookies and
+    devices from the customer's index, so two populations would share them.
+    """
+    changed = {}
+    for kind, value in identifiers.items():
+        if kind == "email":
+            local, _, domain = value.rpartition("@")
+            value = f"{local}.direct@{domain}"
+        elif kind == "phone":  # another number of the same range, in the form it was written (E.164 or national)
+            lead, digits = value[0], re.sub(r"\D", "", value)
+            value = lead + str(int(digits) + 5000) if lead == "+" else "0" + str(int(digits) + 5000)
+        elif kind in ("cookie", "device"):
+            prefix, _, rest = value.partition("-")
+            value = f"{prefix}-x{rest}"
+        changed[kind] = value
+    return changed
+
+
+def _publish_directly(settings: Settings, docs: list[dict[str, Any]]) -> None:
+    """Publish events as a channel system not written in Python would: its own Kafka client, identifiers in clear.
+
+    confluent-kafka (librdkafka) with Confluent's ``AvroSerializer``: the schema is the registry's latest
+    under our subject, looked up through its Confluent-compatible API and never registered
+    (``auto.register.schemas=false``, ``use.latest.version=true``, RecordNameStrategy); the key is the
+    channel system's own keyed hash of the strongest identifier.
+    """
+    registry = SchemaRegistryClient({"url": settings.registry_url})
+    latest = registry.get_latest_version(SUBJECT)
+    serializer = AvroSerializer(registry, latest.schema.schema_str, conf={
+        "auto.register.schemas": False, "use.latest.version": True,
+        "subject.name.strategy": record_subject_name_strategy})
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+                         "linger.ms": 5})
+    failures: list[str] = []
+
+    def delivered(error: object, _message: object) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    now = datetime.now(UTC)
+    for doc in docs:
+        topic = event_topic(settings, doc["channel"])
+        # The record the system's own mapping builds: the JSON form's fields, the payload's branch named.
+        record = to_avro_record(validate_event(doc, now))
+        kind, value = strongest_identifier(doc["identifiers"])
+        key = hmac.new(b"the channel system's own key", f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+        try:
+            producer.produce(topic, key=key.encode(), on_delivery=delivered,
+                             value=serializer(record, SerializationContext(topic, MessageField.VALUE)))
+        except (BufferError, KafkaException) as exc:
+            failures.append(repr(exc))
+        producer.poll(0)
+    assert producer.flush(60) == 0, "the direct producer's events were all acknowledged"
+    assert failures == []
+
+
 @pytest.fixture(scope="module")
 def scan(pipeline: Pipeline) -> Scan:
-    """A generated population with cards through the pipeline, then the database and the topics, read raw."""
+    """Two generated populations with cards through the pipeline, one by our producer library and one by a
+    client that is not ours, then the database and the topics, read raw."""
     settings = pipeline.settings
+    secret = settings.identifier_key.get_secret_value().encode()
     events = list(generate(customers=60, days=45, seed=77))
     before = committed(settings)
     with EventProducer(settings) as producer:
         results = producer.publish(events, datetime.now(UTC))
     delivered = [r for r in results if isinstance(r, Delivered)]
     assert len(delivered) > 0.9 * len(events) and any(isinstance(r, Refused) for r in results)
-    secret = settings.identifier_key.get_secret_value().encode()
     sent = {r.event_id for r in delivered}
-    clear: dict[tuple[str, str], set[str]] = {}
-    for event in events:
-        if event.get("event_id") in sent:
-            for kind, value in event["identifiers"].items():
-                display = normalise(kind, value, secret=secret).display
-                forms = {value.strip(), re.sub(r"[\s-]", "", value)} | ({display} if kind != "card" else set())
-                clear.setdefault((kind, display), set()).update(forms)
+    clear = _clear_forms([event for event in events if event.get("event_id") in sent], secret)
+
+    direct_events = [{**event, "identifiers": _other_person(event["identifiers"])}
+                     for event in generate(customers=40, days=45, seed=78, bad_share=0.0)]
+    _publish_directly(settings, direct_events)
+    direct = _clear_forms(direct_events, secret)
+    assert not set(direct) & set(clear), "the two populations share no identifier"
+    direct_ids = {str(event["event_id"]) for event in direct_events}
+    direct_keys = {normalise(kind, value, secret=secret).key for event in direct_events
+                   for kind, value in event["identifiers"].items() if kind == "customer_no"}
+
     wait_until(lambda: end_offset(settings, settings.topic("customer-views")) and drained(settings, before), 180,
                "the worker and the projections to catch up", pipeline.procs)
+    wait_until(lambda: direct_ids <= interaction_ids(settings) and drained(settings, before), 180,
+               "the direct producer's events in the read model", pipeline.procs)
     places = {"pg_dump": _pg_dump(settings), **_topics_raw(settings)}
-    return Scan(clear, places)
+    return Scan(clear, places, direct, direct_ids, direct_keys)
 
 
-def _found(scan: Scan, place: str) -> list[str]:
-    """The identifiers found in clear in ``place``, each named by its kind and last four characters only."""
+def _found(scan: Scan, place: str, clear: dict[tuple[str, str], set[str]] | None = None) -> list[str]:
+    """The identifiers (of ``clear``, default the producer library's) found in clear in ``place``, each named
+    by its kind and last four characters only."""
     blob = scan.places[place]
-    return sorted(f"{kind} …{display[-4:]}" for (kind, display), forms in scan.clear.items()
+    return sorted(_name(kind, display) for (kind, display), forms in (scan.clear if clear is None else clear).items()
                   if any(form.encode() in blob for form in forms))
+
+
+def _name(kind: str, display: str) -> str:
+    """An identifier named without giving it away in a test's output: its kind and last four characters."""
+    return f"{kind} …{display[-4:]}"
 
 
 def test_the_population_has_identifiers_and_the_places_hold_its_data(scan: Scan) -> None:
@@ -310,3 +413,45 @@ def test_no_other_topic_of_the_prefix_holds_an_identifier_in_clear(scan: Scan, p
     known = {f"topic {pipeline.settings.topic(suffix)}" for suffix in TOPIC_SUFFIXES}
     others = sorted(set(scan.places) - known - {"pg_dump"})
     assert {place: _found(scan, place) for place in others} == {place: [] for place in others}
+
+
+def test_only_the_channel_topics_have_a_short_retention(pipeline: Pipeline) -> None:
+    """The topics as Kafka holds them: where clear values may land, records are kept for the setting's days."""
+    settings = pipeline.settings
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        names = [settings.topic(suffix) for suffix in TOPIC_SUFFIXES]
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in names])["topic"]
+    finally:
+        admin.close()
+    retention = {name: configs[name]["retention.ms"]["value"] for name in names}
+    channels = {event_topic(settings, ch) for ch in CHANNELS}
+    assert {name: ms for name, ms in retention.items() if name in channels} == \
+        dict.fromkeys(channels, str(int(settings.channel_retention_days * 86_400_000)))
+    assert {name: ms for name, ms in retention.items() if name not in channels} == \
+        dict.fromkeys(set(names) - channels, "-1")
+
+
+def test_a_direct_producer_s_clear_identifiers_go_no_further_than_the_channel_topics(
+        scan: Scan, pipeline: Pipeline) -> None:
+    """Ingest seals what a client not ours wrote in clear: not on accepted nor any later topic, not in PostgreSQL."""
+    channels = {f"topic {event_topic(pipeline.settings, ch)}" for ch in CHANNELS}
+    kinds = Counter(kind for kind, _ in scan.direct)
+    assert kinds["card"] >= 10 and kinds["email"] >= 10 and kinds["phone"] >= 10 and kinds["customer_no"] >= 10
+    on_channels = set().union(*(_found(scan, place, scan.direct) for place in channels))
+    assert on_channels == {_name(kind, display) for kind, display in scan.direct}, \
+        "the direct producer wrote every identifier in clear to the channel topics (the scan is not vacuous)"
+    beyond = sorted(set(scan.places) - channels)
+    assert "pg_dump" in beyond and f"topic {pipeline.settings.topic('accepted')}" in beyond
+    assert {place: _found(scan, place, scan.direct) for place in beyond} == {place: [] for place in beyond}
+
+
+def test_a_direct_producer_s_events_reach_the_read_model(scan: Scan, pipeline: Pipeline) -> None:
+    """Sealing keeps the events: every one is an interaction, every customer number on a card."""
+    settings = pipeline.settings
+    assert scan.direct_ids <= interaction_ids(settings)
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        on_cards = {row[0] for row in conn.execute(
+            "SELECT i.key FROM customer_identifiers i JOIN customers c USING (customer_id) WHERE i.key = ANY(%s)",
+            (sorted(scan.direct_keys),))}
+    assert on_cards == scan.direct_keys, "every customer number of the direct population is on a customer's card"
