@@ -14,6 +14,7 @@ from datetime import datetime
 
 from connectors.registry import RegistryClient
 from touchpoint.contract import decode, encode, event_schema, event_schema_text, from_avro_record, to_avro_record
+from touchpoint.contract.avro import from_checked_record
 from touchpoint.contract.models import Event
 
 SUBJECT = "touchpoint.events.Event"
@@ -46,6 +47,15 @@ class EventSerde:
         """
         _, record = decode(data, self._writer_schema, event_schema())
         return from_avro_record(record, now)
+
+    def read_checked(self, data: bytes) -> Event:
+        """Decode one message of an internal topic, whose event ingest already checked (not checked again).
+
+        :raises SerializationError: the bytes are not a registered Avro event.
+        :raises RegistryError: the registry could not be asked.
+        """
+        _, record = decode(data, self._writer_schema, event_schema())
+        return from_checked_record(record)
 
     def _writer_schema(self, schema_id: int) -> object:
         """The writer schema by id; our own current schema as the very object readers resolve into."""

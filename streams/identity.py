@@ -139,7 +139,7 @@ class IdentityStage:
             if at is None:
                 return Fed(reason='not a tick: expected {"tick": "<ISO-8601 instant with zone>"}')
             return Fed(records=self.log.tick(offset, at))
-        event = self.serde.deserialize(value)  # accepted upstream: it decodes and honours the contract
+        event = self.serde.read_checked(value)  # accepted upstream: it decodes and honours the contract
         try:
             customer_id, decisions, records = self.log.event(offset, event)
         except Rejected as exc:

@@ -80,7 +80,7 @@ def decode(value: bytes, headers: Any, serde: EventSerde, folder: Folder, secret
     offset, n = (int(part) for part in found[POSITION].decode().split(","))
     position = (offset, n)
     if kind == "resolved":
-        event = serde.deserialize(value)
+        event = serde.read_checked(value)  # checked by ingest, once
         decisions = tuple(_decision(doc) for doc in json.loads(found[DECISIONS]))
         kinds = set(found[ATTRIBUTED].decode().split(",")) - {""}
         attributed = tuple(folder.normalise_pair((k, v)) for k, v in event.identifiers.items() if k in kinds)

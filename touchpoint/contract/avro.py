@@ -31,7 +31,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from touchpoint.contract.models import PAYLOAD_MODELS, ContractViolation, Event, validate_event
+from touchpoint.contract.models import EVENT_MODELS, PAYLOAD_MODELS, ContractViolation, Event, PurchaseLine, validate_event
 from touchpoint.contract.schemas import NAMESPACE, event_schema
 from touchpoint.errors import SerializationError, TouchpointError
 
@@ -61,6 +61,25 @@ def from_avro_record(record: dict[str, Any], now: datetime | None = None, *, pse
         if model is not None and name != f"{NAMESPACE}.{model.__name__}":
             raise ContractViolation([("payload", f"record {name} does not match type {doc['type']!r}")])
     return validate_event(doc, now, pseudonymised=pseudonymised)
+
+
+def from_checked_record(record: dict[str, Any]) -> Event:
+    """The event of a record the contract already accepted, built without checking it again.
+
+    For the internal topics only (``accepted``, ``resolved``): ingest decoded and checked every event
+    once, at the edge, and forwards its bytes as they were; the stages behind it read them back into
+    the same models without paying for the contract's validators a second and a third time (18 µs
+    of an event's ~36 µs in identity's half of the fold). The record must come from :func:`decode`
+    with the current schema as reader schema, so its fields are exactly the models' fields. Equal to
+    :func:`from_avro_record` for every event the contract accepts (tested).
+    """
+    kind = record["type"]
+    payload = record["payload"][1]
+    if kind == "purchase":
+        payload = {**payload, "lines": [PurchaseLine.model_construct(**line) for line in payload["lines"]]}
+    return EVENT_MODELS[kind].model_construct(
+        event_id=record["event_id"], type=kind, channel=record["channel"], occurred_at=record["occurred_at"],
+        identifiers=record["identifiers"], payload=PAYLOAD_MODELS[kind].model_construct(**payload))
 
 
 def encode(schema_id: int, record: Any, schema: Any = None) -> bytes:

@@ -367,6 +367,10 @@ PAYLOAD_MODELS: dict[str, type[BaseModel]] = {
     cls.model_fields["type"].default: cls.model_fields["payload"].annotation for cls in get_args(get_args(AnyEvent)[0])
 }
 """Event type -> payload model, e.g. ``"purchase" -> PurchasePayload``."""
+EVENT_MODELS: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls for cls in get_args(get_args(AnyEvent)[0])
+}
+"""Event type -> event class, e.g. ``"purchase" -> PurchaseEvent``."""
 
 # Pydantic's wording for the commonest failures, said in the contract's terms.
 _MESSAGES = {
