@@ -25,11 +25,11 @@ interleave never changes which customer a key ends on.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -73,7 +73,7 @@ class CustomersProjection:
         # Within a batch only the newest record per customer id matters.
         latest: dict[str, tuple[Record, dict[str, Any]]] = {}
         for record in records:
-            doc = json.loads(record.value)
+            doc = orjson.loads(record.value)  # a card of ~10 KB: orjson parses it in a fraction of json.loads
             customer_id = str(doc["customer_id"])
             if customer_id not in latest or newer(latest[customer_id], (record, doc)):
                 latest[customer_id] = (record, doc)
