@@ -49,10 +49,9 @@ import subprocess
 import sys
 import time
 import traceback
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,13 +60,13 @@ from kafka import KafkaConsumer, TopicPartition
 from psycopg import sql
 
 from bench.machine import machine_line
+from bench.scratch import scratch, spawn as scratch_spawn
 from connectors.producer import Delivered, EventProducer
-from connectors.topics import CHANNELS, ensure_topics, event_topic
+from connectors.topics import CHANNELS, event_topic
 from projections.lag import pipeline_lag
-from projections.migrate import migrate
 from projections.run import PROJECTION_TOPICS
 from touchpoint.generate import generate
-from touchpoint.settings import Settings, load_settings
+from touchpoint.settings import Settings
 
 EVENTS_PER_CUSTOMER_DAY = 0.19
 """About how many good events ``generate`` makes per customer and day (to size the population)."""
@@ -79,13 +78,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # --- processes -------------------------------------------------------------------------------------
 
 def spawn(settings: Settings, verb: str, stages: str | None = None) -> subprocess.Popen[bytes]:
-    """``touchpoint <verb>`` on these settings (a worker with only ``stages``, if given)."""
-    env = {**os.environ, "TOUCHPOINT_TOPIC_PREFIX": settings.topic_prefix,
-           "TOUCHPOINT_PG_DATABASE": settings.pg_database, "TOUCHPOINT_LOG_LEVEL": "WARNING"}
-    if stages is not None:
-        env["TOUCHPOINT_WORKER_STAGES"] = stages
-    return subprocess.Popen([sys.executable, "-m", "touchpoint", verb], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """``touchpoint <verb>`` on these settings (a worker with only ``stages``, if given); its output discarded."""
+    return scratch_spawn(settings, verb, Path(os.devnull),
+                         None if stages is None else {"TOUCHPOINT_WORKER_STAGES": stages})
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -134,22 +129,6 @@ class Offsets:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-@contextmanager
-def fresh(base: Settings, name: str) -> Iterator[Settings]:
-    """A topic prefix with its topics, and a migrated database, both new (the database is dropped after)."""
-    settings = base.model_copy(update={"topic_prefix": f"bench-{name}", "pg_database": f"bench_{name}"})
-    with psycopg.connect(base.pg_conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
-    try:
-        ensure_topics(settings)
-        migrate(settings)
-        yield settings
-    finally:
-        with psycopg.connect(base.pg_conninfo("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(settings.pg_database)))
 
 
 def channel_topics(settings: Settings) -> list[str]:
@@ -346,11 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
 
     say(machine_line() + f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    base = load_settings()
-    run = uuid.uuid4().hex[:8]
     events = backlog_events(args.events)
     out["events"] = len(events)
-    with fresh(base, f"{run}_stages") as stages:
+    with scratch("stages") as stages:
         began = time.time()
         acked = publish(stages, events)
         say(f"backlog: {len(acked):,} events published in {time.time() - began:.1f}s "
@@ -385,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"stage alone: {name:<11} {figure.items:>9,} {unit} in {figure.seconds:6.1f}s = "
                 f"{figure.per_s:9,.0f} {unit}/s, {figure.cpu_per_1000:6.2f} CPU-s per 1,000")
 
-        with fresh(base, f"{run}_pipeline") as pipeline:
+        with scratch("pipeline") as pipeline:
             copied = asyncio.run(_copy(stages, pipeline))
             worker, writer = spawn(pipeline, "worker"), spawn(pipeline, "project")
             offsets = Offsets(pipeline)
@@ -418,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"accepted{'' if out['oracle_equal'] else ': ' + why}")
 
     half = max(1.0, out["pipeline_events_per_s"] / 2)
-    with fresh(base, f"{run}_half") as steady:
+    with scratch("half") as steady:
         worker, writer = spawn(steady, "worker"), spawn(steady, "project")
         try:
             time.sleep(8)  # let the worker join its group; not part of the measurement

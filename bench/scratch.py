@@ -51,10 +51,10 @@ def scratch(name: str) -> Iterator[Settings]:
             kafka_admin.close()
 
 
-def spawn(settings: Settings, verb: str, log: Path) -> subprocess.Popen[bytes]:
-    """``python -m touchpoint VERB`` on the scratch settings, output to ``log``."""
+def spawn(settings: Settings, verb: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python -m touchpoint VERB`` on the scratch settings (plus ``env``), output to ``log``."""
     env = {**os.environ, "TOUCHPOINT_TOPIC_PREFIX": settings.topic_prefix,
-           "TOUCHPOINT_PG_DATABASE": settings.pg_database, "TOUCHPOINT_LOG_LEVEL": "WARNING"}
+           "TOUCHPOINT_PG_DATABASE": settings.pg_database, "TOUCHPOINT_LOG_LEVEL": "WARNING", **(env or {})}
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "touchpoint", verb], env=env,  # noqa: S603
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
