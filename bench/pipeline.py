@@ -64,7 +64,7 @@ from bench.scratch import scratch, spawn as scratch_spawn
 from connectors.producer import Delivered, EventProducer
 from connectors.topics import CHANNELS, event_topic
 from projections.lag import pipeline_lag
-from projections.run import PROJECTION_TOPICS
+from projections.catalog import PROJECTION_TOPICS
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 

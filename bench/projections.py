@@ -50,7 +50,7 @@ from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.generate import generate
 
 _DAY = timedelta(days=1)
-AGENT_BATCH = 1000  # streams.app.BATCH_SIZE
+AGENT_BATCH = 1000  # streams.batch.BATCH_SIZE
 
 # (topic name without prefix, key, value)
 Out = tuple[str, bytes, bytes]

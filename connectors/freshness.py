@@ -34,7 +34,7 @@ from kafka.errors import KafkaError
 from psycopg_pool import AsyncConnectionPool
 from starlette.concurrency import run_in_threadpool
 
-from projections.run import PROJECTION_TOPICS
+from projections.catalog import PROJECTION_TOPICS
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from projections.catalog import read_model_tables
 from touchpoint.errors import StackError
 
 EXCLUDED_COLUMNS = frozenset({"source_topic", "source_partition", "source_offset", "updated_at", "recorded_at"})
@@ -103,8 +104,6 @@ def checksum(conninfo: str, tables: Sequence[str] | None = None) -> Checksum:
     the tables disagree with each other.
     """
     if tables is None:
-        from projections.run import read_model_tables
-
         tables = read_model_tables()
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'UTC'")  # timestamptz as text follows the session's zone

@@ -12,7 +12,7 @@ import psycopg
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.topics import CHANNELS, event_topic
-from projections.run import PROJECTION_TOPICS
+from projections.catalog import PROJECTION_TOPICS
 from projections.writer import stored_offsets
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings

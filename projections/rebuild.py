@@ -34,8 +34,9 @@ from psycopg import sql
 from tqdm import tqdm
 
 from connectors.registry import RegistryClient
+from projections.catalog import READ_MODEL_TABLES
 from projections.migrate import migrate
-from projections.run import READ_MODEL_TABLES, all_projections
+from projections.run import all_projections
 from projections.writer import Projection, Record, write_batch
 from touchpoint.errors import StackError
 from touchpoint.kafka_security import kafka_python_options

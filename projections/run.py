@@ -16,6 +16,7 @@ from connectors.topics import ensure_topics_before_serving
 from projections.alerts import AlertsProjection
 from projections.customers import CustomersProjection
 from projections.interactions import InteractionsProjection
+from projections.lag import pipeline_lag
 from projections.loyalty import LedgerProjection
 from projections.migrate import migrate
 from projections.writer import Projection, run_projection
@@ -27,21 +28,6 @@ from touchpoint.telemetry_attrs import STAGE
 log = logging.getLogger(__name__)
 
 
-PROJECTION_TOPICS = {"interactions": ["customer-events"], "customers": ["customer-views"], "loyalty": ["loyalty"],
-                     "alerts": ["alerts.dormancy", "alerts.churn"]}
-"""Each projection's topics (names without the prefix), for lag reports and rebuilds."""
-
-READ_MODEL_TABLES = {"interactions": ["interactions"],
-                     "customers": ["customers", "customer_aliases", "customer_identifiers"],
-                     "loyalty": ["loyalty_ledger"], "alerts": ["alerts"]}
-"""Each projection's tables: what a rebuild empties and a checksum covers (not ``projection_offsets``)."""
-
-
-def read_model_tables() -> list[str]:
-    """Every read-model table, in a fixed order."""
-    return [table for tables in READ_MODEL_TABLES.values() for table in tables]
-
-
 def all_projections(settings: Settings, registry: RegistryClient | None = None) -> list[Projection]:
     """Every read model the front line uses (pass ``registry`` to close it yourself)."""
     registry = registry or RegistryClient(settings.registry_url)
@@ -51,8 +37,6 @@ def all_projections(settings: Settings, registry: RegistryClient | None = None) 
 
 def observe_lag(settings: Settings) -> None:
     """Report ``touchpoint.lag`` (records not yet processed, per stage) at each metrics export."""
-    from projections.lag import pipeline_lag  # it imports this module's topic map
-
     def lag(_: CallbackOptions) -> Iterable[Observation]:
         try:
             behind = pipeline_lag(settings)

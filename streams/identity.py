@@ -55,7 +55,7 @@ from connectors.privacy import erased_id, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.app import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
+from streams.batch import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
 from streams.ingest import dlq_headers
 from streams.state import StateTable, committed_offset, read_range
 from touchpoint.core.fold import Folder, FoldConfig, Rejected, tick_of

@@ -56,7 +56,7 @@ from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.core.normalise import Identifier
 from touchpoint.core.pseudonym import is_pseudonym
 from touchpoint.errors import RegistryError, SerializationError
-from streams.app import BATCH_SIZE, BATCH_WITHIN_S, Outgoing, send_batch
+from streams.batch import BATCH_SIZE, BATCH_WITHIN_S, Outgoing, send_batch
 from touchpoint.settings import Settings
 from touchpoint.telemetry import context_from_headers, count_clear_identifiers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC

@@ -58,7 +58,7 @@ from connectors.privacy import erasure_record
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.app import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
+from streams.batch import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
 from streams.identity import stage_folder
 from streams.ingest import dlq_headers
 from streams.state import StateTable, read_range

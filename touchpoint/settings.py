@@ -127,8 +127,9 @@ class Settings(BaseSettings):
             raise ValueError("TOUCHPOINT_KAFKA_SSL_CERTFILE and TOUCHPOINT_KAFKA_SSL_KEYFILE go together")
         if (self.pg_sslcert is None) != (self.pg_sslkey is None):
             raise ValueError("TOUCHPOINT_PG_SSLCERT and TOUCHPOINT_PG_SSLKEY go together")
-        unknown = set(self.stages) - set(WORKER_STAGES)
-        if unknown or not self.stages:
+        named = {name.strip() for name in self.worker_stages.split(",") if name.strip()}
+        unknown = named - set(WORKER_STAGES)
+        if unknown or not named:
             raise ValueError(f"TOUCHPOINT_WORKER_STAGES names {', '.join(sorted(unknown)) or 'no stage'}; "
                              f"give some of {', '.join(WORKER_STAGES)}")
         return self
@@ -136,8 +137,8 @@ class Settings(BaseSettings):
     @property
     def stages(self) -> tuple[str, ...]:
         """The worker's stages, in pipeline order."""
-        named = {name.strip() for name in self.worker_stages.split(",") if name.strip()}
-        return tuple(stage for stage in WORKER_STAGES if stage in named) + tuple(sorted(named - set(WORKER_STAGES)))
+        named = {name.strip() for name in self.worker_stages.split(",")}
+        return tuple(stage for stage in WORKER_STAGES if stage in named)
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

@@ -25,7 +25,8 @@ from connectors.alerts import AlertSerde, alert_topic, format_alert
 from connectors.clock import TICK_HEADER, TICK_VALUE, publish_tick, run_clock, tick_topic
 from connectors.registry import RegistryClient
 from projections.alerts import AlertsProjection
-from projections.run import PROJECTION_TOPICS, all_projections
+from projections.catalog import PROJECTION_TOPICS
+from projections.run import all_projections
 from projections.writer import Record, run_projection, stored_offsets, write_batch
 from tests.fix_stack import REPO, scoped, settings_env
 from touchpoint.settings import Settings

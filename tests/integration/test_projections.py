@@ -29,7 +29,8 @@ from connectors.serde import EventSerde
 from projections.checksum import checksum
 from projections.customers import CustomersProjection
 from projections.rebuild import rebuild
-from projections.run import PROJECTION_TOPICS, READ_MODEL_TABLES, all_projections, read_model_tables
+from projections.catalog import PROJECTION_TOPICS, READ_MODEL_TABLES, read_model_tables
+from projections.run import all_projections
 from projections.writer import Record, run_projection, stored_offsets, write_batch
 from tests.fix_stack import REPO, scoped, settings_env
 from touchpoint.contract.models import ContractViolation, validate_event
