@@ -277,7 +277,7 @@ def bench_e2e(customers: int, per_customer: int, rounds: int, keep_topics: bool)
     accepted = TopicPartition(settings.topic("accepted"), 0)
     # The expected alerts of each tick: the same events and ticks folded offline.
     oracle = Folder(secret=SECRET, keep_decisions=False, log_clock_check=False)
-    offsets = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+    offsets = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.stage_group("identity"),
                             enable_auto_commit=False)
     alerts = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
                            enable_auto_commit=False, fetch_max_wait_ms=10)

@@ -1,15 +1,16 @@
 """How far each stage of the pipeline is behind the log, in records.
 
-Stages: ``ingest`` (channel topics, the workers' consumer group), ``identity``
-(``touchpoint.accepted``, same group), ``profile`` (``touchpoint.resolved``, same group) and every projection (its stored
-offsets against its topics' end offsets). All zero means every event
+Stages: ``ingest`` (channel topics), ``identity`` (``touchpoint.accepted``),
+``profile`` (``touchpoint.resolved``), each by its consumer group's committed
+offsets (``Settings.stage_group``), and every projection (its stored offsets);
+all against the topics' end offsets. All zero means every event
 published so far is reflected in PostgreSQL (or dead-lettered with a reason).
 """
 
 from __future__ import annotations
 
 import psycopg
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from connectors.topics import CHANNELS, event_topic
 from projections.catalog import PROJECTION_TOPICS
@@ -20,21 +21,25 @@ from touchpoint.settings import Settings
 
 def pipeline_lag(settings: Settings) -> dict[str, int]:
     """Records not yet processed, per stage."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
                              enable_auto_commit=False, client_id="touchpoint-lag", **kafka_python_options(settings))
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="touchpoint-lag",
+                             **kafka_python_options(settings))
     try:
         def partitions(topics: list[str]) -> list[TopicPartition]:
             return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
 
-        def group_lag(topics: list[str]) -> int:
+        def group_lag(stage: str, topics: list[str]) -> int:
             tps = partitions(topics)
             ends = consumer.end_offsets(tps)
-            return sum(max(0, ends[tp] - (consumer.committed(tp) or 0)) for tp in tps)
+            group = settings.stage_group(stage)
+            committed = admin.list_group_offsets({group: tps}).get(group, {})
+            return sum(max(0, ends[tp] - max(0, committed[tp].offset if tp in committed else 0)) for tp in tps)
 
         lag = {
-            "ingest": group_lag([event_topic(settings, ch) for ch in CHANNELS]),
-            "identity": group_lag([settings.topic("accepted")]),
-            "profile": group_lag([settings.topic("resolved")]),
+            "ingest": group_lag("ingest", [event_topic(settings, ch) for ch in CHANNELS]),
+            "identity": group_lag("identity", [settings.topic("accepted")]),
+            "profile": group_lag("profile", [settings.topic("resolved")]),
         }
         with psycopg.connect(settings.pg_conninfo()) as conn:
             for name, topic_names in PROJECTION_TOPICS.items():
@@ -45,4 +50,5 @@ def pipeline_lag(settings: Settings) -> dict[str, int]:
                     max(0, ends[tp] - stored.get((tp.topic, tp.partition), 0)) for tp in tps)
         return lag
     finally:
+        admin.close()
         consumer.close()

@@ -1,39 +1,240 @@
-"""How the agents take and emit batches: sizes, waits, and one acknowledged send per batch.
+"""How the worker's stages take and emit batches: a plain loop over confluent-kafka, run as a task of the Faust app.
 
-Apart from :mod:`streams.app` so that the agents and the app that registers them do not import each other.
+Faust's per-message stream path (conductor, channels, an Event and an ack per
+message) costs ~150 µs an event here before a stage does any work, even
+through ``take_events``; a loop over confluent-kafka's
+``consume(num_messages=…)`` with one produce flush per batch forwards an
+event for ~28 µs (``docs/performance.md``). So each stage is such a loop,
+started as a task of the Faust app, which stays the application: worker
+lifecycle, logging, signals, the state tables' timers.
+
+One turn of a stage's loop:
+
+1. consume up to :data:`BATCH_SIZE` messages, waiting at most
+   :data:`BATCH_WITHIN_S` for them (on the stage's own thread: librdkafka
+   waits without the GIL, and the event loop keeps serving);
+2. the stage turns them into the records to emit (:meth:`Stage.handle`);
+3. every record is produced, then one flush waits until Kafka acknowledged
+   all of them;
+4. the batch's next offsets are committed, once;
+5. the stage writes its state if due (:meth:`Stage.after_batch`).
+
+A crash anywhere before 4 re-delivers the batch: the stages drop what they
+fed already (identity and profile by position) and everything they emit is
+idempotent downstream. A failed delivery or a broken client starts the loop
+over with new clients from the committed offsets, and the stage recovers its
+state first (:meth:`Stage.start`).
+
+Each stage consumes in its own group (:meth:`Settings.stage_group`), so a
+stage's consumers rebalance among themselves, and ``touchpoint lag`` reads how
+far each stage got from its group's committed offsets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import faust
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
+from connectors.topics import STATE_MAX_RECORD_BYTES
+from touchpoint.kafka_security import confluent_options
+from touchpoint.settings import Settings
+
+log = logging.getLogger(__name__)
 
 BATCH_SIZE = 1000
-"""Most messages an agent takes at once."""
+"""Most messages a stage takes at once."""
 BATCH_WITHIN_S = 0.05
-"""How long an agent waits to fill a batch before it takes what came."""
+"""How long a stage waits to fill a batch before it takes what came."""
 STATE_FLUSH_S = 1.0
 """At most this often a stage writes its state table; a restart replays at most this much of its input."""
 
 Outgoing = (tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
             | tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int])
-"""(topic, key, value, headers[, partition]) of one record an agent emits (no partition: by key)."""
+"""(topic, key, value, headers[, partition]) of one record a stage emits (no partition: by key)."""
 
 
-async def send_batch(app: faust.App, records: list[Outgoing]) -> None:
-    """Send a batch of records and wait until Kafka acknowledged all of them.
+class Received(NamedTuple):
+    """One consumed message, in the form every stage (and a replay of a partition) reads."""
 
-    Agents emit through the app's producer rather than ``Topic.send``: per
-    record, Faust's channel machinery cost about as much as the rest of the
-    agent (a bare forwarding agent went from 2.0k to 3.9k records/s here).
-    Waiting before the next batch keeps the guarantee: the source offsets are
-    committed only after the batch's output is acknowledged.
-    """
-    producer = app.producer
-    futures = [await producer.send(record[0], record[1], record[2], partition=record[4] if len(record) > 4 else None,
-                                   timestamp=None, headers=record[3])
-               for record in records]
-    if futures:
-        await asyncio.gather(*futures)
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    timestamp: float
+    """Seconds since the epoch (the record's timestamp)."""
+
+
+def received(message: Message) -> Received:
+    return Received(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
+                    message.headers(), message.timestamp()[1] / 1000)
+
+
+class Stage(Protocol):
+    """What a stage's loop calls: recover, turn a batch into records, write state."""
+
+    name: str
+    """``ingest``, ``identity`` or ``profile``: its consumer group and its log lines."""
+    topics: list[str]
+
+    async def start(self) -> None:
+        """Before the first batch of a (new) consumer: recover the state to what was published."""
+
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
+        """The records a batch makes, in the order they must be emitted.
+
+        ``emit`` hands records to the producer at once, for a batch that makes many (a recovery's replay);
+        the loop waits for those and the returned ones together.
+        """
+
+    async def after_batch(self) -> None:
+        """After a batch's output was acknowledged and its offsets committed (and when a wait found nothing)."""
+
+    async def close(self) -> None:
+        """The stage's own clients, when the worker stops."""
+
+
+class DeliveryFailed(Exception):
+    """Kafka did not acknowledge every record of a batch."""
+
+
+class Emitter:
+    """A producer that emits a batch and waits once for all of it."""
+
+    def __init__(self, settings: Settings, stage: str) -> None:
+        self._failures: list[str] = []
+        self._producer = Producer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "client.id": f"touchpoint-{stage}",
+            "acks": "all",
+            "enable.idempotence": True,
+            # Java's (and aiokafka's) partitioner: a key lands where every other client of the topic puts it.
+            "partitioner": "murmur2_random",
+            "linger.ms": 5,
+            "message.max.bytes": STATE_MAX_RECORD_BYTES,
+            "queue.buffering.max.messages": 500_000,
+            "delivery.report.only.error": True,  # a callback per failure, none per record
+            "on_delivery": self._delivered,
+            **confluent_options(settings),
+        })
+
+    def _delivered(self, error: Any, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error}")
+
+    def produce(self, records: list[Outgoing]) -> None:
+        """Hand every record to the client (no wait for Kafka)."""
+        produce = self._producer.produce
+        for record in records:
+            partition = record[4] if len(record) > 4 else -1  # type: ignore[misc]
+            while True:
+                try:
+                    produce(record[0], record[2], record[1], partition=partition, headers=record[3])
+                    break
+                except BufferError:  # the client's queue is full: let it send some
+                    self._producer.poll(0.05)
+
+    def wait(self, timeout_s: float = 60.0) -> None:
+        """Block until Kafka acknowledged everything produced (call it off the event loop).
+
+        :raises DeliveryFailed: a record was refused or not acknowledged in time.
+        """
+        left = self._producer.flush(timeout_s)
+        failures, self._failures = self._failures, []
+        if left or failures:
+            raise DeliveryFailed(f"{left} record(s) unacknowledged after {timeout_s:.0f} s; "
+                                 f"refused: {'; '.join(failures[:3]) or 'none'}")
+
+
+def stage_consumer(settings: Settings, stage: str, topics: list[str]) -> Consumer:
+    """A consumer in the stage's group, reading only committed records (our producers write transactions)."""
+    consumer = Consumer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.stage_group(stage),
+        "client.id": f"touchpoint-{stage}",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        # A worker killed without leaving its group holds its partitions until the session times out:
+        # 10 s instead of the default 45 s bounds the pause after a crash.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        # A merged customer's view travels between partitions of ``resolved`` in one record.
+        "max.partition.fetch.bytes": STATE_MAX_RECORD_BYTES,
+        **confluent_options(settings),
+    })
+    consumer.subscribe(topics)
+    return consumer
+
+
+def next_offsets(batch: list[Received]) -> list[TopicPartition]:
+    """What to commit after a batch: per partition, the offset after its last message."""
+    ends: dict[tuple[str, int], int] = {}
+    for message in batch:
+        ends[message.topic, message.partition] = message.offset + 1
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in ends.items()]
+
+
+async def run_stage(settings: Settings, stage: Stage) -> None:
+    """Run a stage's loop until cancelled; a broken batch starts it over from the committed offsets."""
+    loop = asyncio.get_running_loop()
+    # One thread per stage for every blocking client call: they never overlap, so closing the consumer
+    # waits for a consume in flight instead of pulling the client from under it.
+    thread = ThreadPoolExecutor(1, thread_name_prefix=f"touchpoint-{stage.name}")
+    backoff = 0.5
+    try:
+        while True:
+            consumer = stage_consumer(settings, stage.name, stage.topics)
+            emitter = Emitter(settings, stage.name)
+            try:
+                await stage.start()
+                while True:
+                    messages = await loop.run_in_executor(thread, consumer.consume, BATCH_SIZE, BATCH_WITHIN_S)
+                    batch = []
+                    for message in messages:
+                        if message.error() is None:
+                            batch.append(received(message))
+                        else:  # not a record: the client's news (a topic missing, a broker away)
+                            log.warning("%s: consumer reports %s", stage.name, message.error())
+                    if batch:
+                        emitter.produce(await stage.handle(batch, emitter.produce))
+                        await loop.run_in_executor(thread, emitter.wait)
+                        try:
+                            await loop.run_in_executor(
+                                thread, lambda b=batch: consumer.commit(offsets=next_offsets(b), asynchronous=False))
+                        except KafkaException as exc:
+                            # A rebalance took the partitions meanwhile: their new owner gets the batch again
+                            # and drops what was fed already; the output went out either way.
+                            log.warning("%s: offsets not committed (%s); the batch will be re-delivered",
+                                        stage.name, exc.args[0])
+                    await stage.after_batch()
+                    backoff = 0.5
+            except (DeliveryFailed, KafkaException) as exc:
+                log.warning("%s: %s; starting over from the committed offsets in %.1f s", stage.name, exc, backoff)
+            except Exception:  # a defect must not leave the worker running without its stage
+                log.exception("%s: batch failed; starting over from the committed offsets in %.1f s",
+                              stage.name, backoff)
+            finally:
+                await loop.run_in_executor(thread, consumer.close)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 15.0)
+    finally:
+        await stage.close()
+        thread.shutdown(wait=False)
+
+
+def add_stage(app: faust.App, settings: Settings, stage: Stage) -> None:
+    """Run ``stage``'s loop as a task of ``app``: started with the worker, cancelled when it stops."""
+
+    async def stage_loop() -> None:
+        await run_stage(settings, stage)
+
+    stage_loop.__name__ = stage_loop.__qualname__ = f"{stage.name}_stage"
+    app.task(stage_loop)

@@ -40,10 +40,10 @@ crash carry the positions they had, and the profile drops them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -55,7 +55,7 @@ from connectors.privacy import erased_id, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.batch import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
+from streams.batch import STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.ingest import dlq_headers
 from streams.state import StateTable, committed_offset, read_range
 from touchpoint.core.fold import Folder, FoldConfig, Rejected, tick_of
@@ -152,8 +152,7 @@ class IdentityStage:
         self.log = IdentityLog(stage_folder(self.settings), self.settings.topic_partitions)
         self.changed = set()
         folder = self.log.folder
-        target = await committed_offset(self.settings, topic, 0) if up_to is None else up_to
-        await asyncio.to_thread(table.ensure_topic)
+        target = await committed_offset(self.settings, "identity", topic, 0) if up_to is None else up_to
         await table.claim()  # fences a previous owner: it can no longer write behind our back
         records = await table.load()
         start = 0
@@ -199,59 +198,49 @@ class IdentityStage:
         self._written = self.position
 
 
-def register_identity(app: faust.App, settings: Settings) -> None:
-    """Register the identity agent on ``app``."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    accepted = app.topic(settings.topic("accepted"), key_type=bytes, value_type=bytes, **raw)
-    stage = IdentityStage(settings, EventSerde(RegistryClient(settings.registry_url)))
-    secret = settings.identifier_key.get_secret_value().encode()
-    names = {name: settings.topic(name) for name in ("identity", "resolved", "dlq")}
+class IdentityLoop:
+    """The identity stage's batches (:class:`streams.batch.Stage`): feed, emit, persist, recover."""
 
-    table = StateTable(settings, "identity-state")
-    # The agent's batches and the quiet-time flush never interleave: a write reads what feeding changes.
-    lock = asyncio.Lock()
+    name = "identity"
 
-    @app.agent(accepted, name="identity")
-    async def identity(stream: faust.StreamT[bytes]) -> None:
-        topic = accepted.get_topic_name()
-        async with lock:
-            await stage.recover(topic, table)
-        try:
-            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-                async with lock:
-                    await feed_batch(topic, events)
-        finally:
-            await table.close()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic("accepted")
+        self.topics = [self.topic]
+        self.state = IdentityStage(settings, EventSerde(RegistryClient(settings.registry_url)))
+        self.table = StateTable(settings, "identity-state")
+        self.secret = settings.identifier_key.get_secret_value().encode()
+        self.names = {name: settings.topic(name) for name in ("identity", "resolved", "dlq")}
 
-    @app.timer(STATE_FLUSH_S)
-    async def flush_identity_state() -> None:
-        """Write what the last batches changed once the stream goes quiet (the agent writes after batches)."""
-        async with lock:
-            await stage.persist(table)
+    async def start(self) -> None:
+        await self.state.recover(self.topic, self.table)
 
-    async def feed_batch(topic: str, events: list[Any]) -> None:
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
         out: list[Outgoing] = []
-        for event in events:
-            message = event.message
-            if message.offset > stage.position:
+        state = self.state
+        for message in batch:
+            if message.offset > state.position:
                 # Not the message our state expects: the partition was another worker's meanwhile
-                # (or our table write was fenced). Publish what this batch fed, then recover.
-                await send_batch(app, out)
-                out = []
-                await stage.recover(topic, table, up_to=message.offset)
-            if message.offset < stage.position:
+                # (or our table write was fenced). Recover up to it; what this batch fed before stays in ``out``.
+                await state.recover(self.topic, self.table, up_to=message.offset)
+            if message.offset < state.position:
                 continue  # fed already, and its output published then
-            feed_message(message, out)
-            stage.position = message.offset + 1
-        # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
-        await send_batch(app, out)
-        await stage.persist(table)
+            self.feed_message(message, out)
+            state.position = message.offset + 1
+        return out
 
-    def feed_message(message: Any, out: list[Outgoing]) -> None:
+    async def after_batch(self) -> None:
+        await self.state.persist(self.table)
+
+    async def close(self) -> None:
+        await self.table.close()
+
+    def feed_message(self, message: Received, out: list[Outgoing]) -> None:
+        names = self.names
         with _TRACER.start_as_current_span(
                 "identity", context=context_from_headers(message.headers), kind=trace.SpanKind.CONSUMER,
                 attributes={MESSAGING_TOPIC: message.topic, MESSAGING_OFFSET: message.offset}):
-            fed = stage.feed(message.offset, message.value, message.headers)
+            fed = self.state.feed(message.offset, message.value, message.headers)
             trace_headers = kafka_headers()
         if fed.reason is not None:
             out.append((names["dlq"], message.key, message.value,
@@ -263,5 +252,10 @@ def register_identity(app: faust.App, settings: Settings) -> None:
             key = fed.customer_id.encode()
             out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in fed.decisions]
         for partition, record in fed.records:
-            key, value, headers = resolved.encode(record, message.value, secret)
+            key, value, headers = resolved.encode(record, message.value, self.secret)
             out.append((names["resolved"], key, value, [*headers, *trace_headers], partition))
+
+
+def register_identity(app: faust.App, settings: Settings) -> None:
+    """Run the identity stage as a task of ``app``."""
+    add_stage(app, settings, IdentityLoop(settings))

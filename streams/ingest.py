@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -56,7 +56,7 @@ from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.core.normalise import Identifier
 from touchpoint.core.pseudonym import is_pseudonym
 from touchpoint.errors import RegistryError, SerializationError
-from streams.batch import BATCH_SIZE, BATCH_WITHIN_S, Outgoing, send_batch
+from streams.batch import Outgoing, Received, add_stage
 from touchpoint.settings import Settings
 from touchpoint.telemetry import context_from_headers, count_clear_identifiers, count_events, kafka_headers, tracer
 from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
@@ -138,75 +138,81 @@ def dlq_headers(reason: str, topic: str, partition: int, offset: int) -> list[tu
     ]
 
 
+class IngestLoop:
+    """The ingest stage's batches (:class:`streams.batch.Stage`): judge, seal, route."""
+
+    name = "ingest"
+
+    def __init__(self, settings: Settings) -> None:
+        self.topics = [event_topic(settings, ch) for ch in CHANNELS]
+        self.serde = EventSerde(RegistryClient(settings.registry_url))
+        self.secret = settings.identifier_key.get_secret_value().encode()
+        self.region = settings.phone_region
+        # Used only when a batch holds clear identifiers; it connects on first use.
+        self.keystore = PostgresKeyStore(settings)
+        self.accepted_name = settings.topic("accepted")
+        self.dlq_name = settings.topic("dlq")
+
+    async def start(self) -> None:
+        """Ingest holds no state."""
+
+    async def after_batch(self) -> None:
+        """Ingest holds no state."""
+
+    async def close(self) -> None:
+        """The key store connects per call."""
+
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
+        serde, secret, region = self.serde, self.secret, self.region
+        accepted_name, dlq_name = self.accepted_name, self.dlq_name
+        out: list[Outgoing] = []
+        # Only events to seal are kept past their own turn: holding every decoded event of the batch
+        # cost a third more per event on the common path, all of it in the garbage collector's passes.
+        clear: dict[int, Accepted] = {}  # by place in ``out``
+        arrived_clear: Counter[str] = Counter()
+        for message in batch:
+            now = datetime.fromtimestamp(message.timestamp, UTC)
+            with _TRACER.start_as_current_span(
+                    "ingest", context=context_from_headers(message.headers), kind=trace.SpanKind.CONSUMER,
+                    attributes={MESSAGING_TOPIC: message.topic, MESSAGING_PARTITION: message.partition,
+                                MESSAGING_OFFSET: message.offset}) as span:
+                verdict = await _judge_patiently(serde, message.value, now)
+                if isinstance(verdict, Accepted) and has_clear_identifiers(verdict.event):
+                    arrived_clear[message.topic] += 1
+                    verdict = to_seal(verdict, secret, region)
+                trace_headers = kafka_headers()
+            if isinstance(verdict, Accepted):
+                span.set_attribute(EVENT_ID, verdict.event.event_id)
+                if verdict.clear is not None:
+                    clear[len(out)] = verdict
+                # A pseudonym's key is its clear value's: the same partition key either way.
+                out.append((accepted_name, partition_key(verdict.event.identifiers, secret, region), message.value,
+                            trace_headers or None))
+            else:
+                log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
+                                                 "offset": message.offset, "reason": verdict.reason})
+                headers = [*(message.headers or ()),
+                           *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
+                out.append((dlq_name, message.key, message.value, headers))
+        if clear:
+            # The clear values are replaced before anything is sent: one key-store call for the batch.
+            for place, value in zip(clear, await _sealed_patiently(self.keystore, serde, list(clear.values())),
+                                    strict=True):
+                name, key, _, headers = out[place][:4]
+                out[place] = (name, key, value, headers)
+        for topic, count in sorted(arrived_clear.items()):
+            log.info("%d event(s) from %s arrived with identifiers in clear (sealed, or dead-lettered if invalid)",
+                     count, topic, extra={"topic": topic, "events": count})
+            count_clear_identifiers(topic, count)
+        dead = sum(1 for topic, *_ in out if topic == dlq_name)
+        count_events("ingest", "accepted", len(out) - dead)
+        count_events("ingest", "dead_lettered", dead)
+        return out
+
+
 def register_ingest(app: faust.App, settings: Settings) -> None:
-    """Register the ingest agent on ``app``."""
-    sources = app.topic(*(event_topic(settings, ch) for ch in CHANNELS), key_type=bytes, value_type=bytes,
-                        key_serializer="raw", value_serializer="raw")
-    serde = EventSerde(RegistryClient(settings.registry_url))
-    secret = settings.identifier_key.get_secret_value().encode()
-    region = settings.phone_region
-    # Used only when a batch holds clear identifiers; it connects on first use.
-    keystore = PostgresKeyStore(settings)
-
-    accepted_name = settings.topic("accepted")
-    dlq_name = settings.topic("dlq")
-
-    @app.agent(sources, name="ingest")
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-            out: list[Outgoing] = []
-            # Only events to seal are kept past their own turn: holding every decoded event of the batch
-            # cost a third more per event on the common path, all of it in the garbage collector's passes.
-            clear: dict[int, Accepted] = {}  # by place in ``out``
-            arrived_clear: Counter[str] = Counter()
-            for event in events:
-                message = event.message
-                now = datetime.fromtimestamp(message.timestamp, UTC)
-                with _TRACER.start_as_current_span(
-                        "ingest", context=context_from_headers(message.headers), kind=trace.SpanKind.CONSUMER,
-                        attributes={MESSAGING_TOPIC: message.topic, MESSAGING_PARTITION: message.partition,
-                                    MESSAGING_OFFSET: message.offset}) as span:
-                    verdict = await _judge_patiently(serde, message.value, now)
-                    if isinstance(verdict, Accepted) and has_clear_identifiers(verdict.event):
-                        arrived_clear[message.topic] += 1
-                        verdict = to_seal(verdict, secret, region)
-                    trace_headers = kafka_headers()
-                if isinstance(verdict, Accepted):
-                    span.set_attribute(EVENT_ID, verdict.event.event_id)
-                    if verdict.clear is not None:
-                        clear[len(out)] = verdict
-                    # A pseudonym's key is its clear value's: the same partition key either way.
-                    out.append((accepted_name, partition_key(verdict.event.identifiers, secret, region), message.value,
-                                trace_headers or None))
-                else:
-                    log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
-                                                     "offset": message.offset, "reason": verdict.reason})
-                    headers = [*_header_list(message.headers),
-                               *dlq_headers(verdict.reason, message.topic, message.partition, message.offset)]
-                    out.append((dlq_name, message.key, message.value, headers))
-            if clear:
-                # The clear values are replaced before anything is sent: one key-store call for the batch.
-                for place, value in zip(clear, await _sealed_patiently(keystore, serde, list(clear.values())),
-                                        strict=True):
-                    name, key, _, headers = out[place][:4]
-                    out[place] = (name, key, value, headers)
-            for topic, count in sorted(arrived_clear.items()):
-                log.info("%d event(s) from %s arrived with identifiers in clear (sealed, or dead-lettered if invalid)",
-                         count, topic, extra={"topic": topic, "events": count})
-                count_clear_identifiers(topic, count)
-            await send_batch(app, out)
-            dead = sum(1 for topic, *_ in out if topic == dlq_name)
-            count_events("ingest", "accepted", len(out) - dead)
-            count_events("ingest", "dead_lettered", dead)
-
-
-def _header_list(headers: object) -> list[tuple[str, bytes]]:
-    """Faust hands headers over as a mapping or a list of pairs; we send a list."""
-    if not headers:
-        return []
-    if isinstance(headers, Mapping):
-        return list(headers.items())
-    return list(headers)  # type: ignore[call-overload]
+    """Run the ingest stage as a task of ``app``."""
+    add_stage(app, settings, IngestLoop(settings))
 
 
 async def _sealed_patiently(keystore: KeyStore, serde: EventSerde, clear: list[Accepted]) -> list[bytes]:

@@ -46,6 +46,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -58,7 +59,7 @@ from connectors.privacy import erasure_record
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.batch import BATCH_SIZE, BATCH_WITHIN_S, STATE_FLUSH_S, Outgoing, send_batch
+from streams.batch import BATCH_SIZE, STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.identity import stage_folder
 from streams.ingest import dlq_headers
 from streams.state import StateTable, read_range
@@ -108,9 +109,8 @@ class PartitionStage:
         return part, changed
 
     async def load(self) -> int:
-        """Claim and read this partition's table; returns the offset a replay must start at."""
+        """Claim and read this partition's table (the worker made the topic); returns where a replay starts."""
         partition = self.part.partition
-        await asyncio.to_thread(self.table.ensure_topic)
         await self.table.claim()  # fences a previous owner of the partition
         records = await self.table.load()
         try:
@@ -151,78 +151,79 @@ class PartitionStage:
         self._written = (part.next_offset, part.last)
 
 
-def register_profile(app: faust.App, settings: Settings) -> None:
-    """Register the profile agent on ``app``."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    source = app.topic(settings.topic("resolved"), key_type=bytes, value_type=bytes, **raw)
-    registry = RegistryClient(settings.registry_url)
-    serde = EventSerde(registry)
-    alert_serde = AlertSerde(registry)
-    secret = settings.identifier_key.get_secret_value().encode()
-    names = {name: settings.topic(name)
-             for name in ("customer-events", "customer-views", "loyalty", "resolved", "dlq")}
-    stages: dict[int, PartitionStage] = {}
+class ProfileLoop:
+    """The profile stage's batches (:class:`streams.batch.Stage`): fold each partition, publish, persist."""
 
-    # The agent's batches and the quiet-time flush never interleave: a write reads what feeding changes.
-    lock = asyncio.Lock()
+    name = "profile"
 
-    @app.agent(source, name="profile")
-    async def profile(stream: faust.StreamT[bytes]) -> None:
-        try:
-            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-                async with lock:
-                    await fold_batch(events)
-        finally:
-            for stage in stages.values():
-                await stage.table.close()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = [settings.topic("resolved")]
+        registry = RegistryClient(settings.registry_url)
+        self.serde = EventSerde(registry)
+        self.alert_serde = AlertSerde(registry)
+        self.secret = settings.identifier_key.get_secret_value().encode()
+        self.names = {name: settings.topic(name)
+                      for name in ("customer-events", "customer-views", "loyalty", "resolved", "dlq")}
+        self.stages: dict[int, PartitionStage] = {}
 
-    @app.timer(STATE_FLUSH_S)
-    async def flush_profile_state() -> None:
-        """Write what the last batches changed once the stream goes quiet (the agent writes after batches)."""
-        async with lock:
-            for stage in stages.values():
-                await stage.persist()
+    async def start(self) -> None:
+        # A new consumer may get other partitions: each recovers at its first message.
+        for stage in self.stages.values():
+            stage.position = -1
 
-    async def fold_batch(events: list[Any]) -> None:
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
         out: list[Outgoing] = []
         touched: set[int] = set()
-        for event in events:
-            message = event.message
-            stage = stages.get(message.partition)
-            if stage is None:
-                stage = stages[message.partition] = PartitionStage(settings, message.partition)
+        stages = self.stages
+        for partition in {message.partition for message in batch}:
+            if partition not in stages:
+                stages[partition] = PartitionStage(self.settings, partition)
+        # Partitions new to this consumer read their tables side by side (each is a few round trips).
+        loading = {message.partition for message in batch if stages[message.partition].position < 0}
+        starts = dict(zip(loading, await asyncio.gather(*(stages[p].load() for p in loading)), strict=True))
+        for message in batch:
+            stage = stages[message.partition]
             if message.offset != stage.position and (stage.position < 0 or message.offset > stage.position):
                 # First message of the partition, or not the one our state expects (the partition was
                 # another worker's meanwhile, or our table write was fenced): load, replay, go on.
-                await recover(stage, message.topic, message.offset, out)
+                start = starts.pop(message.partition, None)
+                await self.recover(stage, message.topic, message.offset, out, emit,
+                                   await stage.load() if start is None else start)
             if message.offset < stage.position:
                 continue  # fed already
-            feed(stage, message.topic, message.offset, message.value, message.headers, out)
+            self.feed(stage, message.topic, message.offset, message.value, message.headers, out)
             touched.add(message.partition)
-        publish_all(touched, out)
-        # Acknowledged before the batch counts as done: a crash now re-delivers, never loses.
-        await send_batch(app, out)
-        for stage in stages.values():
+        self.publish_all(touched, out)
+        return out
+
+    async def after_batch(self) -> None:
+        for stage in self.stages.values():
             await stage.persist()
 
-    async def recover(stage: PartitionStage, topic: str, up_to: int, out: list[Outgoing]) -> None:
-        start = await stage.load()
+    async def close(self) -> None:
+        for stage in self.stages.values():
+            await stage.table.close()
+
+    async def recover(self, stage: PartitionStage, topic: str, up_to: int, out: list[Outgoing],
+                      emit: Callable[[list[Outgoing]], None], start: int) -> None:
+        """Replay the partition from ``start`` (where its loaded table ends) up to ``up_to``, publishing."""
         restored = len(stage.part.folder.views)
         replayed = 0
-        async for message in read_range(settings, topic, stage.part.partition, start, up_to):
-            feed(stage, topic, message.offset, message.value, message.headers, out)
+        async for message in read_range(self.settings, topic, stage.part.partition, start, up_to):
+            self.feed(stage, topic, message.offset, message.value, message.headers, out)
             replayed += 1
-            if len(out) >= BATCH_SIZE:
-                publish_all({stage.part.partition}, out)
-                await send_batch(app, out)
+            if len(out) >= BATCH_SIZE:  # a whole log's replay must not wait in memory
+                self.publish_all({stage.part.partition}, out)
+                emit(out)
                 out.clear()
-        publish_all({stage.part.partition}, out)
+        self.publish_all({stage.part.partition}, out)
         stage.position = max(start, up_to)
         log.info("profile state rebuilt: partition %d restored=%d customers from the state table at offset %d, "
                  "replayed=%d records up to offset %d", stage.part.partition, restored, start, replayed,
                  stage.position)
 
-    def feed(stage: PartitionStage, topic: str, offset: int, value: bytes, headers: Any,
+    def feed(self, stage: PartitionStage, topic: str, offset: int, value: bytes | None, headers: Any,
              out: list[Outgoing]) -> None:
         part = stage.part
         stage.position = offset + 1
@@ -230,18 +231,18 @@ def register_profile(app: faust.App, settings: Settings) -> None:
                 "profile", context=context_from_headers(headers), kind=trace.SpanKind.CONSUMER,
                 attributes={MESSAGING_TOPIC: topic, MESSAGING_PARTITION: part.partition, MESSAGING_OFFSET: offset}):
             try:
-                record = resolved.decode(value, headers, serde, part.folder, secret)
+                record = resolved.decode(value, headers, self.serde, part.folder, self.secret)
             except (ValueError, KeyError) as exc:
-                # Nobody but the two agents writes here; a record that does not read is kept, with why.
-                out.append((names["dlq"], None, value, dlq_headers(f"not a record of resolved: {exc}", topic,
-                                                                   part.partition, offset)))
+                # Nobody but the two stages writes here; a record that does not read is kept, with why.
+                out.append((self.names["dlq"], None, value, dlq_headers(f"not a record of resolved: {exc}", topic,
+                                                                        part.partition, offset)))
                 count_events("profile", "dead_lettered", 1)
                 return
             if isinstance(record, Resolved):
                 stage.raw[record.position] = (value, kafka_headers() or None)
             part.feed(offset, record)
 
-    def publish_all(partitions: set[int], out: list[Outgoing]) -> None:
+    def publish_all(self, partitions: set[int], out: list[Outgoing]) -> None:
         """Add what these partitions folded to ``out``, and what views they handed in locally released.
 
         Every partition's output must be in ``out`` before the batch's state is written, so a
@@ -251,9 +252,9 @@ def register_profile(app: faust.App, settings: Settings) -> None:
         while pending:
             partition = min(pending)
             pending.discard(partition)
-            pending |= publish(stages[partition], out)
+            pending |= self.publish(self.stages[partition], out)
 
-    def publish(stage: PartitionStage, out: list[Outgoing]) -> set[int]:
+    def publish(self, stage: PartitionStage, out: list[Outgoing]) -> set[int]:
         """Add what the stage folded since the last call to ``out``; returns the partitions it handed views to.
 
         A view for a partition this worker holds (and has recovered) is handed in straight away as well
@@ -265,29 +266,29 @@ def register_profile(app: faust.App, settings: Settings) -> None:
         outcome = part.drain()
         for record in outcome.followed:
             value, trace_headers = stage.raw_of(record)
-            out.append((names["customer-events"], record.customer_id.encode(), value, trace_headers))
+            out.append((self.names["customer-events"], record.customer_id.encode(), value, trace_headers))
         count_events("profile", "folded", len(outcome.followed))
         for record, reason in outcome.rejected:
             value, _ = stage.raw_of(record)
             # Named by where it came in: its offset in the ordered log (identity's position).
-            out.append((names["dlq"], record.customer_id.encode(), value,
-                        dlq_headers(reason, settings.topic("accepted"), 0, record.position[0])))
+            out.append((self.names["dlq"], record.customer_id.encode(), value,
+                        dlq_headers(reason, self.settings.topic("accepted"), 0, record.position[0])))
         count_events("profile", "dead_lettered", len(outcome.rejected))
         handed: set[int] = set()
         for target, hand_in in outcome.hand_ins:
-            key, value, headers = resolved.encode(hand_in, None, secret)
-            out.append((names["resolved"], key, value, headers, target))
-            local = stages.get(target)
+            key, value, headers = resolved.encode(hand_in, None, self.secret)
+            out.append((self.names["resolved"], key, value, headers, target))
+            local = self.stages.get(target)
             if local is not None and local.position >= 0:
                 local.part.receive(hand_in)
                 handed.add(target)
         for alert, context in folder.drain_alerts():
             doc = {**alert.to_json(), **context}
-            out.append((alert_topic(settings, alert.kind), alert.customer_id.encode(),
-                        alert_serde.serialize(doc), None))
+            out.append((alert_topic(self.settings, alert.kind), alert.customer_id.encode(),
+                        self.alert_serde.serialize(doc), None))
         for customer_id, entry in folder.drain_entries():
             doc = {"customer_id": customer_id, "entry": entry.to_json()}
-            out.append((names["loyalty"], customer_id.encode(), orjson.dumps(doc), None))
+            out.append((self.names["loyalty"], customer_id.encode(), orjson.dumps(doc), None))
         touched, merged = folder.drain_changes()
         # update(), not |=: ``set |= dict.keys()`` binds a new set, and the due indexes would then report
         # their changes (a hand-out, a tick) into the old one, never written.
@@ -303,15 +304,20 @@ def register_profile(app: faust.App, settings: Settings) -> None:
             doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
             # orjson: a card of ~10 KB in 12 µs where json.dumps took 74 µs, once per customer per batch.
             card_bytes = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS)
-            out.append((names["customer-views"], customer_id.encode(), card_bytes, None))
+            out.append((self.names["customer-views"], customer_id.encode(), card_bytes, None))
         for alias, survivor in sorted(merged.items()):
             doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
-            out.append((names["customer-views"], alias.encode(), orjson.dumps(doc), None))
+            out.append((self.names["customer-views"], alias.encode(), orjson.dumps(doc), None))
         for customer_id in outcome.erased:
             doc = {"customer_id": customer_id, "as_of": stamp, "erased": True}
-            out.append((names["customer-views"], customer_id.encode(), orjson.dumps(doc), None))
+            out.append((self.names["customer-views"], customer_id.encode(), orjson.dumps(doc), None))
             key, value, headers = erasure_record(customer_id, as_of)
-            out.append((names["customer-events"], key, value, headers))
+            out.append((self.names["customer-events"], key, value, headers))
         for record in outcome.dropped:
             stage.raw.pop(record.position, None)  # a re-send of a folded event: nothing to publish
         return handed
+
+
+def register_profile(app: faust.App, settings: Settings) -> None:
+    """Run the profile stage as a task of ``app``."""
+    add_stage(app, settings, ProfileLoop(settings))

@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.topics import STATE_MAX_RECORD_BYTES, ensure_topics, topic_specs
+from connectors.topics import STATE_MAX_RECORD_BYTES
+from streams.batch import Received
 from touchpoint.kafka_security import aiokafka_options
 from touchpoint.settings import Settings
 
@@ -39,10 +40,6 @@ class StateTable:
         self.topic = settings.topic(name)
         self.partition = partition
         self._producer: AIOKafkaProducer | None = None
-
-    def ensure_topic(self) -> None:
-        """Create the topic if missing (blocking: call it off the event loop)."""
-        ensure_topics(self.settings, [spec for spec in topic_specs(self.settings) if spec.name == self.topic])
 
     async def load(self) -> dict[str, bytes]:
         """The latest committed value of every key, tombstones dropped."""
@@ -106,10 +103,10 @@ class StateTable:
             self._producer = None
 
 
-async def committed_offset(settings: Settings, topic: str, partition: int) -> int:
-    """The workers' group's committed offset of one input partition (0: none yet)."""
+async def committed_offset(settings: Settings, stage: str, topic: str, partition: int) -> int:
+    """A stage's committed offset of one input partition (0: none yet)."""
     tp = TopicPartition(topic, partition)
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.stage_group(stage),
                              enable_auto_commit=False, **aiokafka_options(settings))
     await probe.start()
     try:
@@ -119,7 +116,7 @@ async def committed_offset(settings: Settings, topic: str, partition: int) -> in
 
 
 async def read_range(settings: Settings, topic: str, partition: int, start: int, end: int,
-                     max_fetch_bytes: int = STATE_MAX_RECORD_BYTES) -> AsyncIterator[ConsumerRecord]:
+                     max_fetch_bytes: int = STATE_MAX_RECORD_BYTES) -> AsyncIterator[Received]:
     """The committed messages of one partition from ``start`` up to (not including) ``end``, in order."""
     if end <= start:
         return
@@ -136,6 +133,7 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
             for message in batch.get(tp, []):
                 if message.offset >= end:
                     return
-                yield message
+                yield Received(message.topic, message.partition, message.offset, message.key, message.value,
+                               list(message.headers) or None, message.timestamp / 1000)
     finally:
         await reader.stop()

@@ -7,6 +7,8 @@ its own shape:
   file paths and a user name and password as keyword arguments;
 * aiokafka (``AIOKafkaProducer``, ``AIOKafkaConsumer``, ``AIOKafkaClient``):
   the same keywords, but TLS as a ready :class:`ssl.SSLContext`;
+* confluent-kafka (the stages' batch loops, :mod:`streams.batch`): librdkafka's
+  dotted configuration names, TLS as file paths;
 * Faust: one ``broker_credentials`` object (``faust.SASLCredentials`` or
   ``faust.SSLCredentials``) in the app's config, which its aiokafka transport
   hands to every producer and consumer it makes.
@@ -119,6 +121,32 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     context = ssl_context(settings)
     if context is not None:
         options["ssl_context"] = context
+    return options
+
+
+def confluent_options(settings: Settings) -> dict[str, Any]:
+    """librdkafka configuration entries for confluent-kafka's ``Consumer`` and ``Producer``.
+
+    Empty for ``PLAINTEXT``. librdkafka verifies the server's host name by default (``https``); it is set
+    anyway so that a change of default cannot turn it off.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        options.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
+                        "sasl.username": settings.kafka_sasl_username,
+                        "sasl.password": Secret(settings.kafka_sasl_password.get_secret_value())})
+    if _tls(settings):
+        options["ssl.endpoint.identification.algorithm"] = "https"
+        for option, path in (("ssl.ca.location", settings.kafka_ssl_cafile),
+                             ("ssl.certificate.location", settings.kafka_ssl_certfile),
+                             ("ssl.key.location", settings.kafka_ssl_keyfile)):
+            if path is not None:
+                options[option] = str(path)
+        if settings.kafka_ssl_key_password is not None:
+            options["ssl.key.password"] = Secret(settings.kafka_ssl_key_password.get_secret_value())
     return options
 
 

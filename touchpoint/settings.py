@@ -176,6 +176,14 @@ class Settings(BaseSettings):
         """A Touchpoint topic name, e.g. ``topic("dlq")`` -> ``touchpoint.dlq``."""
         return f"{self.topic_prefix}.{name}"
 
+    def stage_group(self, stage: str) -> str:
+        """The consumer group of one worker stage (``ingest``, ``identity``, ``profile``), e.g. ``touchpoint.stage-identity``.
+
+        One group per stage: a stage's consumers rebalance among themselves, never pausing the others,
+        and its committed offsets say how far that stage got.
+        """
+        return f"{self.topic_prefix}.stage-{stage}"
+
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment, with explicit overrides on top."""

@@ -37,8 +37,8 @@ def end_offset(settings: Settings, topic: str) -> dict[int, int]:
 
 
 def committed(settings: Settings) -> int:
-    """The identity agent's committed offset on ``accepted`` (its group is the app id)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.topic_prefix,
+    """The identity stage's committed offset on ``accepted``."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=settings.stage_group("identity"),
                              enable_auto_commit=False)
     try:
         return consumer.committed(TopicPartition(settings.topic("accepted"), 0)) or 0
