@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+import orjson
 from aiokafka.errors import KafkaError, ProducerFenced
 from opentelemetry import trace
 
@@ -56,14 +57,14 @@ from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
 from streams.batch import STATE_FLUSH_S, Outgoing, Received, add_stage
-from streams.ingest import dlq_headers
+from streams.ingest import dlq_headers, who_of
 from streams.state import StateTable, committed_offset, read_range
 from touchpoint.core.fold import Folder, FoldConfig, Rejected, tick_of
 from touchpoint.core.identity import Decision, LinkRefused, Linked, Merged, Minted
 from touchpoint.core.partitions import IdentityLog, Record
 from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore
 from touchpoint.settings import Settings
-from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
+from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer, tracing_installed
 from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,12 @@ class IdentityStage:
             if at is None:
                 return Fed(reason='not a tick: expected {"tick": "<ISO-8601 instant with zone>"}')
             return Fed(records=self.log.tick(offset, at))
-        event = self.serde.read_checked(value)  # accepted upstream: it decodes and honours the contract
+        who = who_of(headers)
         try:
-            customer_id, decisions, records = self.log.event(offset, event)
+            if who is not None:
+                customer_id, decisions, records = self.log.who(offset, who)
+            else:  # accepted before ingest wrote the header: decode the event
+                customer_id, decisions, records = self.log.event(offset, self.serde.read_checked(value))
         except Rejected as exc:
             return Fed(reason=str(exc))
         self.changed |= changed_by(decisions)
@@ -211,6 +215,7 @@ class IdentityLoop:
         self.table = StateTable(settings, "identity-state")
         self.secret = settings.identifier_key.get_secret_value().encode()
         self.names = {name: settings.topic(name) for name in ("identity", "resolved", "dlq")}
+        self.resolved = self.dead_lettered = 0  # events so far, counted into the metrics per batch
 
     async def start(self) -> None:
         await self.state.recover(self.topic, self.table)
@@ -218,6 +223,9 @@ class IdentityLoop:
     async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
         out: list[Outgoing] = []
         state = self.state
+        feed = self.feed_traced if tracing_installed() else self.feed_message
+        resolved_before = self.resolved
+        dead_before = self.dead_lettered
         for message in batch:
             if message.offset > state.position:
                 # Not the message our state expects: the partition was another worker's meanwhile
@@ -225,8 +233,10 @@ class IdentityLoop:
                 await state.recover(self.topic, self.table, up_to=message.offset)
             if message.offset < state.position:
                 continue  # fed already, and its output published then
-            self.feed_message(message, out)
+            feed(message, out)
             state.position = message.offset + 1
+        count_events("identity", "resolved", self.resolved - resolved_before)
+        count_events("identity", "dead_lettered", self.dead_lettered - dead_before)
         return out
 
     async def after_batch(self) -> None:
@@ -235,25 +245,31 @@ class IdentityLoop:
     async def close(self) -> None:
         await self.table.close()
 
-    def feed_message(self, message: Received, out: list[Outgoing]) -> None:
-        names = self.names
+    def feed_traced(self, message: Received, out: list[Outgoing]) -> None:
+        """:meth:`feed_message` in a span continuing the event's trace; its context goes on with the records."""
         with _TRACER.start_as_current_span(
                 "identity", context=context_from_headers(message.headers), kind=trace.SpanKind.CONSUMER,
                 attributes={MESSAGING_TOPIC: message.topic, MESSAGING_OFFSET: message.offset}):
-            fed = self.state.feed(message.offset, message.value, message.headers)
-            trace_headers = kafka_headers()
+            self.feed_message(message, out, kafka_headers())
+
+    def feed_message(self, message: Received, out: list[Outgoing],
+                     trace_headers: list[tuple[str, bytes]] | None = None) -> None:
+        names = self.names
+        fed = self.state.feed(message.offset, message.value, message.headers)
         if fed.reason is not None:
             out.append((names["dlq"], message.key, message.value,
                         dlq_headers(fed.reason, message.topic, message.partition, message.offset)))
-            count_events("identity", "dead_lettered", 1)
+            self.dead_lettered += 1
             return
         if fed.customer_id is not None:
-            count_events("identity", "resolved", 1)
+            self.resolved += 1
             key = fed.customer_id.encode()
-            out += [(names["identity"], key, json.dumps(d.to_json()).encode(), None) for d in fed.decisions]
+            for decision in fed.decisions:
+                out.append((names["identity"], key, orjson.dumps(decision.to_json()), None))
         for partition, record in fed.records:
             key, value, headers = resolved.encode(record, message.value, self.secret)
-            out.append((names["resolved"], key, value, [*headers, *trace_headers], partition))
+            out.append((names["resolved"], key, value, [*headers, *trace_headers] if trace_headers else headers,
+                        partition))
 
 
 def register_identity(app: faust.App, settings: Settings) -> None:

@@ -68,7 +68,7 @@ from touchpoint.core.partitions import ProfilePartition, Resolved
 from touchpoint.core.profile import render
 from touchpoint.core.snapshot import SnapshotError, partition_from_records, partition_records, track_changes
 from touchpoint.settings import Settings
-from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer
+from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer, tracing_installed
 from touchpoint.telemetry_attrs import MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ class ProfileLoop:
         self.names = {name: settings.topic(name)
                       for name in ("customer-events", "customer-views", "loyalty", "resolved", "dlq")}
         self.stages: dict[int, PartitionStage] = {}
+        self.traced = False  # whether spans record (set per batch)
 
     async def start(self) -> None:
         # A new consumer may get other partitions: each recovers at its first message.
@@ -176,6 +177,7 @@ class ProfileLoop:
         out: list[Outgoing] = []
         touched: set[int] = set()
         stages = self.stages
+        self.traced = tracing_installed()
         for partition in {message.partition for message in batch}:
             if partition not in stages:
                 stages[partition] = PartitionStage(self.settings, partition)
@@ -225,22 +227,31 @@ class ProfileLoop:
 
     def feed(self, stage: PartitionStage, topic: str, offset: int, value: bytes | None, headers: Any,
              out: list[Outgoing]) -> None:
-        part = stage.part
-        stage.position = offset + 1
+        if not self.traced:
+            self.fold_message(stage, topic, offset, value, headers, out)
+            return
         with _TRACER.start_as_current_span(
                 "profile", context=context_from_headers(headers), kind=trace.SpanKind.CONSUMER,
-                attributes={MESSAGING_TOPIC: topic, MESSAGING_PARTITION: part.partition, MESSAGING_OFFSET: offset}):
-            try:
-                record = resolved.decode(value, headers, self.serde, part.folder, self.secret)
-            except (ValueError, KeyError) as exc:
-                # Nobody but the two stages writes here; a record that does not read is kept, with why.
-                out.append((self.names["dlq"], None, value, dlq_headers(f"not a record of resolved: {exc}", topic,
-                                                                        part.partition, offset)))
-                count_events("profile", "dead_lettered", 1)
-                return
-            if isinstance(record, Resolved):
-                stage.raw[record.position] = (value, kafka_headers() or None)
-            part.feed(offset, record)
+                attributes={MESSAGING_TOPIC: topic, MESSAGING_PARTITION: stage.part.partition,
+                            MESSAGING_OFFSET: offset}):
+            self.fold_message(stage, topic, offset, value, headers, out, kafka_headers() or None)
+
+    def fold_message(self, stage: PartitionStage, topic: str, offset: int, value: bytes | None, headers: Any,
+                     out: list[Outgoing], trace_headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Fold one message of a partition; an event waits in ``stage.raw`` (with the trace to continue)."""
+        part = stage.part
+        stage.position = offset + 1
+        try:
+            record = resolved.decode(value, headers, self.serde, part.folder, self.secret)
+        except (ValueError, KeyError) as exc:
+            # Nobody but the two stages writes here; a record that does not read is kept, with why.
+            out.append((self.names["dlq"], None, value, dlq_headers(f"not a record of resolved: {exc}", topic,
+                                                                    part.partition, offset)))
+            count_events("profile", "dead_lettered", 1)
+            return
+        if isinstance(record, Resolved):
+            stage.raw[record.position] = (value, trace_headers)
+        part.feed(offset, record)
 
     def publish_all(self, partitions: set[int], out: list[Outgoing]) -> None:
         """Add what these partitions folded to ``out``, and what views they handed in locally released.

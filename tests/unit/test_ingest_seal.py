@@ -150,8 +150,9 @@ def test_one_key_store_call_per_batch_and_outages_waited_out(monkeypatch: pytest
     assert waits == [0.5, 1.0], "two outages waited out with backoff"
     assert len(store.calls) == 3 and len(store.calls[-1]) == 20, "one call per attempt, for the whole batch"
     assert len(values) == 50
-    for n, raw in enumerate(values):
+    for n, (sealed_event, raw) in enumerate(values):
         event = judge(serde(), raw, NOW)
         assert isinstance(event, Accepted) and event.event.event_id == f"ev-{n}"
+        assert event.event == sealed_event, "the sealed event is what its bytes say"
         assert not has_clear_identifiers(event.event)
         assert f"person{n % 10}@example.com".encode() not in raw

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, Self
@@ -221,6 +221,14 @@ class Handover(NamedTuple):
     expiry_due_ms: int | None
 
 
+class Who(NamedTuple):
+    """What identity reads of an event: its id, its time in epoch ms, and its identifiers (kind -> value)."""
+
+    event_id: str
+    ms: int
+    identifiers: Mapping[str, str]
+
+
 class Rejected(Exception):
     """An event the fold cannot take (internal: becomes a ``rejected`` entry)."""
 
@@ -374,7 +382,11 @@ class Folder:
         :returns: (customer id, decisions, identifiers attributed to it, event time in epoch ms).
         :raises Rejected: an invalid identifier or a time too far ahead; nothing changed.
         """
-        self.last_event_ms = ms = any_zone_ms(event.occurred_at)
+        return self.identify_who(Who(event.event_id, any_zone_ms(event.occurred_at), event.identifiers))
+
+    def identify_who(self, who: Who) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int]:
+        """:meth:`identify` from the three things it reads of an event (the live stage has them without the event)."""
+        self.last_event_ms = ms = who.ms
         latest = self.latest_ms
         if self.now is None and latest is not None and self._ahead_ms is not None and ms > latest + self._ahead_ms:
             days = (ms - latest) / _DAY_MS
@@ -384,10 +396,10 @@ class Folder:
             )
         cache = self._normalised
         try:
-            identifiers = tuple([cache.get(pair) or self._normalise(pair) for pair in event.identifiers.items()])
+            identifiers = tuple([cache.get(pair) or self._normalise(pair) for pair in who.identifiers.items()])
         except InvalidIdentifier as exc:
             raise Rejected(str(exc)) from exc
-        customer_id, decisions, attributed = resolve(self.state, identifiers, event.event_id, self.identity)
+        customer_id, decisions, attributed = resolve(self.state, identifiers, who.event_id, self.identity)
         if decisions:
             state = self.state
             for decision in decisions:

@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from touchpoint.contract.models import Event
-from touchpoint.core.fold import Folder, Handover, Rejected
+from touchpoint.core.fold import Folder, Handover, Rejected, Who
 from touchpoint.core.identity import Decision, Merged, Minted
 from touchpoint.core.normalise import Identifier
 
@@ -67,7 +67,7 @@ class Resolved:
     """An event, resolved by identity: to be followed by the customer's partition."""
 
     position: Position
-    event: Event
+    event: Event | None  # None where identity forwards the event's bytes instead (streams.identity)
     customer_id: str
     decisions: tuple[Decision, ...]  # mints and merges only: what the views need
     attributed: tuple[Identifier, ...]
@@ -134,7 +134,20 @@ class IdentityLog:
 
         :raises Rejected: identity refused it (nothing changed).
         """
-        customer_id, decisions, attributed, ms = self.folder.identify(event)
+        return self.resolve(offset, event, self.folder.identify(event))
+
+    def who(self, offset: int, who: Who) -> tuple[str, tuple[Decision, ...], list[tuple[int, Record]]]:
+        """:meth:`event` from what identity reads of it; the Resolved record carries no event (the live stage
+        forwards the event's bytes).
+
+        :raises Rejected: identity refused it (nothing changed).
+        """
+        return self.resolve(offset, None, self.folder.identify_who(who))
+
+    def resolve(self, offset: int, event: Event | None,
+                identified: tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int],
+                ) -> tuple[str, tuple[Decision, ...], list[tuple[int, Record]]]:
+        customer_id, decisions, attributed, ms = identified
         records: list[tuple[int, Record]] = []
         merges = [d for d in decisions if isinstance(d, Merged)]
         event_position = (offset, len(merges))
@@ -255,6 +268,7 @@ class ProfilePartition:
                 self.arrived_changed.add(merged)
             folder.advance(record.clock_ms)
             try:
+                assert record.event is not None, "a Resolved record to follow carries its event"
                 folder.follow(record.event, record.customer_id, record.decisions, record.attributed, record.ms)
             except Rejected as exc:
                 outcome.rejected.append((record, str(exc)))
