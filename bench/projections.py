@@ -52,8 +52,8 @@ from touchpoint.generate import generate
 _DAY = timedelta(days=1)
 AGENT_BATCH = 1000  # streams.batch.BATCH_SIZE
 
-# (topic name without prefix, key, value)
-Out = tuple[str, bytes, bytes]
+# (topic name without prefix, key, value, headers)
+Out = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]
 
 
 def _events(customers: int, days: int, seed: int) -> tuple[list[Event], int]:
@@ -69,6 +69,7 @@ def _events(customers: int, days: int, seed: int) -> tuple[list[Event], int]:
 def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert_bytes: object,
                   tick_days: int) -> Iterator[Out]:
     """What the profile agent would publish for ``events`` (batches of 1,000, a tick every ``tick_days``)."""
+    from touchpoint.contract.cards import card_record, merged_record
     from touchpoint.core.fold import Folder, FoldConfig
     from touchpoint.core.profile import render
 
@@ -77,21 +78,20 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
 
     def flush() -> Iterator[Out]:
         for alert, context in folder.drain_alerts():
-            yield f"alerts.{alert.kind}", alert.customer_id.encode(), alert_bytes({**alert.to_json(), **context})  # type: ignore[operator]
+            yield (f"alerts.{alert.kind}", alert.customer_id.encode(),  # type: ignore[operator]
+                   alert_bytes({**alert.to_json(), **context}), None)
         for customer_id, entry in folder.drain_entries():
             doc = {"customer_id": customer_id, "entry": entry.to_json()}
-            yield "loyalty", customer_id.encode(), json.dumps(doc).encode()
+            yield "loyalty", customer_id.encode(), json.dumps(doc).encode(), None
         touched, merged = folder.drain_changes()
         as_of = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for customer_id in sorted(touched):
             card = render(folder.views[customer_id], as_of, segment, folder.rules)
             keys = {kind: sorted(found) for kind, found in folder.views[customer_id].keys.items()}
-            doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
-            yield "customer-views", customer_id.encode(), json.dumps(doc).encode()
+            yield "customer-views", *card_record(customer_id, stamp, card, keys)
         for alias, survivor in sorted(merged.items()):
-            doc = {"customer_id": alias, "as_of": stamp, "merged_into": survivor}
-            yield "customer-views", alias.encode(), json.dumps(doc).encode()
+            yield "customer-views", *merged_record(alias, stamp, survivor)
 
     day: datetime | None = None
     in_batch = 0
@@ -106,7 +106,7 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
         rejected = len(folder.rejected)
         folder.add(event)
         if folder.last_customer_id is not None and len(folder.rejected) == rejected:
-            yield "customer-events", folder.last_customer_id.encode(), event_bytes(event)  # type: ignore[operator]
+            yield "customer-events", folder.last_customer_id.encode(), event_bytes(event), None  # type: ignore[operator]
         in_batch += 1
         if in_batch >= AGENT_BATCH:
             yield from flush()
@@ -125,8 +125,8 @@ def _publish(settings: object, out: list[Out]) -> None:
                                     linger_ms=20, max_batch_size=512 * 1024, max_request_size=8 * 1024 * 1024)
         await producer.start()
         try:
-            sent = [await producer.send(settings.topic(name), value, key=key)  # type: ignore[attr-defined]
-                    for name, key, value in out]
+            sent = [await producer.send(settings.topic(name), value, key=key, headers=headers)  # type: ignore[attr-defined]
+                    for name, key, value, headers in out]
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
@@ -151,7 +151,7 @@ def _read_back(settings: object, topics: list[str]) -> list[object]:
         out: list[object] = []
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             for messages in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                out += [Record(m.topic, m.partition, m.offset, m.key, m.value) for m in messages]
+                out += [Record(m.topic, m.partition, m.offset, m.key, m.value, m.headers or ()) for m in messages]
         return out
     finally:
         consumer.close()
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         out = list(_agent_output(events, settings.identifier_key.get_secret_value().encode(),
                                  event_serde.serialize, alert_serde.serialize, args.tick_days))
         counts: dict[str, int] = {}
-        for name, _, _ in out:
+        for name, *_ in out:
             counts[name] = counts.get(name, 0) + 1
         print(f"prepared {len(events)} events ({args.customers} customers x {args.days} days, seed {args.seed}; "
               f"{bad} invalid skipped) -> {len(out)} projection records "

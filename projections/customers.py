@@ -29,14 +29,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from projections.writer import Record, copy_upsert, json_dumps
+from projections.writer import Record
+from touchpoint.contract.cards import Kind, read_card
 from touchpoint.settings import Settings
-
-_COLUMNS = ("customer_id", "view", "as_of", "value_segment", "source_topic", "source_partition", "source_offset")
 
 # The SQL form of newer(): (as_of, offset on the same partition) must grow; another partition: as_of alone.
 _ON_CONFLICT = (
@@ -50,15 +48,40 @@ _ON_CONFLICT = (
 )
 
 
-def newer(old: tuple[Record, dict[str, Any]], new: tuple[Record, dict[str, Any]]) -> bool:
-    """Whether the record ``new`` supersedes ``old`` for one customer id (``_ON_CONFLICT``'s rule)."""
-    (old_record, old_doc), (new_record, new_doc) = old, new
-    old_at, new_at = datetime.fromisoformat(old_doc["as_of"]), datetime.fromisoformat(new_doc["as_of"])
+def newer(old: tuple[Record, datetime], new: tuple[Record, datetime]) -> bool:
+    """Whether the record ``new`` supersedes ``old`` for one customer id (``_ON_CONFLICT``'s rule); with their as_of."""
+    (old_record, old_at), (new_record, new_at) = old, new
     if old_at != new_at:
         return new_at > old_at
     if (old_record.topic, old_record.partition) != (new_record.topic, new_record.partition):
         return True
     return new_record.offset > old_record.offset
+
+
+# The batch's winning cards, staged as they came (the card's JSON bytes); PostgreSQL takes the view,
+# as_of, segment and identifier keys out of them.
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_cards (customer_id text, card jsonb COMPRESSION lz4, source_topic text, "
+          "source_partition integer, source_offset bigint) ON COMMIT DELETE ROWS; DELETE FROM _stage_cards")
+_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, as_of, value_segment, source_topic, "
+           "source_partition, source_offset) "
+           "SELECT customer_id, card->'view', (card->>'as_of')::timestamptz, card->'view'->>'value_segment', "
+           "source_topic, source_partition, source_offset FROM _stage_cards " + _ON_CONFLICT)
+# Only cards whose row now carries their offset move keys (they were not stale); a key listed by two
+# cards of the batch goes to the later one.
+_KEYS = ("INSERT INTO customer_identifiers (key, kind, customer_id, source_offset) "
+         "SELECT DISTINCT ON (k.key) k.key, kv.kind, s.customer_id, s.source_offset FROM _stage_cards s "
+         "JOIN customers c ON c.customer_id = s.customer_id AND c.source_offset = s.source_offset "
+         "CROSS JOIN LATERAL jsonb_each(CASE jsonb_typeof(s.card->'keys') WHEN 'object' THEN s.card->'keys' "
+         "ELSE '{}'::jsonb END) AS kv(kind, found) "
+         "CROSS JOIN LATERAL jsonb_array_elements_text(found) AS k(key) "
+         "ORDER BY k.key, s.source_offset DESC "
+         "ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id, kind = EXCLUDED.kind, "
+         "source_offset = EXCLUDED.source_offset WHERE customer_identifiers.customer_id <> EXCLUDED.customer_id")
+
+
+def _as_is(value: bytes) -> bytes:
+    """A card's JSON bytes for ``Jsonb``: already JSON, never parsed and dumped again."""
+    return value
 
 
 class CustomersProjection:
@@ -71,44 +94,31 @@ class CustomersProjection:
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
         # Within a batch only the newest record per customer id matters.
-        latest: dict[str, tuple[Record, dict[str, Any]]] = {}
+        latest: dict[str, tuple[Record, datetime, Kind, dict[str, Any] | None]] = {}
         for record in records:
-            doc = orjson.loads(record.value)  # a card of ~10 KB: orjson parses it in a fraction of json.loads
-            customer_id = str(doc["customer_id"])
-            if customer_id not in latest or newer(latest[customer_id], (record, doc)):
-                latest[customer_id] = (record, doc)
+            kind, as_of, doc = read_card(record.value, record.headers)
+            customer_id = str(doc["customer_id"]) if doc is not None else (record.key or b"").decode()
+            at = datetime.fromisoformat(as_of)
+            found = latest.get(customer_id)
+            if found is None or newer(found[:2], (record, at)):  # type: ignore[arg-type]
+                latest[customer_id] = (record, at, kind, doc)
         cards, aliases, erased = [], [], []
-        # (key, kind, customer_id, offset); a key listed twice in the batch goes to the later card.
-        keys: dict[str, tuple[str, str, str, int]] = {}
-        for customer_id, (record, doc) in latest.items():
-            if doc.get("erased"):
+        for customer_id, (record, _, kind, doc) in latest.items():
+            if kind == "erased":
                 erased.append(customer_id)
-            elif "merged_into" in doc:
+            elif kind == "merged":
+                assert doc is not None
                 aliases.append((customer_id, doc["merged_into"], record.offset))
             else:
-                view = doc["view"]
-                cards.append((customer_id, Jsonb(view, dumps=json_dumps), doc["as_of"], view["value_segment"],
-                              record.topic, record.partition, record.offset))
-                found = doc.get("keys") or {}
-                for kind, kind_keys in found.items():
-                    for key in kind_keys:
-                        if key not in keys or keys[key][3] < record.offset:
-                            keys[key] = (key, kind, customer_id, record.offset)
-        copy_upsert(cur, "customers", _COLUMNS, cards, _ON_CONFLICT)
-        if keys:
-            # Set-based, one round trip: only cards whose row now carries their offset (they were not stale).
-            rows = list(keys.values())
-            cur.execute(
-                "INSERT INTO customer_identifiers (key, kind, customer_id, source_offset) "
-                "SELECT k.key, k.kind, k.customer_id, k.source_offset "
-                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) "
-                "AS k(key, kind, customer_id, source_offset) "
-                "JOIN customers c ON c.customer_id = k.customer_id AND c.source_offset = k.source_offset "
-                "ON CONFLICT (key) DO UPDATE SET customer_id = EXCLUDED.customer_id, kind = EXCLUDED.kind, "
-                "source_offset = EXCLUDED.source_offset "
-                "WHERE customer_identifiers.customer_id <> EXCLUDED.customer_id",
-                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]),
-            )
+                cards.append((customer_id, Jsonb(record.value, dumps=_as_is), record.topic, record.partition,
+                              record.offset))
+        if cards:
+            cur.execute(_STAGE)
+            with cur.copy("COPY _stage_cards FROM STDIN") as copy:
+                for row in cards:
+                    copy.write_row(row)
+            cur.execute(_UPSERT)
+            cur.execute(_KEYS)
         if aliases:
             cur.execute(
                 "INSERT INTO customer_aliases (alias, survivor, source_offset) "

@@ -11,7 +11,10 @@
    projections' stored offsets (other tables, e.g. an audit log, are kept);
 4. consume the topics from their beginning and write each batch with
    :func:`~projections.writer.write_batch`, the very path the live writers
-   take: rows and stored offsets move in one transaction.
+   take: rows and stored offsets move in one transaction. Each projection
+   replays in its own thread with its own consumer and connection, as the
+   live writers do, so PostgreSQL works on one projection's batch while
+   Python maps another's.
 
 Because of step 4, a rebuild interrupted half-way leaves a consistent,
 partial read model whose stored offsets say how far it got: ``touchpoint
@@ -25,11 +28,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from psycopg import sql
 from tqdm import tqdm
 
@@ -37,9 +42,8 @@ from connectors.registry import RegistryClient
 from projections.catalog import READ_MODEL_TABLES
 from projections.migrate import migrate
 from projections.run import all_projections
-from projections.writer import Projection, Record, write_batch
+from projections.writer import Projection, projection_consumer, records_of, topic_partitions, write_batch
 from touchpoint.errors import StackError
-from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,18 +65,6 @@ class RebuildReport:
         rate = self.total / self.seconds if self.seconds > 0 else 0.0
         parts = ", ".join(f"{name} {n:,}" for name, n in self.records.items())
         return f"rebuilt from {self.total:,} records ({parts}) in {self.seconds:.1f} s: {rate:,.0f} records/s"
-
-
-def _partitions(consumer: KafkaConsumer, topics: Sequence[str], timeout_s: float = 30.0) -> list[TopicPartition]:
-    deadline = time.monotonic() + timeout_s
-    out: list[TopicPartition] = []
-    for topic in topics:
-        while (ids := consumer.partitions_for_topic(topic)) is None:
-            if time.monotonic() > deadline:
-                raise StackError(f"rebuild: topic {topic} has no partitions (does it exist? `touchpoint topics`)")
-            time.sleep(0.2)
-        out += [TopicPartition(topic, p) for p in sorted(ids)]
-    return out
 
 
 def truncate(conn: psycopg.Connection, projections: Sequence[Projection]) -> None:
@@ -99,55 +91,65 @@ def rebuild(settings: Settings, projections: Sequence[Projection] | None = None,
     unknown = [p.name for p in projections if p.name not in READ_MODEL_TABLES]
     if unknown:
         raise StackError(f"rebuild: no read-model tables known for projection(s) {', '.join(unknown)}")
-    by_topic = {topic: p for p in projections for topic in p.topics}
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
-        isolation_level="read_committed", client_id="touchpoint-rebuild",
-        max_poll_records=batch_size, max_partition_fetch_bytes=8 * 1024 * 1024,
-        # kafka-python checks CRC32C in pure Python without the optional crc32c package: most of a
-        # rebuild's CPU on large cards. The broker checked every batch when it was appended.
-        check_crcs=False,
-        **kafka_python_options(settings),
-    )
-    report = RebuildReport(records={p.name: 0 for p in projections})
+    probe = projection_consumer(settings, "touchpoint-rebuild")
     try:
-        partitions = _partitions(consumer, list(by_topic))
-        consumer.assign(partitions)
-        begins = consumer.beginning_offsets(partitions)
-        ends = consumer.end_offsets(partitions)
-        todo = [tp for tp in partitions if ends[tp] > begins[tp]]
-        total = sum(ends[tp] - begins[tp] for tp in todo)
-        with psycopg.connect(settings.pg_conninfo()) as conn:
-            truncate(conn, projections)
-            log.info("read model truncated; replaying", extra={"records": total, "partitions": len(todo)})
-            consumer.pause(*[tp for tp in partitions if tp not in todo])
-            for tp in todo:
-                consumer.seek(tp, begins[tp])
-            done = {tp: begins[tp] for tp in todo}
-            with tqdm(total=total, file=sys.stderr, unit="rec", unit_scale=True, disable=not progress,
-                      desc="rebuild", dynamic_ncols=True) as bar:
-                while todo:
-                    polled = consumer.poll(timeout_ms=500)
-                    batches: dict[str, list[Record]] = {}
-                    for tp, messages in polled.items():
-                        end = ends[tp]
-                        batch = batches.setdefault(by_topic[tp.topic].name, [])
-                        batch += [Record(m.topic, m.partition, m.offset, m.key, m.value, m.headers or ())
-                                  for m in messages if m.offset < end]
-                    for projection in projections:
-                        records = batches.get(projection.name)
-                        if records:
-                            write_batch(conn, projection, records)
-                            report.records[projection.name] += len(records)
-                    # Progress by position, not by records: compaction gaps and transaction markers count too.
-                    for tp in list(todo):
-                        position = min(consumer.position(tp), ends[tp])
-                        bar.update(position - done[tp])
-                        done[tp] = position
-                        if position >= ends[tp]:
-                            consumer.pause(tp)
-                            todo.remove(tp)
+        bounds = {p.name: {(t, n): probe.get_watermark_offsets(TopicPartition(t, n), timeout=30)
+                           for t, n in topic_partitions(probe, p.topics, "rebuild")} for p in projections}
     finally:
-        consumer.close()
+        probe.close()
+    report = RebuildReport(records={p.name: 0 for p in projections})
+    total = sum(high - low for parts in bounds.values() for low, high in parts.values())
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        truncate(conn, projections)
+    log.info("read model truncated; replaying", extra={"records": total})
+    lock = threading.Lock()
+    with tqdm(total=total, file=sys.stderr, unit="rec", unit_scale=True, disable=not progress,
+              desc="rebuild", dynamic_ncols=True) as bar, ThreadPoolExecutor(len(projections)) as pool:
+        def advanced(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        replays = [pool.submit(_replay, settings, p, bounds[p.name], batch_size, advanced) for p in projections]
+        for projection, replay in zip(projections, replays, strict=True):
+            report.records[projection.name] = replay.result()
     report.seconds = time.perf_counter() - began
     return report
+
+
+def _replay(settings: Settings, projection: Projection, bounds: dict[tuple[str, int], tuple[int, int]],
+            batch_size: int, advanced: Callable[[int], None]) -> int:
+    """Write one projection's partitions from their beginning up to the ends noted; returns the records written."""
+    ends = {tp: high for tp, (low, high) in bounds.items() if high > low}
+    if not ends:
+        return 0
+    done = {tp: bounds[tp][0] for tp in ends}
+    consumer = projection_consumer(settings, f"touchpoint-rebuild-{projection.name}", eof=True)
+    written = 0
+    try:
+        consumer.assign([TopicPartition(t, p, bounds[t, p][0]) for t, p in ends])
+        with psycopg.connect(settings.pg_conninfo()) as conn:
+            while ends:
+                messages = consumer.consume(batch_size, 0.5)
+                reached: set[tuple[str, int]] = set()
+                for m in messages:
+                    error = m.error()
+                    if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        reached.add((m.topic(), m.partition()))
+                records = [r for r in records_of(messages, f"rebuild {projection.name}")
+                           if (r.topic, r.partition) in ends and r.offset < ends[r.topic, r.partition]]
+                if records:
+                    write_batch(conn, projection, records)
+                    written += len(records)
+                # Progress by position, not by records: compaction gaps and transaction markers count too.
+                for record in records:
+                    tp = (record.topic, record.partition)
+                    advanced(record.offset + 1 - done[tp])
+                    done[tp] = record.offset + 1
+                for tp in list(ends):
+                    if tp in reached or done[tp] >= ends[tp]:
+                        advanced(ends[tp] - done[tp])
+                        done[tp] = ends[tp]
+                        del ends[tp]
+    finally:
+        consumer.close()
+    return written

@@ -1,5 +1,5 @@
-"""Faust stream processors: thin agents around the pure core.
+"""The worker's stream processors: thin stages around the pure core, run by a Faust app.
 
-An agent loops, decodes, calls the core, writes its table and emits; the
+A stage takes a batch, calls the core, emits, and writes its table (:mod:`streams.batch`); the
 decisions live in :mod:`touchpoint.core`.
 """

@@ -1,8 +1,8 @@
-"""The Faust application: one app, agents registered by concept.
+"""The Faust application: the worker's lifecycle, logging and signals, with a task per stage.
 
-Faust is at-least-once in practice (see its issue tracker), so every agent's
-output is idempotent downstream: events keep their producer-chosen
-``event_id``, and projections upsert by it.
+Each stage (:mod:`streams.ingest`, :mod:`streams.identity`, :mod:`streams.profile`) is a batch loop
+(:mod:`streams.batch`) started as a task of the app. Delivery is at-least-once, so every stage's output is
+idempotent downstream: events keep their producer-chosen ``event_id``, and projections upsert by it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import gc
 
 import faust
 
-from connectors.topics import STATE_MAX_RECORD_BYTES, ensure_topics_before_serving
+from connectors.topics import ensure_topics_before_serving
 from streams.identity import register_identity
 from streams.ingest import register_ingest
 from streams.profile import register_profile
@@ -20,7 +20,7 @@ from touchpoint.settings import Settings
 
 
 def create_app(settings: Settings) -> faust.App:
-    """The Faust app with the agents of the settings' stages registered (every one by default).
+    """The Faust app with a task for each of the settings' stages (every one by default).
 
     Its id (consumer group, internal topic prefix) is the topic prefix, so
     two deployments (or two test runs) on one cluster never share state.
@@ -29,8 +29,8 @@ def create_app(settings: Settings) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.topic_prefix,
-        # streams.transport: aiokafka reading only committed records.
-        broker=";".join(f"touchpoint://{server}" for server in settings.kafka_bootstrap.split(",")),
+        # The stages consume and produce with their own clients (streams.batch); Faust's own are idle.
+        broker=";".join(f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")),
         store="memory://",
         # Faust makes its data directory even with the memory store; keep it with the stack's files.
         datadir=str(datadir / "{conf.name}-data"),
@@ -43,13 +43,6 @@ def create_app(settings: Settings) -> faust.App:
         # session times out: 10 s instead of Faust's 60 s bounds the pause after a crash.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
-        # Faust's default (no linger) sends one produce request per record: a profile of the
-        # worker showed a quarter of its time writing those to the socket. 5 ms batches them.
-        producer_linger=0.005,
-        producer_max_batch_size=256 * 1024,
-        # A merged customer's view travels between partitions of ``resolved`` in one record.
-        producer_max_request_size=STATE_MAX_RECORD_BYTES,
-        consumer_max_fetch_size=STATE_MAX_RECORD_BYTES,
         **faust_options(settings),
     )
     registers = {"ingest": register_ingest, "identity": register_identity, "profile": register_profile}

@@ -1,9 +1,9 @@
-"""The identity agent: who every accepted event belongs to, decided in one ordered place.
+"""The identity stage: who every accepted event belongs to, decided in one ordered place.
 
-Input is ``touchpoint.accepted``: every event the ingest agent accepted, on a
+Input is ``touchpoint.accepted``: every event the ingest stage accepted, on a
 single partition, so identity decisions (mints, links, merges, refusals) are
 taken in one order that every replay repeats; two workers can never mint two
-ids for one person. The agent runs identity's half of the pure core
+ids for one person. The stage runs identity's half of the pure core
 (:class:`~touchpoint.core.partitions.IdentityLog` over
 :meth:`Folder.identify <touchpoint.core.fold.Folder.identify>`), the same code
 ``touchpoint fold`` runs.
@@ -11,7 +11,7 @@ ids for one person. The agent runs identity's half of the pure core
 Output, per batch:
 
 * ``touchpoint.identity``: every identity decision, as JSON, keyed by customer id;
-* ``touchpoint.resolved``: the customer-keyed stream the profile agent
+* ``touchpoint.resolved``: the customer-keyed stream the profile stage
   (:mod:`streams.profile`) folds: each event keyed by its customer (in the
   partition :func:`~touchpoint.core.partitions.partition_of` gives), a
   hand-out to the partition of every customer an event merged away, every tick
@@ -27,14 +27,14 @@ State: ``touchpoint.identity-state`` (:mod:`streams.state`), keyed by customer
 id: identifier keys, aliases, mint positions, refusals, erasures, plus a
 checkpoint (the next offset of ``accepted``), written in one Kafka transaction
 after a batch's output is acknowledged and at most every ``STATE_FLUSH_S``.
-On start the agent claims the table (fencing any earlier writer), reads it
+On start the stage claims the table (fencing any earlier writer), reads it
 back and replays ``accepted`` from the checkpoint up to its group's committed
 offset (output of that stretch went out before the offsets were committed). A
 table it cannot use is reported and identity rebuilt from the whole log.
 
 A message below the offset the state expects is a re-delivery and is skipped;
 one above it means the partition was another worker's meanwhile (or our table
-write was fenced): the agent recovers first. Records identity re-sends after a
+write was fenced): the stage recovers first. Records identity re-sends after a
 crash carry the positions they had, and the profile drops them.
 """
 
@@ -109,7 +109,7 @@ def changed_by(decisions: tuple[Decision, ...]) -> set[str]:
 
 
 class IdentityStage:
-    """The identity Folder and how the agent feeds, persists and recovers it."""
+    """The identity Folder and how the stage feeds, persists and recovers it."""
 
     def __init__(self, settings: Settings, serde: EventSerde) -> None:
         self.settings = settings

@@ -1,15 +1,15 @@
-"""The ingest agent: events from every channel topic, checked, then routed.
+"""The ingest stage: events from every channel topic, checked, then routed.
 
 A message that decodes (Confluent-framed Avro, writer schema from the
 registry) and honours the contract goes on to ``touchpoint.accepted``, the
 single ordered input of identity resolution (:mod:`streams.identity`);
 anything else goes to ``touchpoint.dlq`` with its original bytes and headers,
 plus headers holding the reason and its source topic, partition and offset.
-Nothing is dropped and nothing bad stops the agent.
+Nothing is dropped and nothing bad stops the stage.
 
 "Now" for the future-time check is the message's own timestamp, not the wall
 clock, so a replay judges every message exactly as the first run did. An
-unreachable registry is not the message's fault: the agent waits and
+unreachable registry is not the message's fault: the stage waits and
 retries instead of dead-lettering good events.
 
 Accepted events keep the producer's partition key (a keyed hash of the

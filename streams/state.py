@@ -12,7 +12,7 @@ sees the table as of a batch boundary and never half of one; a restarted
 worker reads it back instead of re-folding the whole log.
 
 Why not a Faust ``Table``: its changelog writes are not atomic with each
-other nor ordered with the agent's output and offset commits (at-least-once),
+other nor ordered with the stage's output and offset commits (at-least-once),
 so a crash could leave a table that is half a batch ahead of what was
 published. Here the table is written only after the batch's output was
 acknowledged, and a restart skips the offsets the table already holds.

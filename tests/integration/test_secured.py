@@ -49,6 +49,7 @@ from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import TopicSpec, ensure_topics
 from streams.app import create_app
+from streams.batch import Emitter, stage_consumer
 from tests.fix_stack import REPO, scoped
 from tests.unit.contract_samples import sample
 from touchpoint.errors import PublishError, StackError
@@ -289,6 +290,24 @@ def test_a_faust_app_reaches_the_broker_with_its_broker_credentials(secured_db: 
         consumer.assign([tp])
         consumer.seek(tp, offset)
         assert next(iter(consumer)).value == b"sent by faust"
+    finally:
+        consumer.close()
+
+
+def test_the_stages_clients_reach_the_broker_with_their_options(secured_db: Settings) -> None:
+    """confluent-kafka (the worker's stages and the projection writers) logs in over SASL_SSL as the others do."""
+    topic = secured_db.topic("stages-secured")
+    ensure_topics(secured_db, [TopicSpec(topic, 1)])
+    emitter = Emitter(secured_db, "secured-test")
+    emitter.produce([(topic, b"key", b"sent by a stage", None, 0)])
+    emitter.wait(30)
+    consumer = stage_consumer(secured_db, "secured-test", [topic])
+    try:
+        deadline = time.monotonic() + 30
+        values: list[bytes | None] = []
+        while not values and time.monotonic() < deadline:
+            values = [m.value() for m in consumer.consume(10, 1.0) if m.error() is None]
+        assert values == [b"sent by a stage"]
     finally:
         consumer.close()
 
