@@ -11,6 +11,7 @@ decode.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from connectors.registry import RegistryClient
 from touchpoint.contract import decode, encode, event_schema, event_schema_text, from_avro_record, to_avro_record
@@ -54,8 +55,17 @@ class EventSerde:
         :raises SerializationError: the bytes are not a registered Avro event.
         :raises RegistryError: the registry could not be asked.
         """
+        return from_checked_record(self.read_record(data))
+
+    def read_record(self, data: bytes) -> dict[str, Any]:
+        """The decoded Avro record of a message of an internal topic (payload as ``(record name, dict)``),
+        in the current schema's fields, without building the event's models.
+
+        :raises SerializationError: the bytes are not a registered Avro event.
+        :raises RegistryError: the registry could not be asked.
+        """
         _, record = decode(data, self._writer_schema, event_schema())
-        return from_checked_record(record)
+        return record  # type: ignore[no-any-return]
 
     def _writer_schema(self, schema_id: int) -> object:
         """The writer schema by id; our own current schema as the very object readers resolve into."""

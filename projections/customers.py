@@ -92,6 +92,22 @@ class CustomersProjection:
     def __init__(self, settings: Settings) -> None:
         self.topics = [settings.topic("customer-views")]
 
+    def newest(self, records: Sequence[Record],
+               winners: dict[str, tuple[Record, datetime, tuple[str, int, int]]]) -> None:
+        """Fold ``records`` into ``winners``: each customer id's newest record so far (:func:`newer`) and its position.
+
+        A rebuild writes only those (:mod:`projections.rebuild`); the records' values are parsed only when
+        their headers do not say what they are.
+        """
+        for record in records:
+            kind, as_of, doc = read_card(record.value, record.headers)
+            customer_id = str(doc["customer_id"]) if doc is not None else (record.key or b"").decode()
+            at = datetime.fromisoformat(as_of)
+            found = winners.get(customer_id)
+            if found is None or newer(found[:2], (record, at)):  # type: ignore[arg-type]
+                # The record itself is not kept (a card is large): its place in the log is enough.
+                winners[customer_id] = (record._replace(value=b""), at, (record.topic, record.partition, record.offset))
+
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
         # Within a batch only the newest record per customer id matters.
         latest: dict[str, tuple[Record, datetime, Kind, dict[str, Any] | None]] = {}

@@ -13,6 +13,7 @@ it names, after the batch's own rows are in.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -20,6 +21,7 @@ from psycopg.types.json import Jsonb
 from connectors.privacy import is_erasure
 from connectors.serde import EventSerde
 from projections.writer import Record, copy_upsert, json_dumps
+from touchpoint.contract.avro import from_checked_record
 from touchpoint.settings import Settings
 
 
@@ -33,16 +35,28 @@ _ON_CONFLICT = (
 )
 
 
+def payload_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """An event's payload as JSON values, from its decoded Avro record: what the payload model dumps."""
+    if doc["type"] == "campaign":  # instants, written as the model writes them
+        return from_checked_record(doc).payload.model_dump(mode="json")
+    return doc["payload"][1]  # type: ignore[no-any-return]
+
+
 def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
-    """One row of ``interactions`` from one customer-events record (already validated upstream)."""
-    event = serde.read_checked(record.value)  # customer-events: checked by ingest, once
+    """One row of ``interactions`` from one customer-events record (already validated upstream).
+
+    Read from the Avro record as decoded: building the event's models and dumping the payload again
+    was most of the projection's CPU. A campaign's payload holds instants, written as the model writes
+    them; every other payload is the record's own fields (equal to the model's dump, tested).
+    """
+    doc = serde.read_record(record.value)  # customer-events: checked by ingest, once
     return (
-        event.event_id,
+        doc["event_id"],
         (record.key or b"").decode(),
-        event.type,
-        event.channel,
-        event.occurred_at,
-        Jsonb(event.payload.model_dump(mode="json"), dumps=json_dumps),
+        doc["type"],
+        doc["channel"],
+        doc["occurred_at"],
+        Jsonb(payload_json(doc), dumps=json_dumps),
         record.topic,
         record.partition,
         record.offset,

@@ -21,8 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import orjson
 import psycopg
@@ -40,9 +39,8 @@ log = logging.getLogger(__name__)
 _TRACER = tracer(__name__)
 
 
-@dataclass(frozen=True)
-class Record:
-    """One consumed Kafka message, as a mapper sees it."""
+class Record(NamedTuple):
+    """One consumed Kafka message, as a mapper sees it (a named tuple: one is made per message)."""
 
     topic: str
     partition: int
@@ -190,10 +188,11 @@ def topic_partitions(consumer: Consumer, topics: Sequence[str], what: str,
 def records_of(messages: Sequence[Message], what: str) -> list[Record]:
     """The records among consumed messages; the client's news (a broker away) is logged, never a record."""
     records = []
+    make = tuple.__new__  # Record's own __new__ adds a call per message
     for m in messages:
         error = m.error()
         if error is None:
-            records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() or ()))
+            records.append(make(Record, (m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() or ())))
         elif error.code() != KafkaError._PARTITION_EOF:
             log.warning("%s: consumer reports %s", what, error)
     return records
