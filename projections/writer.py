@@ -29,6 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from opentelemetry import trace
 from psycopg import sql
 
+from connectors.batches import take
 from touchpoint.errors import RegistryError, StackError
 from touchpoint.kafka_security import confluent_options
 from touchpoint.settings import Settings
@@ -218,7 +219,7 @@ def run_projection(settings: Settings, projection: Projection, stop: threading.E
     backoff = 0.5
     try:
         while not stop.is_set():
-            records = records_of(consumer.consume(batch_size, poll_ms / 1000), f"projection {projection.name}")
+            records = records_of(take(consumer, batch_size, poll_ms / 1000), f"projection {projection.name}")
             while records and not stop.is_set():
                 try:
                     if conn is None or conn.closed:
