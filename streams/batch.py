@@ -26,6 +26,10 @@ idempotent downstream. A failed delivery or a broken client starts the loop
 over with new clients from the committed offsets, and the stage recovers its
 state first (:meth:`Stage.start`).
 
+A stage with an ``assigned(partitions, whole=True)`` method is told its
+consumer's assignment whenever it changes, to make the partitions ready
+before their first messages (the profile loads their tables).
+
 Each stage consumes in its own group (:meth:`Settings.stage_group`), so a
 stage's consumers rebalance among themselves, and ``touchpoint lag`` reads how
 far each stage got from its group's committed offsets.
@@ -197,6 +201,7 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
             emitter = Emitter(settings, stage.name)
             try:
                 await stage.start()
+                assignment: set[int] = set()
                 while True:
                     messages = await loop.run_in_executor(thread, take, consumer, BATCH_SIZE, BATCH_WITHIN_S)
                     batch = []
@@ -216,6 +221,11 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
                             # and drops what was fed already; the output went out either way.
                             log.warning("%s: offsets not committed (%s); the batch will be re-delivered",
                                         stage.name, exc.args[0])
+                    if (assigned := getattr(stage, "assigned", None)) is not None:
+                        now = {tp.partition for tp in consumer.assignment()}
+                        if now != assignment:  # prepare new partitions before their first message
+                            await assigned(now, whole=True)
+                        assignment = now
                     await stage.after_batch()
                     backoff = 0.5
             except (DeliveryFailed, KafkaException) as exc:

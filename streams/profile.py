@@ -168,23 +168,22 @@ class ProfileLoop:
                       for name in ("customer-events", "customer-views", "loyalty", "resolved", "dlq")}
         self.stages: dict[int, PartitionStage] = {}
         self.traced = False  # whether spans record (set per batch)
+        #: Partitions whose table is loaded but not replayed yet -> the offset their replay starts at.
+        self.loaded: dict[int, int] = {}
 
     async def start(self) -> None:
         # A new consumer may get other partitions: each recovers at its first message.
         for stage in self.stages.values():
             stage.position = -1
+        self.loaded = {}
 
     async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
         out: list[Outgoing] = []
         touched: set[int] = set()
         stages = self.stages
         self.traced = tracing_installed()
-        for partition in {message.partition for message in batch}:
-            if partition not in stages:
-                stages[partition] = PartitionStage(self.settings, partition)
-        # Partitions new to this consumer read their tables side by side (each is a few round trips).
-        loading = {message.partition for message in batch if stages[message.partition].position < 0}
-        starts = dict(zip(loading, await asyncio.gather(*(stages[p].load() for p in loading)), strict=True))
+        await self.assigned({message.partition for message in batch})
+        starts = self.loaded
         for message in batch:
             stage = stages[message.partition]
             if message.offset != stage.position and (stage.position < 0 or message.offset > stage.position):
@@ -199,6 +198,21 @@ class ProfileLoop:
             touched.add(message.partition)
         self.publish_all(touched, out)
         return out
+
+    async def assigned(self, partitions: set[int], whole: bool = False) -> None:
+        """Read the tables of partitions new to this consumer, side by side (each is a few round trips).
+
+        Called with the consumer's whole assignment when it changes (``whole``), before the partitions'
+        first messages, so the first events after a start or a rebalance do not wait for their tables;
+        and with a batch's partitions, for any that came unloaded.
+        """
+        if whole:  # a table loaded for a partition taken away again is another worker's now
+            self.loaded = {p: start for p, start in self.loaded.items() if p in partitions}
+        loading = [p for p in sorted(partitions)
+                   if p not in self.loaded and self.stages.setdefault(p, PartitionStage(self.settings, p)).position < 0]
+        for partition, start in zip(loading, await asyncio.gather(*(self.stages[p].load() for p in loading)),
+                                    strict=True):
+            self.loaded[partition] = start
 
     async def after_batch(self) -> None:
         # Each partition writes its own table with its own producer: side by side, one pause, not three.
