@@ -106,7 +106,8 @@ def rebuild(settings: Settings, names: Sequence[str] | None = None, *, progress:
                 for p in projections for low, high in bounds[p.name].values())
     with psycopg.connect(settings.pg_conninfo()) as conn:
         truncate(conn, projections)
-    log.info("read model truncated; replaying", extra={"records": total})
+    log.info("read model truncated; replaying", extra={
+        "records": sum(high - low for parts in bounds.values() for low, high in parts.values())})
     # One process per projection, as the live writers are one thread each: mapping records to rows is
     # Python's work, and in threads the projections took turns on one core (a rebuild ran at 16k
     # records/s on 12 s of CPU in 13 s); PostgreSQL works in its own processes either way.
