@@ -79,6 +79,10 @@ _KEYS = ("INSERT INTO customer_identifiers (key, kind, customer_id, source_offse
          "source_offset = EXCLUDED.source_offset WHERE customer_identifiers.customer_id <> EXCLUDED.customer_id")
 
 
+Newest = tuple[Record, datetime, Kind, dict[str, Any] | None]
+"""A customer's newest record: the record, its as_of, its kind and its parsed value (None: a card, unparsed)."""
+
+
 def _as_is(value: bytes) -> bytes:
     """A card's JSON bytes for ``Jsonb``: already JSON, never parsed and dumped again."""
     return value
@@ -92,32 +96,25 @@ class CustomersProjection:
     def __init__(self, settings: Settings) -> None:
         self.topics = [settings.topic("customer-views")]
 
-    def newest(self, records: Sequence[Record],
-               winners: dict[str, tuple[Record, datetime, tuple[str, int, int]]]) -> None:
-        """Fold ``records`` into ``winners``: each customer id's newest record so far (:func:`newer`) and its position.
+    def newest(self, records: Sequence[Record], latest: dict[str, Newest], slim: bool = True) -> None:
+        """Fold ``records`` into ``latest``: each customer id's newest record so far (:func:`newer`).
 
-        A rebuild writes only those (:mod:`projections.rebuild`); the records' values are parsed only when
-        their headers do not say what they are.
+        A rebuild writes only those (:mod:`projections.rebuild`); ``slim`` keeps each record without its
+        value (a card is large; its place in the log is enough). Values are parsed only when the headers do
+        not say what they hold.
         """
-        for record in records:
-            kind, as_of, doc = read_card(record.value, record.headers)
-            customer_id = str(doc["customer_id"]) if doc is not None else (record.key or b"").decode()
-            at = datetime.fromisoformat(as_of)
-            found = winners.get(customer_id)
-            if found is None or newer(found[:2], (record, at)):  # type: ignore[arg-type]
-                # The record itself is not kept (a card is large): its place in the log is enough.
-                winners[customer_id] = (record._replace(value=b""), at, (record.topic, record.partition, record.offset))
-
-    def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
-        # Within a batch only the newest record per customer id matters.
-        latest: dict[str, tuple[Record, datetime, Kind, dict[str, Any] | None]] = {}
         for record in records:
             kind, as_of, doc = read_card(record.value, record.headers)
             customer_id = str(doc["customer_id"]) if doc is not None else (record.key or b"").decode()
             at = datetime.fromisoformat(as_of)
             found = latest.get(customer_id)
             if found is None or newer(found[:2], (record, at)):  # type: ignore[arg-type]
-                latest[customer_id] = (record, at, kind, doc)
+                latest[customer_id] = (record._replace(value=b"") if slim else record, at, kind, doc)
+
+    def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
+        # Within a batch only the newest record per customer id matters.
+        latest: dict[str, Newest] = {}
+        self.newest(records, latest, slim=False)
         cards, aliases, erased = [], [], []
         for customer_id, (record, _, kind, doc) in latest.items():
             if kind == "erased":

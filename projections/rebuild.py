@@ -183,7 +183,7 @@ def _replay(settings: Settings, projection: Projection, bounds: dict[tuple[str, 
         winners: dict[str, Any] = {}
         for records in _read(settings, projection.name, bounds, batch_size, advanced):
             newest(records, winners)
-        keep = {position for *_, position in winners.values()}
+        keep = {(record.topic, record.partition, record.offset) for record, *_ in winners.values()}
     replayed = 0
     with psycopg.connect(settings.pg_conninfo()) as conn:
         for records in _read(settings, projection.name, bounds, batch_size, advanced):

@@ -208,8 +208,10 @@ class ProfileLoop:
         """
         if whole:  # a table loaded for a partition taken away again is another worker's now
             self.loaded = {p: start for p, start in self.loaded.items() if p in partitions}
-        loading = [p for p in sorted(partitions)
-                   if p not in self.loaded and self.stages.setdefault(p, PartitionStage(self.settings, p)).position < 0]
+        for partition in partitions:
+            if partition not in self.stages:  # a stage builds a Folder: only for a partition new to us
+                self.stages[partition] = PartitionStage(self.settings, partition)
+        loading = [p for p in sorted(partitions) if p not in self.loaded and self.stages[p].position < 0]
         for partition, start in zip(loading, await asyncio.gather(*(self.stages[p].load() for p in loading)),
                                     strict=True):
             self.loaded[partition] = start
