@@ -11,7 +11,10 @@ decode.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 from typing import Any
+
+from fastavro.schema import to_parsing_canonical_form
 
 from connectors.registry import RegistryClient
 from touchpoint.contract import decode, encode, event_schema, event_schema_text, from_avro_record, to_avro_record
@@ -28,6 +31,7 @@ class EventSerde:
         self.registry = registry
         self.subject = subject
         self._writer_id: int | None = None
+        self._current_ids: set[int] = set()
 
     @property
     def writer_id(self) -> int:
@@ -68,7 +72,22 @@ class EventSerde:
         return record  # type: ignore[no-any-return]
 
     def _writer_schema(self, schema_id: int) -> object:
-        """The writer schema by id; our own current schema as the very object readers resolve into."""
-        if schema_id == self.writer_id:
+        """The writer schema by id; our own current schema as the very object readers resolve into.
+
+        A registry may hold the current schema under several ids (Apicurio keeps a text that differs only
+        in its keys' order as another version, and answers a registration with either id): every id whose
+        schema reads the same bytes the same way (the same Parsing Canonical Form) is the current schema,
+        so its events are read plainly instead of being resolved into an equal schema at four times the cost.
+        """
+        if schema_id == self.writer_id or schema_id in self._current_ids:
             return event_schema()
-        return self.registry.schema(schema_id)
+        schema = self.registry.schema(schema_id)
+        if to_parsing_canonical_form(schema) == _current_canonical_form():
+            self._current_ids.add(schema_id)
+            return event_schema()
+        return schema
+
+
+@cache
+def _current_canonical_form() -> str:
+    return to_parsing_canonical_form(event_schema())  # type: ignore[no-any-return]
