@@ -57,6 +57,7 @@ from touchpoint.core.loyalty import (
     LoyaltyState,
     RuleVersion,
     default_rules,
+    invitations_before,
     on_campaign,
     on_purchase,
     on_refund,
@@ -146,7 +147,8 @@ def _fold(ops: list[Op], rules: LoyaltyRules) -> tuple[dict[str, LoyaltyState], 
             state = states.get(customer)
             if state is None:
                 state = states[customer] = LoyaltyState()
-            on_campaign(state, event_id, ms, payload)
+            for entry in on_campaign(state, event_id, ms, payload, rules):
+                entries.append((customer, entry))
     return states, entries, rejected
 
 
@@ -160,11 +162,12 @@ def _score_inputs(ops: list[Op], rules: LoyaltyRules) -> list[tuple[int, Any, Ru
             state = invitations.get(customer)
             if state is None:
                 state = invitations[customer] = LoyaltyState()
-            on_campaign(state, event_id, ms, payload)
+            on_campaign(state, event_id, ms, payload, rules)
         elif kind == "purchase" and payload.transaction_id not in seen:
             seen.add(payload.transaction_id)
             state = invitations.get(customer)
-            out.append((ms, payload, rules.version_at(ms), tuple(state.invitations.values()) if state else ()))
+            out.append((ms, payload, rules.version_at(ms),
+                        tuple(invitations_before(state, ms, event_id)) if state else ()))
     return out
 
 

@@ -74,7 +74,8 @@ _TRACER = tracer(__name__)
 
 def stage_folder(settings: Settings) -> Folder:
     """The Folder both stages run (each uses its half), configured from the settings."""
-    return Folder(FoldConfig(region=settings.phone_region, loyalty_rules=settings.loyalty_rules),
+    return Folder(FoldConfig(region=settings.phone_region, loyalty_rules=settings.loyalty_rules,
+                             refund_hold_days=settings.refund_hold_days),
                   secret=settings.identifier_key.get_secret_value().encode(), keep_decisions=False,
                   log_clock_check=False)
 

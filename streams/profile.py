@@ -23,8 +23,11 @@ Output, per batch:
 * ``touchpoint.alerts.dormancy`` / ``.churn``: alert transitions (Avro), with
   the customer's segment, value and contactability;
 * ``touchpoint.resolved``: views handed in to other partitions;
-* ``touchpoint.dlq``: refunds the profile refuses once history is known (of
-  an unknown purchase, or above it), with the reason and source position.
+* ``touchpoint.dlq``: refunds the profile refuses once history is known
+  (above their purchase, in another currency), and refunds held for a
+  purchase their customer never came to hold within ``refund_hold_days``,
+  with the reason and source position. A held refund waits in its view (and
+  state record) and goes to ``customer-events`` when it is folded.
 
 Erasures: for the erased id and each alias, an ``{"erased": true}`` card and
 an erase record on ``customer-events``, so the projections drop the rows.
@@ -301,7 +304,16 @@ class ProfileLoop:
             # Named by where it came in: its offset in the ordered log (identity's position).
             out.append((self.names["dlq"], record.customer_id.encode(), value,
                         dlq_headers(reason, self.settings.topic("accepted"), 0, record.position[0])))
-        count_events("profile", "dead_lettered", len(outcome.rejected))
+        for record in outcome.held:
+            stage.raw.pop(record.position, None)  # kept in the view (and its state record) until decided
+        # Held refunds decided since: their bytes again from the event (the view keeps the event, not them).
+        for customer_id, event in outcome.released:
+            out.append((self.names["customer-events"], customer_id.encode(), self.serde.serialize(event), None))
+        for customer_id, event, reason, position in outcome.held_rejected:
+            out.append((self.names["dlq"], customer_id.encode(), self.serde.serialize(event),
+                        dlq_headers(reason, self.settings.topic("accepted"), 0, position)))
+        count_events("profile", "folded", len(outcome.released))
+        count_events("profile", "dead_lettered", len(outcome.rejected) + len(outcome.held_rejected))
         handed: set[int] = set()
         for target, hand_in in outcome.hand_ins:
             key, value, headers = resolved.encode(hand_in, None, self.secret)

@@ -53,7 +53,8 @@ import orjson
 
 from touchpoint.core.fold import Folder, FoldConfig, fold_to_json, tick_of
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
-from touchpoint.core.instants import any_zone_ms
+from touchpoint.contract.models import MAX_AHEAD
+from touchpoint.core.instants import any_zone_ms, epoch_ms
 from touchpoint.core.normalise import InvalidIdentifier, normalise
 from touchpoint.core.profile import render
 from touchpoint.core.pseudonym import PREFIX as PSEUDONYM_PREFIX
@@ -67,6 +68,7 @@ T = TypeVar("T")
 
 _EVERY_PART = 255  # a tick: every part folds it
 _NO_LATEST = -(1 << 62)
+_MAX_AHEAD_MS = int(MAX_AHEAD / timedelta(milliseconds=1))  # with a ``now``, events later than this are refused
 
 
 def default_jobs() -> int:
@@ -240,6 +242,7 @@ def _group(path: Path, jobs: int, config: FoldConfig, secret: bytes, now: dateti
         lines, part = heapq.heappop(load)
         part_of[root] = part
         heapq.heappush(load, (lines + count, part))
+    now_ms = None if now is None else epoch_ms(now)
     owner = bytearray()
     latest_before = array("q")
     ticks: dict[int, int] = {}
@@ -257,7 +260,8 @@ def _group(path: Path, jobs: int, config: FoldConfig, secret: bytes, now: dateti
             at = scan.ticks.get(n)
             if at is not None:
                 latest = max(latest, at)
-            elif ms != _NO_LATEST and (now is not None or latest == _NO_LATEST or ms <= latest + ahead_ms):
+            elif ms != _NO_LATEST and ((now_ms is not None and ms <= now_ms + _MAX_AHEAD_MS) or (
+                    now_ms is None and (latest == _NO_LATEST or ms <= latest + ahead_ms))):
                 latest = max(latest, ms)  # presumed accepted
     return owner, latest_before, ticks
 
@@ -318,6 +322,7 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
         rejected: list[tuple[int, dict[str, str]]] = []
         unscored: list[tuple[int, dict[str, str]]] = []
         reached: list[tuple[int, int, bool]] = []  # (line, event ms, accepted) of events that met the clock check
+        held: list[int] = []  # lines of refunds held (their deadline counts from the log's clock)
         with open(path, "rb") as fh:
             for i, line in enumerate(fh):
                 mine = owner[i]
@@ -328,7 +333,10 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
                 folder.latest_ms = None if presumed == _NO_LATEST else presumed
                 folder.last_event_ms = None
                 n_decisions, n_rejected, n_unscored = len(folder.decisions), len(folder.rejected), len(folder.unscored)
+                holds = folder.holds
                 folder.add_json(line)
+                if folder.holds > holds:
+                    held.append(i)
                 if len(folder.decisions) > n_decisions:
                     decisions.append((i, [d.to_json() for d in folder.decisions[n_decisions:]]))
                 if len(folder.rejected) > n_rejected:
@@ -338,10 +346,12 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
                 if folder.last_event_ms is not None:
                     reached.append((i, folder.last_event_ms, folder.last_customer_id is not None))
         if as_of is not None:
-            folder.tick(as_of)
+            n_rejected = len(folder.rejected)
+            folder.tick(as_of)  # may reject held refunds: listed after every line
+            rejected += [(len(owner), entry) for entry in folder.rejected[n_rejected:]]
         log.debug("fold part %d: %d lines folded in %.1fs of CPU", part, len(reached), time.process_time())
         keys = {ident.key for ident in folder._normalised.values()}
-        conn.send((decisions, rejected, unscored, reached, keys))
+        conn.send((decisions, rejected, unscored, reached, keys, held))
         render_as_of = conn.recv()
         if render_as_of is None:
             conn.send([])
@@ -420,7 +430,7 @@ def _fold_in_parts(path: Path, jobs: int, as_of: datetime | None, config: FoldCo
         "customers": customers,
         "identity_decisions": [d for _, ds in sorted((d for r in reports for d in r[0]), key=_line) for d in ds],
         "loyalty_unscored": [entry for _, entry in sorted((e for r in reports for e in r[2]), key=_line)],
-        "rejected": [entry for _, entry in sorted((e for r in reports for e in r[1]), key=_line)],
+        "rejected": [entry for _, entry in sorted((e for r in reports for e in r[1]), key=_line_and_event)],
     }
     out = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
     log.debug("fold: merged at %.1fs", time.perf_counter() - began)
@@ -446,20 +456,26 @@ def _line(item: tuple[int, Any]) -> int:
     return item[0]
 
 
+def _line_and_event(item: tuple[int, dict[str, str]]) -> tuple[int, str]:
+    """A rejection's order: by line, and at one tick (held refunds of customers in several parts) by event id."""
+    return item[0], item[1]["event_id"]
+
+
 def _check(reports: list[Any], latest_before: array[int], ticks: dict[int, int], now: datetime | None,
            ahead_ms: int) -> str | None:
     """Why the parts may differ from one fold, or None when they cannot."""
     seen: set[str] = set()
-    for _, _, _, _, keys in reports:
+    for _, _, _, _, keys, _ in reports:
         if not seen.isdisjoint(keys):
             return "an identifier was keyed in two parts (the grouping missed a link)"
         seen |= keys
-    if now is not None:
+    held = {i for *_, lines in reports for i in lines}
+    if now is not None and not held:
         return None  # events are judged against ``now``, not the log's clock: nothing presumed
     # The true latest before each line: accepted events and (valid) ticks, in file order.
     accepted = bytearray(len(latest_before))
     judged: dict[int, int] = {}
-    for *_, reached, _ in reports:
+    for _, _, _, reached, _, _ in reports:
         for i, ms, ok in reached:
             judged[i] = ms
             if ok:
@@ -467,11 +483,13 @@ def _check(reports: list[Any], latest_before: array[int], ticks: dict[int, int],
     latest = _NO_LATEST
     for i in range(len(latest_before)):
         ms = judged.get(i)
+        if i in held and ms is not None and max(latest_before[i], ms) != max(latest, ms):
+            return f"line {i + 1} held a refund until a deadline counted from a presumed latest time"
         if ms is not None:
             presumed = latest_before[i]
             refused = presumed != _NO_LATEST and ms > presumed + ahead_ms
             truly = latest != _NO_LATEST and ms > latest + ahead_ms
-            if refused != truly:
+            if now is None and refused != truly:
                 return f"line {i + 1} was judged against a presumed latest time that a rejected event set"
             if accepted[i]:
                 latest = max(latest, ms)
@@ -482,5 +500,5 @@ def _check(reports: list[Any], latest_before: array[int], ticks: dict[int, int],
 
 def _final_latest(reports: list[Any], ticks: dict[int, int]) -> int | None:
     """The log's clock after the last line: the latest accepted event or tick (None: none)."""
-    times = [ms for *_, reached, _ in reports for _, ms, ok in reached if ok]
+    times = [ms for _, _, _, reached, _, _ in reports for _, ms, ok in reached if ok]
     return max([*times, *ticks.values()], default=None)

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
 
     # Loyalty rules file (YAML or JSON, see touchpoint/core/loyalty_rules.yaml); unset: the shipped rules.
     loyalty_rules: Path | None = None
+    # How long (in the log's time, from when it arrived) a refund of a purchase its customer does not hold
+    # yet waits for the purchase (a late purchase, or a merge that brings it) before it is dead-lettered.
+    refund_hold_days: int = Field(default=30, ge=0)
 
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")

@@ -106,12 +106,13 @@ def test_fold_needs_a_secret() -> None:
         ("unknown type", [json.dumps({"event_id": "e1", "type": "x"})], [("e1", "unknown event type 'x'")]),
         ("invalid card", [event("e1", {"card": "4111111111111112"})], [("e1", "identifiers.card: card number fails the Luhn check")]),
         ("invalid phone", [event("e1", {"phone": "+1 212 555 01"})], [("e1", "identifiers.phone: not a possible phone number")]),
-        ("refund of an unknown purchase",
-         [event("e1", {"customer_no": "C1"}, "refund", transaction_id="T9")],
-         [("e1", "refund of T9, not a purchase of this customer")]),
-        ("refund of another customer's purchase",
-         [event("e1", {"customer_no": "C1"}, "purchase"), event("e2", {"customer_no": "C2"}, "refund", 5)],
-         [("e2", "refund of T1, not a purchase of this customer")]),
+        ("refund of an unknown purchase, held past the horizon",
+         [event("e1", {"customer_no": "C1"}, "refund", transaction_id="T9"), json.dumps({"tick": "2025-04-01T00:00:00Z"})],
+         [("e1", "refund of T9, not a purchase of this customer within 30 days of log time")]),
+        ("refund of another customer's purchase, held past the horizon",
+         [event("e1", {"customer_no": "C1"}, "purchase"), event("e2", {"customer_no": "C2"}, "refund", 5),
+          json.dumps({"tick": "2025-04-01T00:00:00Z"})],
+         [("e2", "refund of T1, not a purchase of this customer within 30 days")]),
         ("refunds above the purchase",
          [event("e1", {"customer_no": "C1"}, "purchase"),
           event("e2", {"customer_no": "C1"}, "refund", 5, refund_id="R1", amount_minor=600),
@@ -150,8 +151,9 @@ def test_event_identity_rejects_changes_nothing() -> None:
 def test_refund_the_profile_rejects_keeps_identity_but_changes_no_history() -> None:
     """Identity judges identifiers, the profile judges history: the split the workers run in."""
     good = [event("e1", {"customer_no": "C1"}, "purchase"), event("e0", {"email": "x@example.com"}, "web", 1)]
-    bad = [event("e2", {"customer_no": "C1", "email": "x@example.com"}, "refund", 5, transaction_id="T9")]
-    before, after = run(good), run(good + bad)
+    bad = [event("e2", {"customer_no": "C1", "email": "x@example.com"}, "refund", 5, transaction_id="T9"),
+           json.dumps({"tick": "2025-04-01T00:00:00Z"})]  # the refund waits 30 days for its purchase
+    before, after = run(good + bad[1:]), run(good + bad)
     assert [r["event_id"] for r in after["rejected"]] == ["e2"]
     assert "not a purchase of this customer" in after["rejected"][0]["reason"]
     assert [d["decision"] for d in after["identity_decisions"][len(before["identity_decisions"]):]] == ["merged"]
@@ -349,9 +351,13 @@ def test_generated_bad_events_are_rejected_with_reasons(generated: tuple[list[st
     lines, out = generated
     doc = json.loads(out)
     bad = {json.loads(line)["event_id"] for line in lines if '"bad-' in line}
-    assert {r["event_id"] for r in doc["rejected"]} == bad
+    # Refunds of unknown purchases wait 30 days of log time for them; the file has no ticks: all still held.
+    held = {h["event_id"] for c in doc["customers"] for h in c["held_refunds"]}
+    assert held and {e.split("-")[1] for e in held} == {"unknown_refund"}
+    assert {r["event_id"] for r in doc["rejected"]} | held == bad
+    assert not {r["event_id"] for r in doc["rejected"]} & held
     assert all(r["reason"] for r in doc["rejected"])
-    kinds = Counter(r["event_id"].split("-")[1] for r in doc["rejected"])
+    kinds = Counter(event_id.split("-")[1] for event_id in {r["event_id"] for r in doc["rejected"]} | held)
     assert set(kinds) == {"missing_identifiers", "unknown_type", "negative_amount", "float_money", "future_time",
                           "malformed_email", "unknown_refund"}  # fmt: skip
 

@@ -143,6 +143,9 @@ class FoldConfig(BaseModel):
     :param alerts: dormancy and churn thresholds.
     :param loyalty_rules: a loyalty rules file (YAML or JSON, see
         :func:`~touchpoint.core.loyalty.load_rules`); default the shipped rules.
+    :param refund_hold_days: how long a refund of a purchase its customer does
+        not hold waits for it (in log time, from the later of its event time and
+        the log's clock when it arrived) before it is rejected.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -155,6 +158,7 @@ class FoldConfig(BaseModel):
     max_ahead_days: int = Field(default=30, ge=1)
     loyalty_rules: Path | None = None
     alerts: AlertConfig = Field(default_factory=AlertConfig)
+    refund_hold_days: int = Field(default=30, ge=0)
 
     @field_validator("limits")
     @classmethod
@@ -229,6 +233,11 @@ class Who(NamedTuple):
     identifiers: Mapping[str, str]
 
 
+def _next_held(view: CustomerView) -> int | None:
+    """The earliest deadline of the view's held refunds (None: it holds none)."""
+    return min((held[4] for held in view.held.values()), default=None)
+
+
 class Rejected(Exception):
     """An event the fold cannot take (internal: becomes a ``rejected`` entry)."""
 
@@ -258,6 +267,12 @@ class Folder:
         self.unscored: list[dict[str, str]] = []
         #: Worker mode: alert transitions since the last drain_alerts(), each with its context.
         self.new_alerts: list[tuple[Alert, dict[str, Any]]] = []
+        #: Worker mode: held refunds folded since the last drain_held() (customer, event), and held refunds
+        #: rejected (customer, event, reason, source the caller gave with it).
+        self.released: list[tuple[str, Event]] = []
+        self.held_rejected: list[tuple[str, Event, str, int]] = []
+        #: Refunds held so far (a count: the parallel fold notes which lines held one).
+        self.holds = 0
         #: The log's clock as ticks set it (None before the first tick).
         self.clock_ms: int | None = None
         # Who needs a decision at the next tick (alerts), who has points expiring (loyalty).
@@ -357,10 +372,13 @@ class Folder:
             self._reject(event.event_id, str(exc))
             return []
         self.last_customer_id = customer_id
+        rejected_before = len(self.rejected)
         try:
             self.follow(event, customer_id, decisions, attributed, ms)
         except Rejected as exc:
             self._reject(event.event_id, str(exc))
+        if len(self.rejected) > rejected_before + 1:  # held refunds its purchase released: by event id
+            self.rejected[rejected_before:] = sorted(self.rejected[rejected_before:], key=lambda r: r["event_id"])
         if decisions and self.keep_decisions:
             self.decisions.extend(decisions)
         return list(decisions)
@@ -409,7 +427,7 @@ class Folder:
         return customer_id, decisions, attributed, ms
 
     def follow(self, event: Event, customer_id: str, decisions: Iterable[Decision],
-               attributed: Iterable[Identifier], ms: int) -> None:
+               attributed: Iterable[Identifier], ms: int, source: int = -1) -> bool:
         """The profile's half of :meth:`add`: what identity decided, applied to the views.
 
         A mint makes a view; a merge folds the merged customer's view into the survivor's
@@ -417,9 +435,17 @@ class Folder:
         refund is checked against the customer's history, and the event is folded into the
         view and scored.
 
-        :raises Rejected: a refund of an unknown purchase or above it. Identity's decisions
-            stand (identity judged the identifiers, and they were valid), so the views are
-            merged and the identifiers noted, but the event itself changes nothing.
+        A refund of a purchase the customer does not hold (yet) is **held** in the view, not
+        folded: a late purchase, or a merge that brings the purchase, folds it then, as if it
+        had come in event-time order (its reversal included); after ``refund_hold_days`` of
+        log time it is rejected with the reason (:meth:`tick`). Held refunds are folded, or
+        rejected, in worker mode into :attr:`released` / :attr:`held_rejected`.
+
+        :param source: where the event came from, given back with a held refund's rejection.
+        :returns: False when the event is held.
+        :raises Rejected: a refund above its purchase, or in another currency. Identity's
+            decisions stand (identity judged the identifiers, and they were valid), so the
+            views are merged and the identifiers noted, but the event itself changes nothing.
         """
         views = self.views
         for decision in decisions:
@@ -432,6 +458,21 @@ class Folder:
                 self._merged(decision.merged, decision.survivor)
         view = views[customer_id]
         self.touched.add(customer_id)
+        folded = event.type != "refund" or event.payload.transaction_id in view.purchases  # type: ignore[union-attr]
+        if folded:
+            self._fold_into(customer_id, view, event, attributed, ms)
+        else:
+            self._hold(view, event, tuple(attributed), ms, source)
+        if view.held:  # this purchase, or a merge, may have brought what a held refund waits for
+            self._release(customer_id, view)
+            deadline, due = _next_held(view), self._alert_due.due_of(customer_id)
+            if deadline is not None and (due is None or deadline < due):
+                self._alert_due.set(customer_id, deadline)  # rejected at the first tick after it
+        return folded
+
+    def _fold_into(self, customer_id: str, view: CustomerView, event: Event, attributed: Iterable[Identifier],
+                   ms: int) -> None:
+        """Check a refund against the view's history, then fold the event into the view and score it."""
         due = self._alert_due.due_of(customer_id)
         if due is None or due > ms:
             self._alert_due.set(customer_id, ms)  # decided at the next tick
@@ -445,6 +486,57 @@ class Folder:
             entries = self._score(view.loyalty, event, ms)
             if entries:
                 self._issued(customer_id, view, entries)
+
+    def _hold(self, view: CustomerView, event: Event, attributed: tuple[Identifier, ...], ms: int,
+              source: int) -> None:
+        """Keep a refund until its purchase is the customer's, or its deadline."""
+        payload: Any = event.payload
+        note_identifiers(view, attributed)  # identity attributed them: they are the customer's either way
+        if payload.refund_id in view.refunds:
+            return  # applied already (a resend under another transaction id changes nothing)
+        deadline = max(ms, self.latest_ms or ms) + self.config.refund_hold_days * _DAY_MS
+        held = (ms, event.event_id, event, attributed, deadline, source)
+        known = view.held.get(payload.refund_id)
+        if known is None or held[:2] < known[:2]:
+            view.held[payload.refund_id] = held
+        self.holds += 1
+
+    def _release(self, customer_id: str, view: CustomerView) -> None:
+        """Fold the held refunds whose purchase the customer now holds, in event-time order."""
+        ready = sorted((held[0], held[1], refund_id) for refund_id, held in view.held.items()
+                       if held[2].payload.transaction_id in view.purchases)  # type: ignore[union-attr]
+        for _, _, refund_id in ready:
+            ms, _, event, attributed, _, source = view.held.pop(refund_id)
+            try:
+                self._fold_into(customer_id, view, event, attributed, ms)
+            except Rejected as exc:
+                self._held_rejected(customer_id, event, str(exc), source)
+                continue
+            if not self.keep_decisions:
+                self.released.append((customer_id, event))
+
+    def _expire_held(self, customer_id: str, view: CustomerView, ms: int) -> None:
+        """Reject the held refunds whose deadline passed by ``ms``."""
+        for refund_id, (_, _, event, _, deadline, source) in sorted(view.held.items()):
+            if deadline <= ms:
+                del view.held[refund_id]
+                self.touched.add(customer_id)
+                tid = event.payload.transaction_id  # type: ignore[union-attr]
+                self._held_rejected(customer_id, event, (
+                    f"payload.transaction_id: refund of {tid}, not a purchase of this customer "
+                    f"within {self.config.refund_hold_days} days of log time"), source)
+
+    def _held_rejected(self, customer_id: str, event: Event, reason: str, source: int) -> None:
+        if self.keep_decisions:
+            self._reject(event.event_id, reason)
+        else:
+            self.held_rejected.append((customer_id, event, reason, source))
+
+    def drain_held(self) -> tuple[list[tuple[str, Event]], list[tuple[str, Event, str, int]]]:
+        """Held refunds folded and held refunds rejected since the last call (worker mode)."""
+        released, rejected = self.released, self.held_rejected
+        self.released, self.held_rejected = [], []
+        return released, rejected
 
     def advance(self, clock_ms: int) -> None:
         """Move the log's clock to ``clock_ms`` (never back): a profile's events carry identity's clock."""
@@ -466,8 +558,7 @@ class Folder:
             except UnknownPurchase:
                 # _check_refund found the purchase: it earned nothing (unscored), nothing to reverse.
                 return []
-        on_campaign(state, event.event_id, ms, payload)
-        return []
+        return on_campaign(state, event.event_id, ms, payload, self.rules)
 
     def _issued(self, customer_id: str, view: CustomerView, entries: list[LedgerEntry]) -> None:
         if not self.keep_decisions:
@@ -578,9 +669,15 @@ class Folder:
                     self._issued(customer_id, view, entries)
                 self._expiry_due.set(customer_id, self._next_expiry(view))
         config, segment = self.config.alerts, self.config.segment
+        rejected_before = len(self.rejected)
         for customer_id in self._alert_due.pop_due(ms):
             view = views.get(customer_id)
-            if view is None or view.pseudo:  # merged away, or a shared identifier's pseudo-customer
+            if view is None:  # merged away
+                continue
+            if view.held:
+                self._expire_held(customer_id, view, ms)
+            if view.pseudo:  # a shared identifier's pseudo-customer: no alerts
+                self._alert_due.set(customer_id, _next_held(view))
                 continue
             inputs = alert_inputs(view, ms, segment)
             for kind in ALERT_KINDS:
@@ -591,7 +688,11 @@ class Folder:
                     self.touched.add(customer_id)
                     self._alerted(view, alerts, ms)
                 view.alerts[kind] = (state, last)
-            self._alert_due.set(customer_id, next_due_ms(inputs, ms, config))
+            due = next_due_ms(inputs, ms, config)
+            held = _next_held(view)
+            self._alert_due.set(customer_id, held if due is None or (held is not None and held < due) else due)
+        if len(self.rejected) > rejected_before + 1:  # held refunds rejected at this tick: by event id
+            self.rejected[rejected_before:] = sorted(self.rejected[rejected_before:], key=lambda r: r["event_id"])
 
     def drain_alerts(self) -> list[tuple[Alert, dict[str, Any]]]:
         """Alert transitions since the last call, each with the customer's segment, value and contactability."""

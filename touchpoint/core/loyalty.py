@@ -66,6 +66,8 @@ point can never be doubled. The rules applied are recorded in the entry
   exactly P. The reversal is based on the points the purchase actually
   earned (its lot), whatever version is in force at the refund: a rules
   change never turns a refund into a gain or a loss.
+* ``adjustment``: a late invitation's difference to a purchase's earn (see
+  Order below), at the purchase's time, with the new multiplier and reason.
 * ``expiry``: one per purchase lot, source = the purchase event, at the
   earn time plus ``expiry_months`` of the version it was earned under
   (a rules change does not shorten the life of points already earned). It
@@ -104,17 +106,23 @@ functions here (as :mod:`touchpoint.core.profile`): entries by id, purchase
 lots by transaction id, refund ids, campaign invitations by campaign id.
 :func:`merge` folds one customer's state into another's for an identity
 merge: entries are a union by id, lots by transaction id, refunds by refund
-id, invitations keep the latest by ``(time, event id)``; where two copies of
+id, invitations are a union by event id; where two copies of
 one fact differ a total order picks one, so merges are commutative,
 associative and idempotent. Out of the model: one transaction scored under
 two different purchase event ids in two customers (identity attributes an
 event to one customer, and a resend to the same customer is caught by its
 transaction id).
 
-Order. Scoring uses the invitations recorded *before* the purchase is
-folded; a late invitation does not re-score (it would need adjustment
-entries). The worker must fold a customer's campaign events before the
-purchases in their windows (invitations precede their window by a day).
+Order. The points do not depend on the order events arrive in, only on
+their event times: a purchase is scored with, per campaign, the latest
+invitation before it in event time (``(time, event id)``), and an invitation
+that arrives after purchases it precedes scores them again, issuing an
+``adjustment`` entry (source = the invitation, id
+``{invitation_event_id}:{transaction_id}:adjustment``) for the difference;
+entries already issued are never rewritten. Bounds: a purchase already
+refunded or expired when the late invitation arrives keeps its points, and
+invitations a merge brings to a customer do not re-score the survivor's
+earlier purchases.
 
 :func:`summary` renders ``{"balance", "tier", "earned_12m", "entry_count",
 "entries"}`` as of an instant, including the expiries due by then computed
@@ -187,6 +195,7 @@ __all__ = [
     "expire",
     "load_rules",
     "merge",
+    "invitations_before",
     "on_campaign",
     "on_purchase",
     "on_refund",
@@ -668,7 +677,7 @@ def _combined(chosen: list[tuple[int, str, str, bool]]) -> tuple[int, tuple[str,
 
 # -- ledger -------------------------------------------------------------------
 
-Kind = Literal["earn", "reversal", "expiry"]
+Kind = Literal["earn", "reversal", "expiry", "adjustment"]
 
 
 @dataclass(frozen=True, order=True, slots=True, init=False)
@@ -746,6 +755,7 @@ class Lot:
         "earn_id",
         "event_id",
         "expires_ms",
+        "lines",
         "ms",
         "multiplier",
         "points",
@@ -770,6 +780,7 @@ class Lot:
         rule_version: str,
         rule_id: str,
         expires_ms: int,
+        lines: tuple[tuple[str, str, int, int], ...] = (),
     ) -> None:
         self.event_id = event_id
         self.ms = ms
@@ -781,6 +792,7 @@ class Lot:
         self.rule_version = rule_version
         self.rule_id = rule_id
         self.expires_ms = expires_ms
+        self.lines = lines  # the basket, to score the purchase again when a late invitation arrives
         self.earn_id = _entry_id(event_id, transaction_id, "earn")
         self.refunds: dict[str, tuple[int, int, str]] = {}  # refund_id -> (ms, amount_minor, entry id)
         self.refunded_minor = 0  # sum of refunds' amounts (derived from ``refunds``)
@@ -820,7 +832,9 @@ class LoyaltyState:
         self.entries: dict[str, LedgerEntry] = {}
         self.lots: dict[str, Lot] = {}  # transaction_id -> lot
         self.refunds: dict[str, str] = {}  # refund_id -> transaction_id
-        self.invitations: dict[str, Invitation] = {}  # campaign_id -> latest invitation
+        # campaign_id -> its invitations in event-time order, (time, event id): a purchase is scored with the
+        # latest one before it, whatever arrived first
+        self.invitations: dict[str, tuple[Invitation, ...]] = {}
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -880,7 +894,8 @@ def on_purchase(
     if payload.transaction_id in state.lots:
         return []
     version = rules.version_at(ms)
-    result = score(purchase_facts(ms, payload), version, state.invitations.values())
+    facts = purchase_facts(ms, payload)
+    result = score(facts, version, invitations_before(state, ms, event_id))
     rule_id = "+".join(result.rule_ids) or "base"
     lot = Lot(
         event_id,
@@ -893,6 +908,7 @@ def on_purchase(
         version.version,
         rule_id,
         add_months(ms, version.expiry_months),
+        facts.lines,
     )
     entry = LedgerEntry(
         lot.earn_id,
@@ -911,13 +927,21 @@ def on_purchase(
     return [entry]
 
 
-def on_campaign(state: LoyaltyState, event_id: str, ms: int, payload: CampaignPayload) -> None:
+def on_campaign(
+    state: LoyaltyState, event_id: str, ms: int, payload: CampaignPayload, rules: LoyaltyRules
+) -> list[LedgerEntry]:
     """Record an ``invited`` campaign event; other actions change nothing.
 
-    Keyed by campaign id, the latest invitation by ``(time, event id)`` wins.
+    A purchase counts, per campaign, the latest invitation before it in event time (``(time, event id)``).
+    An invitation that arrives after purchases it precedes (a late one) scores those purchases again:
+    where the points differ, an ``adjustment`` entry carries the difference, with its reason; the earn
+    entry already published stays as it was. Purchases already refunded or expired keep their points
+    (their reversals and expiry were computed from them).
+
+    :returns: the adjustment entries (none for an invitation in time, or one already recorded).
     """
     if payload.action != "invited":
-        return
+        return []
     invitation = Invitation(
         payload.campaign_id,
         event_id,
@@ -926,13 +950,65 @@ def on_campaign(state: LoyaltyState, event_id: str, ms: int, payload: CampaignPa
         None if payload.ends_at is None else epoch_ms(payload.ends_at),
         payload.multiplier,
     )
-    _keep_latest(state.invitations, invitation)
+    if not _record_invitation(state.invitations, invitation):
+        return []
+    after = (ms, event_id)
+    out: list[LedgerEntry] = []
+    for lot in sorted(state.lots.values(), key=lambda lot: (lot.ms, lot.event_id)):
+        if (lot.ms, lot.event_id) > after and not lot.refunds and lot.expiry_id not in state.entries:
+            entry = _rescored(state, lot, rules, invitation)
+            if entry is not None:
+                out.append(entry)
+    return out
 
 
-def _keep_latest(invitations: dict[str, Invitation], invitation: Invitation) -> None:
-    old = invitations.get(invitation.campaign_id)
-    if old is None or (invitation.ms, invitation.event_id) > (old.ms, old.event_id):
-        invitations[invitation.campaign_id] = invitation
+def invitations_before(state: LoyaltyState, ms: int, event_id: str) -> list[Invitation]:
+    """Per campaign, the latest invitation before ``(ms, event_id)`` in event time: what a purchase then counts."""
+    found = []
+    at = (ms, event_id)
+    for history in state.invitations.values():
+        for invitation in reversed(history):
+            if (invitation.ms, invitation.event_id) < at:
+                found.append(invitation)
+                break
+    return found
+
+
+def _record_invitation(invitations: dict[str, tuple[Invitation, ...]], invitation: Invitation) -> bool:
+    """Add ``invitation`` to its campaign's history in event-time order; False: recorded already."""
+    history = invitations.get(invitation.campaign_id, ())
+    if any(known.event_id == invitation.event_id for known in history):
+        return False
+    invitations[invitation.campaign_id] = tuple(
+        sorted((*history, invitation), key=lambda known: (known.ms, known.event_id)))
+    return True
+
+
+def _rescored(state: LoyaltyState, lot: Lot, rules: LoyaltyRules, cause: Invitation) -> LedgerEntry | None:
+    """Score ``lot``'s purchase again with the invitations before it; the adjustment entry, or None (no change)."""
+    version = rules.version_named(lot.rule_version)
+    facts = PurchaseFacts(lot.ms, lot.total_minor, lot.lines, lot.transaction_id)
+    result = score(facts, version, invitations_before(state, lot.ms, lot.event_id))
+    if result.points == lot.points:
+        return None
+    delta = result.points - lot.points
+    rule_id = "+".join(result.rule_ids) or "base"
+    entry = LedgerEntry(
+        _entry_id(cause.event_id, lot.transaction_id, "adjustment"),
+        "adjustment",
+        delta,
+        lot.ms,
+        cause.event_id,
+        lot.transaction_id,
+        version.version,
+        rule_id,
+        result.multiplier,
+        f"campaign {cause.campaign_id} invitation arrived after the purchase: {result.reason} "
+        f"({result.points} points instead of {lot.points}, {delta:+d})",
+    )
+    state.entries[entry.id] = entry
+    lot.points, lot.multiplier, lot.rule_id = result.points, result.multiplier, rule_id
+    return entry
 
 
 def _expired_points(state: LoyaltyState, lot: Lot) -> int:
@@ -1126,8 +1202,9 @@ def merge(into: LoyaltyState, other: LoyaltyState) -> None:
     for refund_id, tx in other.refunds.items():
         old_tx = into.refunds.get(refund_id)
         into.refunds[refund_id] = tx if old_tx is None else min(tx, old_tx)
-    for invitation in other.invitations.values():
-        _keep_latest(into.invitations, invitation)
+    for history in other.invitations.values():
+        for invitation in history:
+            _record_invitation(into.invitations, invitation)
     for lot in into.lots.values():  # derived counters follow the merged facts
         lot.refunded_minor = sum(amount for _, amount, _ in lot.refunds.values())
         lot.reversed_points = -sum(entries[entry_id].points for _, _, entry_id in lot.refunds.values())

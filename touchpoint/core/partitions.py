@@ -186,6 +186,11 @@ class Outcome:
     hand_ins: list[tuple[int, HandIn]] = field(default_factory=list)  # views for other partitions
     erased: list[str] = field(default_factory=list)  # ids erased (the live one first, then its aliases)
     dropped: list[Resolved] = field(default_factory=list)  # events identity re-sent, folded already
+    held: list[Resolved] = field(default_factory=list)  # refunds waiting in a view for their purchase
+    # Refunds held earlier, now folded (customer, event): on to customer-events; and held refunds refused
+    # (customer, event, reason, identity's position of it): the dead-letter topic.
+    released: list[tuple[str, Event]] = field(default_factory=list)
+    held_rejected: list[tuple[str, Event, str, int]] = field(default_factory=list)
 
 
 class ProfilePartition:
@@ -253,6 +258,7 @@ class ProfilePartition:
     def drain(self) -> Outcome:
         """What the records folded since the last call produced."""
         outcome, self.outcome = self.outcome, Outcome()
+        outcome.released, outcome.held_rejected = self.folder.drain_held()
         return outcome
 
     def _fold(self, record: Record) -> None:
@@ -269,11 +275,12 @@ class ProfilePartition:
             folder.advance(record.clock_ms)
             try:
                 assert record.event is not None, "a Resolved record to follow carries its event"
-                folder.follow(record.event, record.customer_id, record.decisions, record.attributed, record.ms)
+                folded = folder.follow(record.event, record.customer_id, record.decisions, record.attributed,
+                                       record.ms, record.position[0])
             except Rejected as exc:
                 outcome.rejected.append((record, str(exc)))
             else:
-                outcome.followed.append(record)
+                (outcome.followed if folded else outcome.held).append(record)
         elif isinstance(record, HandOut):
             handover = folder.hand_over(record.customer_id)
             if handover is None:

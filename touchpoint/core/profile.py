@@ -135,6 +135,7 @@ class CustomerView:
         "cases",
         "consent",
         "customer_id",
+        "held",
         "identifiers",
         "keys",
         "last_contact",
@@ -170,6 +171,9 @@ class CustomerView:
         self.loyalty = LoyaltyState()  # ledger, purchase lots, campaign invitations (the Folder scores)
         # kind -> (episode state, its latest transition); the Folder decides them on ticks
         self.alerts: dict[str, tuple[AlertState, Alert | None]] = {}
+        # refund_id -> (ms, event_id, event, identifiers attributed, deadline ms, source): refunds of a
+        # purchase the customer does not hold yet (the Folder folds them when it arrives)
+        self.held: dict[str, tuple[int, str, Event, tuple[Identifier, ...], int, int]] = {}
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
@@ -291,6 +295,10 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
     """
     survivor.aliases[merged.customer_id] = None
     survivor.aliases.update(merged.aliases)
+    for refund_id, held in merged.held.items():
+        known = survivor.held.get(refund_id)
+        if known is None or held[:2] < known[:2]:
+            survivor.held[refund_id] = held
     survivor.aliases.pop(survivor.customer_id, None)
     for kind, displays in merged.identifiers.items():
         survivor.identifiers.setdefault(kind, {}).update(displays)
@@ -428,6 +436,11 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
             "total": sum(view.by_channel.values()),
         },
         "customer_id": view.customer_id,
+        "held_refunds": [
+            {"amount_minor": event.payload.amount_minor, "at": iso_ms(ms), "currency": event.payload.currency,
+             "event_id": event_id, "refund_id": refund_id, "transaction_id": event.payload.transaction_id}
+            for refund_id, (ms, event_id, event, _, _, _) in sorted(view.held.items())
+        ],
         "identifiers": {kind: sorted(displays) for kind, displays in sorted(view.identifiers.items())},
         "last_contact": {channel: iso_ms(ms) for channel, ms in sorted(view.last_contact.items())},
         "likely_reasons": likely_reasons(view.reasons, None, [a for a in alerts if a["state"] != "resolved"],

@@ -64,7 +64,7 @@ __all__ = [
     "track_changes",
 ]
 
-FORMAT = 3  # 2: erased customers; 3: identity and views in separate stages, view keys
+FORMAT = 4  # 2: erased customers; 3: identity and views in separate stages, view keys; 4: invitation histories, lots keep their basket, held refunds
 """Bump when the pickled shape of a view or of these records changes incompatibly."""
 
 ARRIVED = "__arrived__:"
