@@ -61,12 +61,24 @@ def run_projections(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     projections = all_projections(settings)
-    threads = [
-        threading.Thread(target=run_projection, args=(settings, p, stop), name=f"projection-{p.name}")
-        for p in projections
-    ]
+    failed: list[str] = []
+
+    def feed(projection: Projection) -> None:
+        try:
+            run_projection(settings, projection, stop)
+        except Exception:
+            # Not an outage it retries (those never leave run_projection): a writer that stopped must not
+            # leave the others running as if the read model were still kept up to date.
+            log.exception("projection %s stopped on an error it does not retry; stopping every writer",
+                          projection.name)
+            failed.append(projection.name)
+            stop.set()
+
+    threads = [threading.Thread(target=feed, args=(p,), name=f"projection-{p.name}") for p in projections]
     for thread in threads:
         thread.start()
     print(f"projections running: {', '.join(p.name for p in projections)}", flush=True)
     for thread in threads:
         thread.join()
+    if failed:
+        raise SystemExit(f"projections stopped: {', '.join(failed)} failed (the log says why)")

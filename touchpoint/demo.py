@@ -247,7 +247,7 @@ def _summary(settings: Settings, began: float, delivered: int, rows: int, card: 
         aliases = one("SELECT count(*) FROM customer_aliases")
         segments = dict(conn.execute("SELECT value_segment, count(*) FROM customers GROUP BY 1 ORDER BY 1").fetchall())
         earned, reversed_ = conn.execute(
-            "SELECT coalesce(sum(points) FILTER (WHERE kind = 'earn'), 0), "
+            "SELECT coalesce(sum(points) FILTER (WHERE kind IN ('earn', 'adjustment')), 0), "
             "coalesce(-sum(points) FILTER (WHERE kind = 'reversal'), 0) FROM loyalty_ledger").fetchone() or (0, 0)
         active = dict(conn.execute("SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1").fetchall())
         # The most recently written of each kind: this run's customers, not an earlier run's.

@@ -292,3 +292,20 @@ def test_an_event_delivered_twice_keeps_one_row_however_partitions_interleave(st
                     write_batch(conn, projection, batch)
                 assert conn.execute("SELECT event_id, customer_key FROM interactions").fetchall() == [
                     (doc["event_id"], "cus_s")], batches
+
+
+def test_a_writer_stopped_by_an_error_it_does_not_retry_stops_the_projections_with_the_reason(
+        settings: Settings) -> None:
+    """A ledger entry the table refuses stops every writer and the process, non-zero: never idle looking healthy."""
+    with scoped(settings, f"{settings.pg_database}_stopped", f"{settings.topic_prefix}-stopped") as narrowed:
+        refused = orjson.loads(entry("cus_a", 1, 10))
+        refused["entry"]["kind"] = "bonus"  # not a kind the ledger table takes (a CHECK constraint)
+        producer = KafkaProducer(bootstrap_servers=narrowed.kafka_bootstrap, acks="all")
+        producer.send(narrowed.topic("loyalty"), key=b"cus_a", value=orjson.dumps(refused)).get(30)
+        producer.close()
+        done = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "touchpoint", "project"], env=settings_env(narrowed), cwd=REPO,
+            capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+        assert done.returncode != 0
+        assert "projections stopped: loyalty failed" in done.stderr, done.stderr[-2000:]
+        assert "loyalty_ledger_kind_check" in done.stdout + done.stderr
