@@ -105,6 +105,7 @@ from touchpoint.core.loyalty import (
     on_campaign,
     on_purchase,
     on_refund,
+    rescore,
 )
 from touchpoint.core.profile import (
     CustomerView,
@@ -448,6 +449,7 @@ class Folder:
             views are merged and the identifiers noted, but the event itself changes nothing.
         """
         views = self.views
+        survivors: set[str] = set()
         for decision in decisions:
             if isinstance(decision, Minted):
                 views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
@@ -456,6 +458,12 @@ class Folder:
                 self._retire(merged, decision.survivor, ms)
                 merge_views(views[decision.survivor], merged)
                 self._merged(decision.merged, decision.survivor)
+                survivors.add(decision.survivor)
+        for survivor in sorted(survivors):  # one person now: each purchase counts every invitation they had
+            survivor_view = views[survivor]
+            entries = rescore(survivor_view.loyalty, self.rules, event.event_id, "customers merged")
+            if entries:
+                self._issued(survivor, survivor_view, entries)
         view = views[customer_id]
         self.touched.add(customer_id)
         folded = event.type != "refund" or event.payload.transaction_id in view.purchases  # type: ignore[union-attr]

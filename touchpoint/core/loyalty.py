@@ -66,8 +66,9 @@ point can never be doubled. The rules applied are recorded in the entry
   exactly P. The reversal is based on the points the purchase actually
   earned (its lot), whatever version is in force at the refund: a rules
   change never turns a refund into a gain or a loss.
-* ``adjustment``: a late invitation's difference to a purchase's earn (see
-  Order below), at the purchase's time, with the new multiplier and reason.
+* ``adjustment``: the difference a late invitation or a merge makes to a
+  purchase's points (see Order below), at the purchase's time, with the new
+  multiplier and the reason.
 * ``expiry``: one per purchase lot, source = the purchase event, at the
   earn time plus ``expiry_months`` of the version it was earned under
   (a rules change does not shorten the life of points already earned). It
@@ -114,15 +115,15 @@ event to one customer, and a resend to the same customer is caught by its
 transaction id).
 
 Order. The points do not depend on the order events arrive in, only on
-their event times: a purchase is scored with, per campaign, the latest
-invitation before it in event time (``(time, event id)``), and an invitation
-that arrives after purchases it precedes scores them again, issuing an
-``adjustment`` entry (source = the invitation, id
-``{invitation_event_id}:{transaction_id}:adjustment``) for the difference;
-entries already issued are never rewritten. Bounds: a purchase already
-refunded or expired when the late invitation arrives keeps its points, and
-invitations a merge brings to a customer do not re-score the survivor's
-earlier purchases.
+their event times and on who turned out to be one person: a purchase is
+scored with, per campaign, the latest invitation of its customer before it
+in event time (``(time, event id)``). When that set changes after a purchase
+was scored -- an invitation arrives after purchases it precedes, or a merge
+brings another customer's invitations -- :func:`rescore` scores the
+purchases again and issues an ``adjustment`` entry (id
+``{cause_event_id}:{transaction_id}:adjustment``) for each difference, net of
+what the purchase's refunds reverse of it; entries already issued are never
+rewritten. Bound: a purchase whose points expired keeps them.
 
 :func:`summary` renders ``{"balance", "tier", "earned_12m", "entry_count",
 "entries"}`` as of an instant, including the expiries due by then computed
@@ -201,6 +202,7 @@ __all__ = [
     "on_refund",
     "parse_rules",
     "pending_expiries",
+    "rescore",
     "purchase_facts",
     "rule_type",
     "score",
@@ -761,6 +763,7 @@ class Lot:
         "points",
         "refunded_minor",
         "refunds",
+        "reversal_adjusted",
         "reversed_points",
         "rule_id",
         "rule_version",
@@ -797,6 +800,7 @@ class Lot:
         self.refunds: dict[str, tuple[int, int, str]] = {}  # refund_id -> (ms, amount_minor, entry id)
         self.refunded_minor = 0  # sum of refunds' amounts (derived from ``refunds``)
         self.reversed_points = 0  # points reversed so far, >= 0 (derived from the entries)
+        self.reversal_adjusted = 0  # of which adjustments reversed (a refunded purchase scored again)
 
     @property
     def expiry_id(self) -> str:
@@ -952,11 +956,22 @@ def on_campaign(
     )
     if not _record_invitation(state.invitations, invitation):
         return []
-    after = (ms, event_id)
-    out: list[LedgerEntry] = []
+    return rescore(state, rules, event_id, f"campaign {payload.campaign_id} invitation arrived after the purchase")
+
+
+def rescore(state: LoyaltyState, rules: LoyaltyRules, cause_event_id: str, why: str) -> list[LedgerEntry]:
+    """Score every purchase again with the invitations before it; an ``adjustment`` entry per changed one.
+
+    Called when the invitations a purchase counts may have changed after it was scored: a late
+    invitation, or a merge that brought another customer's invitations. An adjustment carries the
+    difference in points, net of what the purchase's refunds reverse of it (so a refunded share is
+    reversed from the new points, as if they had been earned at once); its id is
+    ``{cause_event_id}:{transaction_id}:adjustment``. A purchase whose points expired keeps them.
+    """
+    out = []
     for lot in sorted(state.lots.values(), key=lambda lot: (lot.ms, lot.event_id)):
-        if (lot.ms, lot.event_id) > after and not lot.refunds and lot.expiry_id not in state.entries:
-            entry = _rescored(state, lot, rules, invitation)
+        if lot.expiry_id not in state.entries:
+            entry = _rescored(state, lot, rules, cause_event_id, why)
             if entry is not None:
                 out.append(entry)
     return out
@@ -984,30 +999,35 @@ def _record_invitation(invitations: dict[str, tuple[Invitation, ...]], invitatio
     return True
 
 
-def _rescored(state: LoyaltyState, lot: Lot, rules: LoyaltyRules, cause: Invitation) -> LedgerEntry | None:
-    """Score ``lot``'s purchase again with the invitations before it; the adjustment entry, or None (no change)."""
+def _rescored(state: LoyaltyState, lot: Lot, rules: LoyaltyRules, cause_event_id: str, why: str) -> LedgerEntry | None:
+    """Score ``lot``'s purchase again; the adjustment entry, or None when its points do not change."""
     version = rules.version_named(lot.rule_version)
     facts = PurchaseFacts(lot.ms, lot.total_minor, lot.lines, lot.transaction_id)
     result = score(facts, version, invitations_before(state, lot.ms, lot.event_id))
     if result.points == lot.points:
         return None
-    delta = result.points - lot.points
+    earned = result.points - lot.points
+    # The refunds so far reverse floor(P * R / T) of the new points P, as they would have at once.
+    target = result.points * min(lot.refunded_minor, lot.total_minor) // lot.total_minor if lot.total_minor else 0
+    reversed_more = target - lot.reversed_points
     rule_id = "+".join(result.rule_ids) or "base"
+    refunded = f", {reversed_more:+d} reversed with its refunds" if reversed_more else ""
     entry = LedgerEntry(
-        _entry_id(cause.event_id, lot.transaction_id, "adjustment"),
+        _entry_id(cause_event_id, lot.transaction_id, "adjustment"),
         "adjustment",
-        delta,
+        earned - reversed_more,
         lot.ms,
-        cause.event_id,
+        cause_event_id,
         lot.transaction_id,
         version.version,
         rule_id,
         result.multiplier,
-        f"campaign {cause.campaign_id} invitation arrived after the purchase: {result.reason} "
-        f"({result.points} points instead of {lot.points}, {delta:+d})",
+        f"{why}: {result.reason} ({result.points} points instead of {lot.points}{refunded})",
     )
     state.entries[entry.id] = entry
     lot.points, lot.multiplier, lot.rule_id = result.points, result.multiplier, rule_id
+    lot.reversed_points = target
+    lot.reversal_adjusted += reversed_more
     return entry
 
 
@@ -1207,7 +1227,8 @@ def merge(into: LoyaltyState, other: LoyaltyState) -> None:
             _record_invitation(into.invitations, invitation)
     for lot in into.lots.values():  # derived counters follow the merged facts
         lot.refunded_minor = sum(amount for _, amount, _ in lot.refunds.values())
-        lot.reversed_points = -sum(entries[entry_id].points for _, _, entry_id in lot.refunds.values())
+        lot.reversed_points = lot.reversal_adjusted - sum(entries[entry_id].points
+                                                          for _, _, entry_id in lot.refunds.values())
 
 
 # -- rules files --------------------------------------------------------------
