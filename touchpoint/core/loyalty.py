@@ -956,10 +956,12 @@ def on_campaign(
     )
     if not _record_invitation(state.invitations, invitation):
         return []
-    return rescore(state, rules, event_id, f"campaign {payload.campaign_id} invitation arrived after the purchase")
+    return rescore(state, rules, event_id, f"campaign {payload.campaign_id} invitation arrived after the purchase",
+                   payload.campaign_id)
 
 
-def rescore(state: LoyaltyState, rules: LoyaltyRules, cause_event_id: str, why: str) -> list[LedgerEntry]:
+def rescore(state: LoyaltyState, rules: LoyaltyRules, cause_event_id: str, why: str,
+            campaign_id: str | None = None) -> list[LedgerEntry]:
     """Score every purchase again with the invitations before it; an ``adjustment`` entry per changed one.
 
     Called when the invitations a purchase counts may have changed after it was scored: a late
@@ -967,10 +969,16 @@ def rescore(state: LoyaltyState, rules: LoyaltyRules, cause_event_id: str, why: 
     difference in points, net of what the purchase's refunds reverse of it (so a refunded share is
     reversed from the new points, as if they had been earned at once); its id is
     ``{cause_event_id}:{transaction_id}:adjustment``. A purchase whose points expired keeps them.
+    Only purchases inside the window of an invitation (of ``campaign_id``, if given) can change.
     """
+    longest = max(version.campaign_window_days for version in rules.versions)
+    windows = [invitation.window(longest) for campaign, history in state.invitations.items()
+               if campaign_id is None or campaign == campaign_id for invitation in history]
+    if not windows:
+        return []
     out = []
     for lot in sorted(state.lots.values(), key=lambda lot: (lot.ms, lot.event_id)):
-        if lot.expiry_id not in state.entries:
+        if lot.expiry_id not in state.entries and any(start <= lot.ms < end for start, end in windows):
             entry = _rescored(state, lot, rules, cause_event_id, why)
             if entry is not None:
                 out.append(entry)
