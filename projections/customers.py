@@ -132,6 +132,9 @@ class CustomersProjection:
                     copy.write_row(row)
             cur.execute(_UPSERT)
             cur.execute(_KEYS)
+            # An id merged away and live again (identity gives a customer the id of its first event, once
+            # that event arrives): its card is newer than its merge record, so it is no alias any more.
+            cur.execute("DELETE FROM customer_aliases WHERE alias = ANY(%s)", ([row[0] for row in cards],))
         if aliases:
             cur.execute(
                 "INSERT INTO customer_aliases (alias, survivor, source_offset) "

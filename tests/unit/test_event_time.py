@@ -197,3 +197,50 @@ def test_a_merge_brings_the_invitation_of_the_other_identifier_to_the_purchases_
     [adjustment] = [e for e in customer["loyalty"]["entries"] if e["kind"] == "adjustment"]
     assert adjustment["id"] == "link:T1:adjustment" and adjustment["points"] == 60  # +80 earned, -20 reversed
     assert adjustment["reason"].startswith("customers merged: ×3")
+
+
+# -- identity ---------------------------------------------------------------------------------------------------
+
+
+def customers(doc: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
+    """Customer id -> identifiers (displayed), of every live customer."""
+    return {c["customer_id"]: c["identifiers"] for c in doc["customers"]}
+
+
+def test_a_customer_keeps_the_id_of_its_first_event_whatever_arrives_first() -> None:
+    email, both = {"email": "ann@example.com"}, {"customer_no": "C1", "email": "ann@example.com"}
+    later, first = visit("later", email, 48), visit("first", both, 0)
+    in_time, late = folded([first, later]), folded([later, first])
+    assert customers(late) == customers(in_time)
+    [(customer_id, identifiers)] = customers(in_time).items()
+    assert identifiers == {"customer_no": ["C1"], "email": ["ann@example.com"]}
+    [renamed] = late["customers"]
+    assert renamed["aliases"] and customer_id not in renamed["aliases"]  # the id handed out before is an alias
+    assert [d["reason"] for d in late["identity_decisions"] if d["decision"] == "merged"] == [
+        f"an earlier event of {renamed['aliases'][0]} arrived: the customer takes the id of its first event"]
+
+
+def test_the_survivor_of_a_merge_is_the_customer_seen_first_in_event_time() -> None:
+    card, email = {"card": "4111111111111111"}, {"email": "ann@example.com"}
+    by_card, by_email = visit("c", card, 0), visit("m", email, 24)
+    link = visit("link", {**card, **email}, 48)
+    reference = customers(folded([by_card, by_email, link]))
+    for order in ([by_email, by_card, link], [by_email, link, by_card], [link, by_email, by_card]):
+        assert customers(folded(order)) == reference, [e["event_id"] for e in order]
+
+
+_IDENTIFIER = st.sampled_from([("card", "4111111111111111"), ("card", "5500005555555559"), ("card", "6011000990139424"),
+                               ("email", "a@example.com"), ("email", "b@example.com"), ("email", "c@example.com"),
+                               ("cookie", "k1"), ("cookie", "k2"), ("cookie", "k3")])
+
+
+@settings(max_examples=200, deadline=None)
+@given(visits=st.lists(st.tuples(st.lists(_IDENTIFIER, min_size=1, max_size=3), st.integers(0, 24 * 25)),
+                       min_size=1, max_size=10, unique_by=lambda v: v[1]),
+       data=st.data())
+def test_any_arrival_order_gives_the_customers_of_event_time(visits: list[tuple[list[tuple[str, str]], int]],
+                                                             data: st.DataObject) -> None:
+    # Few identifiers, so events link and merge; none over a guardrail's limit (three of a kind at most).
+    events = [visit(f"v{n}", dict(ids), hours) for n, (ids, hours) in enumerate(visits)]
+    arrival = data.draw(st.permutations(events))
+    assert customers(folded(arrival)) == customers(folded(in_event_time(events)))

@@ -89,6 +89,7 @@ from touchpoint.core.identity import (
     Minted,
     apply,
     forget,
+    note_first,
     resolve,
 )
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
@@ -418,11 +419,13 @@ class Folder:
             identifiers = tuple([cache.get(pair) or self._normalise(pair) for pair in who.identifiers.items()])
         except InvalidIdentifier as exc:
             raise Rejected(str(exc)) from exc
-        customer_id, decisions, attributed = resolve(self.state, identifiers, who.event_id, self.identity)
+        at = (ms, who.event_id)
+        customer_id, decisions, attributed = resolve(self.state, identifiers, who.event_id, self.identity, at)
+        state = self.state
         if decisions:
-            state = self.state
             for decision in decisions:
                 apply(state, decision)
+        note_first(state, customer_id, at)
         if latest is None or ms > latest:
             self.latest_ms = ms
         return customer_id, decisions, attributed, ms
@@ -715,6 +718,10 @@ class Folder:
     def _merged(self, merged: str, survivor: str) -> None:
         """Record ``merged`` -> ``survivor`` in :attr:`merged_into`, re-pointing aliases of ``merged``."""
         merged_into, merged_by = self.merged_into, self._merged_by
+        if merged_into.pop(survivor, None) is not None:  # an id merged away earlier is the survivor again
+            for aliases in merged_by.values():
+                if survivor in aliases:
+                    aliases.remove(survivor)
         previous = merged_into.get(merged)
         if previous is not None and merged in merged_by.get(previous, ()):
             merged_by[previous].remove(merged)

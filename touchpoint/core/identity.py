@@ -68,6 +68,7 @@ __all__ = [
     "customer_id_for",
     "forget",
     "fresh_id",
+    "note_first",
     "resolve",
 ]
 
@@ -75,6 +76,16 @@ DEFAULT_LIMITS: Mapping[str, int] = MappingProxyType(
     {"customer_no": 1, "card": 10, "email": 5, "phone": 5, "device": 20, "cookie": 200}
 )
 """Default per-kind limit of identifiers one customer may hold."""
+
+_NEVER = (1 << 62, "")  # the first event of a customer whose first event is not known (sorts last)
+
+
+def note_first(state: IdentityState, customer_id: str, at: tuple[int, str]) -> None:
+    """Record that ``customer_id`` (live) had an event at ``at`` = ``(ms, event id)``; keeps the earliest."""
+    known = state.first.get(customer_id)
+    if known is None or at < known:
+        state.first[customer_id] = at
+
 
 def customer_id_for(key: str) -> str:
     """The customer id minted from an identifier key: ``"cus_" + sha256(key)[:16]``."""
@@ -236,7 +247,7 @@ class IdentityState:
     customer).
     """
 
-    __slots__ = ("alias", "aliases", "erased", "keys", "owner", "refused", "seq")
+    __slots__ = ("alias", "aliases", "erased", "first", "keys", "owner", "refused", "seq")
 
     def __init__(self) -> None:
         self.owner: dict[str, str] = {}
@@ -244,6 +255,8 @@ class IdentityState:
         self.alias: dict[str, str] = {}
         self.aliases: dict[str, list[str]] = {}
         self.seq: dict[str, int] = {}
+        # live customer -> (ms, event id) of its earliest event: who survives a merge, and which id it has
+        self.first: dict[str, tuple[int, str]] = {}
         self.refused: set[tuple[str, str]] = set()
         self.erased: set[str] = set()
 
@@ -284,6 +297,7 @@ def forget(state: IdentityState, customer_id: str) -> list[str]:
     cid = state.canonical(customer_id)
     if cid not in state.seq or cid in state.erased:
         return []
+    state.first.pop(cid, None)
     for keys in state.keys.pop(cid, {}).values():
         for key in keys:
             if state.owner.get(key) == cid:
@@ -298,7 +312,8 @@ def _describe(kind: str) -> str:
 
 
 def resolve(
-    state: IdentityState, identifiers: Sequence[Identifier], event_id: str, config: IdentityConfig
+    state: IdentityState, identifiers: Sequence[Identifier], event_id: str, config: IdentityConfig,
+    at: tuple[int, str] | None = None,
 ) -> Resolution:
     """Decide which customer an event belongs to. Pure: ``state`` is not changed.
 
@@ -306,6 +321,9 @@ def resolve(
     :param identifiers: the event's normalised identifiers (at least one).
     :param event_id: the causing event, recorded on every decision.
     :param config: limits, priority and shared keys.
+    :param at: the event's ``(time in ms, event id)``: an event earlier than the first event of the
+        customer it resolves to gives the customer the id its own strongest identifier mints (the id the
+        customer has when events arrive in event-time order); None: arrival order only.
     :returns: the customer id, the decisions to :func:`apply` in order, and the
         identifiers attributed to the customer (refused ones left out).
     """
@@ -320,10 +338,18 @@ def resolve(
             if owner.get(ident.key) != first or ident.key in shared:
                 break
         else:
+            if at is not None and at < state.first.get(first, at):
+                return _resolve(state, identifiers, event_id, config, at)  # an earlier event: a new id
             # tuple.__new__ directly: the named tuple's own __new__ is a Python function.
             attributed = identifiers if isinstance(identifiers, tuple) else tuple(identifiers)
             return _new_tuple(Resolution, (first, (), attributed))
+    return _resolve(state, identifiers, event_id, config, at)
 
+
+def _resolve(state: IdentityState, identifiers: Sequence[Identifier], event_id: str, config: IdentityConfig,
+             at: tuple[int, str] | None) -> Resolution:
+    owner = state.owner
+    shared = config.shared
     rank = config.rank
     ordered: list[Identifier] = []
     seen: set[str] = set()
@@ -380,10 +406,32 @@ def resolve(
 
     decisions: list[Decision] = []
     if group:
-        seq = state.seq
-        survivor = min(group, key=seq.__getitem__)
-        for other in sorted(group, key=seq.__getitem__):
-            if other != survivor:
+        seq, firsts = state.seq, state.first
+        earliest = [firsts.get(c, _NEVER) for c in group]
+
+        def order(cid: str) -> tuple[tuple[int, str], int]:  # earliest first event, then mint position
+            return firsts.get(cid, _NEVER), seq[cid]
+
+        survivor = min(group, key=order)
+        rightful = None if at is None or at >= min(earliest) else fresh_id(state, live[0].key)
+        renamed = False
+        if rightful is not None:
+            holder = state.canonical(rightful)
+            if rightful not in seq or (holder != rightful and holder in group):
+                renamed = True  # a new id, or the id of an earlier first event that was merged away since
+            elif holder == rightful and rightful in group:
+                survivor = rightful
+        if renamed:
+            # This event is the customer's earliest: the id event-time order would have minted. The
+            # customers so far are merged into it (their ids become aliases).
+            anchor = live[0]
+            decisions.append(Minted(event_id, rightful, anchor.key, anchor.kind))
+            for other in sorted(group, key=order):
+                reason = f"an earlier event of {other} arrived: the customer takes the id of its first event"
+                decisions.append(Merged(event_id, rightful, other, via.get(other, anchor.key), reason))
+            survivor = rightful  # type: ignore[assignment]
+        for other in sorted(group, key=order):
+            if not renamed and other != survivor:
                 reason = f"one event carries identifiers of both {survivor} and {other}"
                 decisions.append(Merged(event_id, survivor, other, via[other], reason))
     else:
@@ -413,10 +461,19 @@ def apply(state: IdentityState, decision: Decision) -> None:
         state.owner[decision.key] = cid
         state.keys.setdefault(cid, {}).setdefault(decision.kind, {})[decision.key] = None
     elif isinstance(decision, Merged):
-        survivor = state.canonical(decision.survivor)
         merged = state.canonical(decision.merged)
+        if state.alias.get(decision.survivor) == merged:
+            # The id merged away comes back as the survivor (its first event arrived late, see resolve).
+            survivor = decision.survivor
+            del state.alias[survivor]
+            state.aliases[merged].remove(survivor)
+        else:
+            survivor = state.canonical(decision.survivor)
         if survivor == merged:
             return  # already one customer (a replayed decision)
+        theirs, mine = state.first.pop(merged, None), state.first.get(survivor)
+        if theirs is not None and (mine is None or theirs < mine):
+            state.first[survivor] = theirs
         into = state.keys.setdefault(survivor, {})
         owner = state.owner
         for kind, keys in state.keys.pop(merged, {}).items():

@@ -171,6 +171,7 @@ def customer_records(folder: Folder, customer_ids: Iterable[str]) -> dict[str, b
             doc.update({
                 "keys": state.keys.get(customer_id, {}),
                 "seq": state.seq[customer_id],
+                "first": state.first.get(customer_id),
                 "aliases": [(alias, state.seq[alias]) for alias in state.aliases.get(customer_id, [])],
                 "refused": sorted(refused.get(customer_id, ())),
                 "erased": customer_id in state.erased,
@@ -261,6 +262,8 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
             for key in keys:
                 state.owner[key] = customer_id
         seq[customer_id] = doc["seq"]
+        if doc["first"] is not None:
+            state.first[customer_id] = tuple(doc["first"])  # type: ignore[assignment]
         if doc["aliases"]:
             state.aliases[customer_id] = [alias for alias, _ in doc["aliases"]]
         for alias, position in doc["aliases"]:
