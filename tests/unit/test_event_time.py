@@ -244,3 +244,24 @@ def test_any_arrival_order_gives_the_customers_of_event_time(visits: list[tuple[
     events = [visit(f"v{n}", dict(ids), hours) for n, (ids, hours) in enumerate(visits)]
     arrival = data.draw(st.permutations(events))
     assert customers(folded(arrival)) == customers(folded(in_event_time(events)))
+
+
+# -- alerts -----------------------------------------------------------------------------------------------------
+
+
+def test_a_late_event_resolves_the_dormancy_episode_it_would_have_prevented_with_the_reason() -> None:
+    from touchpoint.core.fold import Folder
+
+    folder = Folder(secret=SECRET, keep_decisions=False)
+    for day in (0, 7, 14, 21):
+        folder.add_json(json.dumps(visit(f"w{day}", ANN, 24 * day)))
+    folder.add_json(json.dumps({"tick": at(24 * 112)}))  # 91 days after the last visit known then
+    [(raised, _)] = folder.drain_alerts()
+    assert (raised.kind, raised.state) == ("dormancy", "raised")
+    folder.add_json(json.dumps(visit("w100", ANN, 24 * 100)))  # it happened before the tick, arrives after it
+    folder.add_json(json.dumps({"tick": at(24 * 113)}))
+    [(resolved, _)] = folder.drain_alerts()
+    assert (resolved.kind, resolved.state) == ("dormancy", "resolved")
+    [reason] = resolved.reasons
+    assert reason.code == "corrected" and "a late event" in reason.text
+    assert reason.evidence["event_ids"] == ["w100"]

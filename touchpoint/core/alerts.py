@@ -772,11 +772,14 @@ def _decide_dormancy(
         assert state.anchor_ms is not None
         if d.last is not None and d.last.ms > state.anchor_ms:
             back = d.last
-            reason = Reason(
-                "returned",
-                f"back on {back.channel} after {(back.ms - state.anchor_ms) // DAY_MS} days",
-                {"channel": back.channel, "event_ids": [back.event_id], "returned_at": iso_ms(back.ms)},
-            )
+            evidence = {"channel": back.channel, "event_ids": [back.event_id], "returned_at": iso_ms(back.ms)}
+            if state.raised_ms is not None and back.ms < state.raised_ms:
+                # The event arrived after the tick that raised the episode, but happened before it.
+                reason = Reason("corrected", f"a late event: back on {back.channel} after "
+                                f"{(back.ms - state.anchor_ms) // DAY_MS} days, before the alert was raised", evidence)
+            else:
+                reason = Reason("returned", f"back on {back.channel} after {(back.ms - state.anchor_ms) // DAY_MS} days",
+                                evidence)
             alerts.append(_alert(inputs.customer_id, state, "resolved", now, [reason]))
             state = _closed(state, now)
         else:

@@ -15,12 +15,17 @@ redelivery decides the same)
 
 * **Mint.** An event none of whose identifiers is known mints a customer
   ``"cus_" + sha256(key of its strongest identifier)[:16]`` and links the rest.
-  The state remembers the mint order (position in the log), which decides
-  merges.
+  The state remembers each customer's first event ``(time, event id)`` (and
+  the mint order, which breaks ties for customers without one).
+* **Event time.** An event earlier than the first event of the customer it
+  resolves to makes it the customer's first: the customer takes the id that
+  event's strongest identifier mints (a ``Minted`` and a ``Merged`` of the
+  old id into it, or the old id merged back if it had that id once), so the
+  ids are those an event-time-ordered log gives.
 * **Link.** Every identifier on one event belongs to one customer: unknown
   identifiers are linked to the customer the event resolves to.
 * **Merge.** When an event's identifiers are owned by two or more customers,
-  they merge. The **survivor is the customer minted earliest in the log**; the
+  they merge. The **survivor is the customer whose first event is earliest**; the
   others become aliases of it (path-compressed: an alias always points at the
   current survivor, also after merges of merges), so an old id still resolves.
 * **Guardrails.** Per-kind limits per customer (:class:`IdentityConfig`).
