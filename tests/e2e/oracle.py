@@ -54,14 +54,17 @@ def projected_positions(settings: Settings, projection: str = "customers",
         return dict(rows.fetchall())
 
 
-def oracle(settings: Settings, once: bool = False) -> Folder:
+def oracle(settings: Settings, once: bool = False, in_event_time: bool = False) -> Folder:
     """Fold the worker's whole input log offline in one Folder (identity and views, in log order).
 
     :param once: skip every event whose id came earlier in the log (what the log would
         be without duplicate deliveries).
+    :param in_event_time: fold the log's events sorted by event time (then event id) instead, as if
+        every channel had published at once (a log of events only: no ticks, no erasures).
     """
     seen: set[str] = set()
     folder = stage_folder(settings)
+    events: list[Any] = []
     with RegistryClient(settings.registry_url) as registry:
         serde = EventSerde(registry)
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
@@ -86,11 +89,18 @@ def oracle(settings: Settings, once: bool = False) -> Folder:
                         if event.event_id in seen:
                             continue
                         seen.add(event.event_id)
-                    folder.add(event)
+                    if in_event_time:
+                        events.append(event)
+                    else:
+                        folder.add(event)
                 if message.offset + 1 >= end:
                     break
         finally:
             consumer.close()
+    if in_event_time:
+        assert not folder.views, "a log folded in event time holds events only"
+        for event in sorted(events, key=lambda e: (e.occurred_at, e.event_id)):
+            folder.add(event)
     return folder
 
 
