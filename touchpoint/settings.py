@@ -21,7 +21,7 @@ WORKER_STAGES = ("ingest", "identity", "profile")
 
 
 class Settings(BaseSettings):
-    """Every knob Touchpoint has; see the README for what each does."""
+    """Every knob Touchpoint has, each with a comment below (docs/operating.md gives the overview)."""
 
     # hide_input_in_errors: a refused value (a password among them) is never echoed in the error's text.
     model_config = SettingsConfigDict(env_prefix="TOUCHPOINT_", frozen=True, extra="forbid",
