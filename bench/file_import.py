@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = import_file(settings, path, batch_size=args.batch_size, progress=args.progress)
         cpu = time.process_time() - cpu
         print(summary)
-        print(f"import:    {summary.lines:>9} lines in {summary.seconds:6.2f} s = {summary.events_per_s:>8.0f} events/s,"
+        print(f"import:    {summary.lines:>9} lines in {summary.seconds:6.2f} s = "
+              f"{summary.events_per_s:>8.0f} events/s,"
               f" {mb / summary.seconds:.2f} MB/s (CPU {cpu:.2f} s; {summary.accepted} sent,"
               f" {summary.rejected} rejected)")
         again = import_file(settings, path, progress=False)

@@ -8,7 +8,8 @@ output to a file): with one process per core (the default), then with
 of a process and the machine's size. Then, unless
 ``--no-split``, it times each stage on its own pass over the same lines:
 JSON parsing alone (for reference: validation parses too), contract
-validation (the contract's model, and the fast check the fold runs first), normalisation, identity (resolve + apply + view merges), profile
+validation (the contract's model, and the fast check the fold runs first), normalisation,
+identity (resolve + apply + view merges), profile
 (evolve), and rendering. CPU time is printed next to wall time because on a
 shared machine the wall clock also measures the neighbours.
 
@@ -35,8 +36,8 @@ from touchpoint.contract.fast import validate_json as fast_validate
 from touchpoint.contract.models import Event
 from touchpoint.core.fold import Folder
 from touchpoint.core.identity import Merged, Minted, apply, resolve
-from touchpoint.core.normalise import InvalidIdentifier
 from touchpoint.core.instants import epoch_ms
+from touchpoint.core.normalise import InvalidIdentifier
 from touchpoint.core.profile import CustomerView, evolve, merge_views
 from touchpoint.fold_parallel import default_jobs
 from touchpoint.generate import generate, write_jsonl

@@ -44,7 +44,8 @@ Measured, while the ingest runs:
   sequentially on one autocommit psycopg connection with the API's own SQL
   (``connectors.lookup._CARD_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
   copied): the card query alone and the API's whole transaction (the one
-  statement that reads the card and inserts the audit row, committed). Printed: p50/p99/p99.9, and the ratios HTTP / raw (the API's
+  statement that reads the card and inserts the audit row, committed). Printed: p50/p99/p99.9, and the
+  ratios HTTP / raw (the API's
   overhead: HTTP, auth, normalising, masking, JSON).
 
 Every figure line carries the load average at that moment: two cores shared
@@ -126,7 +127,7 @@ def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[lis
     customer id and ``"@@IDS@@"`` for the identifiers.
     """
     from touchpoint.contract.models import ContractViolation, validate_event
-    from touchpoint.core.fold import Folder, FoldConfig
+    from touchpoint.core.fold import FoldConfig, Folder
     from touchpoint.core.profile import render
     from touchpoint.generate import generate
 
@@ -501,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.customers, args.template_customers, args.template_days = 1_000, 50, 60
         args.rates, args.seconds, args.warmup, args.raw, args.ingest_rate = [20.0, 50.0], 2.0, 1.0, 200, 50.0
-    if args.customers < 1 or args.template_customers < 1 or args.load_workers < 1 or args.seconds <= 0 or min(args.rates) <= 0:
+    if (args.customers < 1 or args.template_customers < 1 or args.load_workers < 1 or args.seconds <= 0
+            or min(args.rates) <= 0):
         parser.error("--customers, --template-customers, --load-workers, --seconds and --rates must be positive")
     # A SIGTERM (a timeout) still stops the children and drops the database and topics in the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

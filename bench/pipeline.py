@@ -51,8 +51,8 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -60,11 +60,12 @@ from kafka import KafkaConsumer, TopicPartition
 from psycopg import sql
 
 from bench.machine import machine_line
-from bench.scratch import scratch, spawn as scratch_spawn
+from bench.scratch import scratch
+from bench.scratch import spawn as scratch_spawn
 from connectors.producer import Delivered, EventProducer
 from connectors.topics import CHANNELS, event_topic
-from projections.lag import pipeline_lag
 from projections.catalog import PROJECTION_TOPICS
+from projections.lag import pipeline_lag
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 
@@ -168,7 +169,8 @@ def publish(settings: Settings, events: list[dict[str, Any]], rate: float | None
 
 async def _copy(source: Settings, target: Settings) -> int:
     """Copy the channel topics' records (key, value, headers, partition) from one prefix to another."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition as AioTP
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as AioTP
 
     consumer = AIOKafkaConsumer(bootstrap_servers=source.kafka_bootstrap, enable_auto_commit=False, group_id=None)
     producer = AIOKafkaProducer(bootstrap_servers=target.kafka_bootstrap, acks="all", linger_ms=5,
@@ -199,7 +201,8 @@ async def _copy(source: Settings, target: Settings) -> int:
 
 async def _bare_consume(settings: Settings) -> tuple[int, float]:
     """Read every message of the channel topics once with a bare aiokafka consumer: (messages, seconds)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition as AioTP
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka import TopicPartition as AioTP
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest")

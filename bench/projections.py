@@ -70,7 +70,7 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
                   tick_days: int) -> Iterator[Out]:
     """What the profile agent would publish for ``events`` (batches of 1,000, a tick every ``tick_days``)."""
     from touchpoint.contract.cards import card_record, merged_record
-    from touchpoint.core.fold import Folder, FoldConfig
+    from touchpoint.core.fold import FoldConfig, Folder
     from touchpoint.core.profile import render
 
     folder = Folder(FoldConfig(), secret=secret, keep_decisions=False, log_clock_check=False)

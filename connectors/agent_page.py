@@ -100,7 +100,8 @@ def _search_form(kind: str = "phone", value: str = "") -> str:
                       for k, label in SEARCH_KINDS)
     return ('<form method="get" action="/agent" id="search">'
             f'<select name="kind" aria-label="search by">{options}</select> '
-            f'<input name="value" value="{_e(value)}" aria-label="value" placeholder="phone, e-mail, number…" required> '
+            f'<input name="value" value="{_e(value)}" aria-label="value" '
+            f'placeholder="phone, e-mail, number…" required> '
             '<button type="submit">Find</button></form>')
 
 

@@ -28,7 +28,6 @@ from touchpoint.core.pseudonym import DATA_KEY_BYTES
 from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings
 
-
 _SELECT = "SELECT key, wrapped FROM identifier_keys WHERE key = ANY(%s)"
 
 WRAPPED_OF_CARD = """

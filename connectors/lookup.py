@@ -94,10 +94,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors import agent_page
 from connectors.access import KeyRing, Principal, mask_card, may_unmask
-from connectors.keystore import WRAPPED_OF_CARD, PostgresKeyStore
-from connectors.privacy import Erasure, UnknownCustomer, erase, open_identifiers
 from connectors.freshness import LagProbe
 from connectors.http import SafeJSONResponse, safe_json_app
+from connectors.keystore import WRAPPED_OF_CARD, PostgresKeyStore
+from connectors.privacy import Erasure, UnknownCustomer, erase, open_identifiers
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise
@@ -641,7 +641,7 @@ def serve_lookup(settings: Settings, *, workers: int | None = None) -> None:
             try:
                 server = uvicorn.Server(config)
 
-                def orphaned() -> None:
+                def orphaned(server: uvicorn.Server = server) -> None:
                     while os.getppid() == parent:
                         time.sleep(1.0)
                     server.should_exit = True

@@ -212,5 +212,6 @@ def export(settings: Settings, customer_id: str, keystore: KeyStore | None = Non
                                                       lambda store: reveal_identifiers(identifiers, store)))
     return {"customer_id": survivor, "aliases": aliases, "exported_at": datetime.now(UTC).isoformat(),
             "card": view, "card_as_of": card["as_of"].isoformat() if card else None,
-            "interactions": interactions, "loyalty_ledger": ledger, "alerts": alerts, "lookups_of_this_customer": lookups}
+            "interactions": interactions, "loyalty_ledger": ledger, "alerts": alerts,
+            "lookups_of_this_customer": lookups}
 

@@ -234,7 +234,8 @@ class AsyncEventProducer:
                 event = doc if isinstance(doc, Event) else validate_event(doc, now)
                 checked.append((event, normalised(event, self._secret, self._region)))
             except ContractViolation as exc:
-                event_id = doc.event_id if isinstance(doc, Event) else doc.get("event_id") if isinstance(doc, dict) else None
+                event_id = (doc.event_id if isinstance(doc, Event)
+                            else doc.get("event_id") if isinstance(doc, dict) else None)
                 checked.append(Refused(event_id if isinstance(event_id, str) else None, exc.problems))
         try:
             data_keys = await self._keystore.data_keys(

@@ -45,7 +45,8 @@ _ON_CONFLICT = (
     "reasons = EXCLUDED.reasons, source_topic = EXCLUDED.source_topic, "
     "source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, "
     "updated_at = clock_timestamp() "
-    "WHERE CASE WHEN (alerts.source_topic, alerts.source_partition) = (EXCLUDED.source_topic, EXCLUDED.source_partition) "
+    "WHERE CASE WHEN (alerts.source_topic, alerts.source_partition) "
+    "= (EXCLUDED.source_topic, EXCLUDED.source_partition) "
     "THEN alerts.source_offset < EXCLUDED.source_offset ELSE alerts.at <= EXCLUDED.at END"
 )
 

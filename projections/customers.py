@@ -60,7 +60,8 @@ def newer(old: tuple[Record, datetime], new: tuple[Record, datetime]) -> bool:
 
 # The batch's winning cards, staged as they came (the card's JSON bytes); PostgreSQL takes the view,
 # as_of, segment and identifier keys out of them.
-_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_cards (customer_id text, card jsonb COMPRESSION lz4, source_topic text, "
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_cards (customer_id text, card jsonb COMPRESSION lz4, "
+          "source_topic text, "
           "source_partition integer, source_offset bigint) ON COMMIT DELETE ROWS; DELETE FROM _stage_cards")
 _UPSERT = ("INSERT INTO customers AS customers (customer_id, view, as_of, value_segment, source_topic, "
            "source_partition, source_offset) "

@@ -24,14 +24,14 @@ from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.contract.avro import from_checked_record
 from touchpoint.settings import Settings
 
-
 _COLUMNS = ("event_id", "customer_key", "type", "channel", "occurred_at", "payload", "source_topic",
             "source_partition", "source_offset")
 _ON_CONFLICT = (
     "ON CONFLICT (event_id) DO UPDATE SET customer_key = EXCLUDED.customer_key, "
     "source_topic = EXCLUDED.source_topic, source_partition = EXCLUDED.source_partition, "
     "source_offset = EXCLUDED.source_offset "
-    "WHERE (EXCLUDED.source_partition, EXCLUDED.source_offset) < (interactions.source_partition, interactions.source_offset)"
+    "WHERE (EXCLUDED.source_partition, EXCLUDED.source_offset) "
+    "< (interactions.source_partition, interactions.source_offset)"
 )
 
 

@@ -18,7 +18,6 @@ import psycopg
 from projections.writer import Record, copy_upsert
 from touchpoint.settings import Settings
 
-
 _COLUMNS = ("entry_id", "customer_id", "kind", "points", "occurred_at", "source_event_id", "transaction_id",
             "rule_version", "rule_id", "multiplier", "reason", "source_topic", "source_partition", "source_offset")
 

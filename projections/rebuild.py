@@ -25,10 +25,10 @@ positions and miss what the truncate removed.
 from __future__ import annotations
 
 import logging
-import sys
-import time
 import multiprocessing
 import queue
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any

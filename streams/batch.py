@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Protocol
 
 import faust
@@ -214,8 +214,8 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
                         emitter.produce(await stage.handle(batch, emitter.produce))
                         await loop.run_in_executor(thread, emitter.wait)
                         try:
-                            await loop.run_in_executor(
-                                thread, lambda b=batch: consumer.commit(offsets=next_offsets(b), asynchronous=False))
+                            await loop.run_in_executor(thread, lambda b=batch, c=consumer: c.commit(
+                                offsets=next_offsets(b), asynchronous=False))
                         except KafkaException as exc:
                             # A rebalance took the partitions meanwhile: their new owner gets the batch again
                             # and drops what was fed already; the output went out either way.

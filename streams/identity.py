@@ -59,8 +59,8 @@ from streams import resolved
 from streams.batch import STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.ingest import dlq_headers, who_of
 from streams.state import StateTable, committed_offset, read_range
-from touchpoint.core.fold import Folder, FoldConfig, Rejected, tick_of
-from touchpoint.core.identity import Decision, LinkRefused, Linked, Merged, Minted
+from touchpoint.core.fold import FoldConfig, Folder, Rejected, tick_of
+from touchpoint.core.identity import Decision, Linked, LinkRefused, Merged, Minted
 from touchpoint.core.partitions import IdentityLog, Record
 from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore
 from touchpoint.settings import Settings

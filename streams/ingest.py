@@ -53,16 +53,22 @@ from connectors.producer import keys_to_seal, normalised, partition_key, pseudon
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from connectors.topics import CHANNELS, event_topic
+from streams.batch import Outgoing, Received, add_stage
 from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.core.fold import Who
 from touchpoint.core.instants import any_zone_ms
 from touchpoint.core.normalise import Identifier
 from touchpoint.core.pseudonym import is_pseudonym
 from touchpoint.errors import RegistryError, SerializationError
-from streams.batch import Outgoing, Received, add_stage
 from touchpoint.settings import Settings
-from touchpoint.telemetry import (context_from_headers, count_clear_identifiers, count_events, kafka_headers, tracer,
-                                  tracing_installed)
+from touchpoint.telemetry import (
+    context_from_headers,
+    count_clear_identifiers,
+    count_events,
+    kafka_headers,
+    tracer,
+    tracing_installed,
+)
 from touchpoint.telemetry_attrs import EVENT_ID, MESSAGING_OFFSET, MESSAGING_PARTITION, MESSAGING_TOPIC
 
 log = logging.getLogger(__name__)

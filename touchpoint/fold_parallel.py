@@ -45,15 +45,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from touchpoint.core.fold import Folder, FoldConfig, fold_to_json, tick_of
-from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.contract.models import MAX_AHEAD
+from touchpoint.core.fold import FoldConfig, Folder, fold_to_json, tick_of
+from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.instants import any_zone_ms, epoch_ms
 from touchpoint.core.normalise import InvalidIdentifier, normalise
 from touchpoint.core.profile import render
@@ -136,7 +137,7 @@ def _ranges(path: Path, parts: int) -> list[tuple[int, int]]:
             fh.readline()  # to the start of the next line
             bounds.append(min(max(fh.tell(), bounds[-1]), size))
     bounds.append(size)
-    return list(zip(bounds, bounds[1:]))
+    return list(pairwise(bounds))
 
 
 def _scan(path: Path, start: int, end: int, config: FoldConfig, secret: bytes) -> _Scan:
@@ -249,7 +250,7 @@ def _group(path: Path, jobs: int, config: FoldConfig, secret: bytes, now: dateti
     latest = _NO_LATEST
     for scan in scans:
         parts = [part_of[groups.find(key)] if n == root else -1 for n, (key, root) in
-                 enumerate(zip(scan.keys, scan.roots))]
+                 enumerate(zip(scan.keys, scan.roots, strict=True))]
         first = len(owner)
         owner += bytes(0 if a < 0 else parts[scan.roots[a]] for a in scan.anchors)
         for n, at in scan.ticks.items():

@@ -15,7 +15,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 WORKER_STAGES = ("ingest", "identity", "profile")
 """The worker's stages in pipeline order (streams/)."""
 
@@ -180,7 +179,9 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.{name}"
 
     def stage_group(self, stage: str) -> str:
-        """The consumer group of one worker stage (``ingest``, ``identity``, ``profile``), e.g. ``touchpoint.stage-identity``.
+        """The consumer group of one worker stage (``ingest``, ``identity``, ``profile``).
+
+        E.g. ``touchpoint.stage-identity``.
 
         One group per stage: a stage's consumers rebalance among themselves, never pausing the others,
         and its committed offsets say how far that stage got.

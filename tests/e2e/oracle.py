@@ -17,10 +17,10 @@ import psycopg
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.alerts import AlertSerde
+from connectors.privacy import erased_id, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from projections.lag import pipeline_lag
-from connectors.privacy import erased_id, is_erasure
 from streams.identity import is_tick, stage_folder
 from touchpoint.core.fold import Folder, tick_of
 from touchpoint.core.profile import render

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from kafka import KafkaConsumer, TopicPartition
 
 from connectors.access import digest
-from connectors.keystore import PostgresKeyStore
 from connectors.gateway import create_gateway
+from connectors.keystore import PostgresKeyStore
 from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Result
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde

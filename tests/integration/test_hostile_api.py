@@ -36,8 +36,10 @@ from urllib.parse import quote, urlencode
 import psycopg
 import pytest
 import schemathesis
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from hypothesis import HealthCheck, example, given, settings as hypothesis_settings, strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():
@@ -52,8 +54,19 @@ from connectors.producer import EventProducer, normalised
 from projections.customers import CustomersProjection
 from projections.writer import write_batch
 from tests.fix_stack import scoped
-from tests.integration.test_lookup import ADA_IDENTIFIERS, ADMIN_KEY, AGENT_KEY, API_KEYS, CARD, EMAIL, OPS_KEY, PHONE, \
-    card_doc, key, record
+from tests.integration.test_lookup import (
+    ADA_IDENTIFIERS,
+    ADMIN_KEY,
+    AGENT_KEY,
+    API_KEYS,
+    CARD,
+    EMAIL,
+    OPS_KEY,
+    PHONE,
+    card_doc,
+    key,
+    record,
+)
 from tests.unit.contract_samples import SAMPLES, sample
 from touchpoint.contract.models import ContractViolation, validate_event
 from touchpoint.settings import Settings

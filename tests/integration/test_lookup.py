@@ -37,9 +37,9 @@ from connectors.lookup import COOKIE, create_lookup_app
 from connectors.privacy import ERASED
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
+from tests.fix_stack import scoped
 from touchpoint.core.normalise import identifier_key, normalise
 from touchpoint.core.pseudonym import pseudonym
-from tests.fix_stack import scoped
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,10 @@ from kafka import KafkaProducer
 from connectors.alerts import AlertSerde, alert_topic
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
+from projections.catalog import PROJECTION_TOPICS, READ_MODEL_TABLES, read_model_tables
 from projections.checksum import checksum
 from projections.customers import CustomersProjection
 from projections.rebuild import rebuild
-from projections.catalog import PROJECTION_TOPICS, READ_MODEL_TABLES, read_model_tables
 from projections.run import all_projections
 from projections.writer import Record, run_projection, stored_offsets, write_batch
 from tests.fix_stack import REPO, scoped, settings_env
@@ -81,9 +81,9 @@ def published(own: Settings) -> dict[tuple[str, int], int]:
                 continue  # the generator's deliberately bad events
             out.append((own.topic("customer-events"), f"cus_{i % 5}".encode(), events.serialize(event)))
         out += [
-            (own.topic("customer-views"), b"cus_a", card("cus_a", "2026-01-02T10:00:00.000Z", "lead", {"phone": ["ka1"]})),
-            (own.topic("customer-views"), b"cus_b", card("cus_b", "2026-01-02T10:00:00.000Z", "iron", {"email": ["kb1"]})),
-            (own.topic("customer-views"), b"cus_c", card("cus_c", "2026-01-03T10:00:00.000Z", "lead", {"card": ["kc1"]})),
+            (own.topic("customer-views"), b"cus_a", card("cus_a", "2026-01-02T10:00:00.000Z", "lead", {"phone": ["ka1"]})),  # noqa: E501
+            (own.topic("customer-views"), b"cus_b", card("cus_b", "2026-01-02T10:00:00.000Z", "iron", {"email": ["kb1"]})),  # noqa: E501
+            (own.topic("customer-views"), b"cus_c", card("cus_c", "2026-01-03T10:00:00.000Z", "lead", {"card": ["kc1"]})),  # noqa: E501
             (own.topic("customer-views"), b"cus_a", card("cus_a", "2026-01-04T10:00:00.000Z", "gold",
                                                         {"phone": ["ka1"], "card": ["kc1"]})),
             (own.topic("customer-views"), b"cus_c", orjson.dumps({"customer_id": "cus_c", "as_of":

@@ -297,7 +297,7 @@ def test_corrupted_messages(golden: bytes, data: st.DataObject) -> None:
 
 
 def test_a_checked_record_reads_back_as_the_contract_reads_it() -> None:
-    """Internal topics skip the second check: the events built equal the contract's, for every sample and a population."""
+    """Internal topics skip the second check: the events built equal the contract's (every sample, a population)."""
     from touchpoint.contract.avro import from_checked_record
     from touchpoint.generate import generate
 

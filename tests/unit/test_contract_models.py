@@ -10,15 +10,14 @@ from typing import Any, get_args
 import pytest
 from pydantic import ValidationError
 
-from tests.unit.contract_samples import NOW, SAMPLES, sample
 from connectors.topics import CHANNELS
+from tests.unit.contract_samples import NOW, SAMPLES, sample
 from touchpoint.contract.models import (
     PAYLOAD_MODELS,
     Channel,
     ContractViolation,
     Event,
     EventType,
-    Identifiers,
     PurchaseEvent,
     validate_event,
 )

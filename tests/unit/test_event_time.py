@@ -153,7 +153,8 @@ def histories(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any
     for n, (which, share, later) in enumerate(draw(st.lists(
             st.tuples(st.integers(0, len(buys) - 1), st.integers(1, 100), st.integers(1, 24 * 3)), max_size=4))):
         hours, total, _ = buys[which]
-        refunds.append(refund(f"r{n}", ANN, hours + later, f"R{n}", f"T{which}", max(1, total * share // 400)))  # four at most: never above the purchase
+        # Four refunds at most, each a quarter at most: never above the purchase.
+        refunds.append(refund(f"r{n}", ANN, hours + later, f"R{n}", f"T{which}", max(1, total * share // 400)))
     return events, refunds
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from touchpoint.core.fold import Folder, FoldConfig, fold, fold_to_json
+from touchpoint.core.fold import FoldConfig, Folder, fold, fold_to_json
 from touchpoint.core.identity import customer_id_for
 from touchpoint.core.normalise import normalise
 from touchpoint.core.profile import SegmentConfig
@@ -104,10 +104,10 @@ def test_fold_needs_a_secret() -> None:
         ("not JSON", ["{oops"], [("line 1", "not JSON")]),
         ("contract violation", [event("e1", {})], [("e1", "identifiers: at least one identifier is required")]),
         ("unknown type", [json.dumps({"event_id": "e1", "type": "x"})], [("e1", "unknown event type 'x'")]),
-        ("invalid card", [event("e1", {"card": "4111111111111112"})], [("e1", "identifiers.card: card number fails the Luhn check")]),
-        ("invalid phone", [event("e1", {"phone": "+1 212 555 01"})], [("e1", "identifiers.phone: not a possible phone number")]),
+        ("invalid card", [event("e1", {"card": "4111111111111112"})], [("e1", "identifiers.card: card number fails the Luhn check")]),  # noqa: E501
+        ("invalid phone", [event("e1", {"phone": "+1 212 555 01"})], [("e1", "identifiers.phone: not a possible phone number")]),  # noqa: E501
         ("refund of an unknown purchase, held past the horizon",
-         [event("e1", {"customer_no": "C1"}, "refund", transaction_id="T9"), json.dumps({"tick": "2025-04-01T00:00:00Z"})],
+         [event("e1", {"customer_no": "C1"}, "refund", transaction_id="T9"), json.dumps({"tick": "2025-04-01T00:00:00Z"})],  # noqa: E501
          [("e1", "refund of T9, not a purchase of this customer within 30 days of log time")]),
         ("refund of another customer's purchase, held past the horizon",
          [event("e1", {"customer_no": "C1"}, "purchase"), event("e2", {"customer_no": "C2"}, "refund", 5),
@@ -526,7 +526,8 @@ def test_fold_as_of_applies_a_final_tick_and_the_card_lists_alerts() -> None:
     assert quiet["alerts"] == []
     (lapsed,) = run(lines, as_of=T0 + timedelta(days=120))["customers"]
     (alert,) = lapsed["alerts"]
-    assert (alert["kind"], alert["state"], alert["since"]) == ("dormancy", "raised", "2025-06-13T00:00:00.001Z")  # silent *more* than 90 days
+    # Silent *more* than 90 days.
+    assert (alert["kind"], alert["state"], alert["since"]) == ("dormancy", "raised", "2025-06-13T00:00:00.001Z")
     assert any(r["code"] == "dormancy_alert" for r in lapsed["likely_reasons"])
 
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_fold import _IDS, event, log_lines
 from touchpoint.core.fold import FoldConfig, fold_to_json
 from touchpoint.fold_parallel import fold_file_to_json
 from touchpoint.generate import generate, write_jsonl
-from tests.unit.test_fold import _IDS, log_lines, event
 
 SECRET = b"test-secret"
 _LOGGER = "touchpoint.fold_parallel"

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from touchpoint.core.identity import (
     IdentityConfig,
     IdentityState,
-    LinkRefused,
     Linked,
+    LinkRefused,
     Merged,
     Minted,
     Resolution,
@@ -172,7 +172,8 @@ def test_merge_of_merges_keeps_every_alias_resolving() -> None:
 
 
 def test_old_ids_still_resolve_after_merge() -> None:
-    state, _ = run([{"cookie": "k1"}, {"cookie": "k2"}, {"cookie": "k1", "device": "d"}, {"cookie": "k2", "device": "d"}])
+    state, _ = run([{"cookie": "k1"}, {"cookie": "k2"}, {"cookie": "k1", "device": "d"},
+                    {"cookie": "k2", "device": "d"}])
     assert state.canonical(cid("cookie", "k2")) == cid("cookie", "k1")
     assert state.lookup(key("cookie", "k2")) == cid("cookie", "k1")
     assert state.canonical("cus_unknown") == "cus_unknown"
@@ -288,11 +289,11 @@ def test_unmerge_by_refold_with_the_key_marked_shared() -> None:
     ("decision", "json"),
     [
         (Minted("e1", "cus_1", "email:k", "email"),
-         {"decision": "minted", "event_id": "e1", "customer_id": "cus_1", "key": "email:k", "kind": "email", "shared": False}),
+         {"decision": "minted", "event_id": "e1", "customer_id": "cus_1", "key": "email:k", "kind": "email", "shared": False}),  # noqa: E501
         (Linked("e1", "cus_1", "cookie:k", "cookie"),
          {"decision": "linked", "event_id": "e1", "customer_id": "cus_1", "key": "cookie:k", "kind": "cookie"}),
         (Merged("e2", "cus_1", "cus_2", "email:k", "why"),
-         {"decision": "merged", "event_id": "e2", "survivor": "cus_1", "merged": "cus_2", "via_key": "email:k", "reason": "why"}),
+         {"decision": "merged", "event_id": "e2", "survivor": "cus_1", "merged": "cus_2", "via_key": "email:k", "reason": "why"}),  # noqa: E501
         (LinkRefused("e3", "cus_1", "email:k", "email", "cus_2", "why"),
          {"decision": "link_refused", "event_id": "e3", "customer_id": "cus_1", "key": "email:k", "kind": "email",
           "other_customer_id": "cus_2", "reason": "why"}),

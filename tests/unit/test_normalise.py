@@ -31,7 +31,8 @@ DATA_KEY = bytes(range(32))
 )
 def test_valid_identifiers_normalise(kind: str, given: str, display: str) -> None:
     ident = normalise(kind, given, secret=SECRET)
-    assert ident == Identifier(kind, identifier_key(kind, display if kind != "card" else _digits(given), SECRET), display)
+    keyed = display if kind != "card" else _digits(given)
+    assert ident == Identifier(kind, identifier_key(kind, keyed, SECRET), display)
     assert ident.key.startswith(f"{kind}:") and len(ident.key) == len(kind) + 1 + 32
 
 

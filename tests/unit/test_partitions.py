@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_fold import _IDS, SECRET, event, log_lines
 from touchpoint.contract.models import ContractViolation, validate_event
 from touchpoint.core.fold import Folder, Rejected, tick_of
 from touchpoint.core.partitions import (
@@ -32,7 +33,6 @@ from touchpoint.core.partitions import (
 from touchpoint.core.profile import render
 from touchpoint.core.snapshot import partition_from_records, partition_records
 from touchpoint.generate import generate
-from tests.unit.test_fold import _IDS, log_lines, SECRET, event
 
 
 def folder() -> Folder:

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from touchpoint.contract.models import Event, validate_event
-from touchpoint.core.normalise import normalise
 from touchpoint.core.instants import iso_ms
+from touchpoint.core.normalise import normalise
 from touchpoint.core.profile import (
     DEDUPE_WINDOW,
     TIMELINE,
@@ -72,7 +72,7 @@ def buy(n: int, day: float, total: int) -> Event:
 def test_identifiers_per_kind_sorted_display_values() -> None:
     view = CustomerView("cus_1")
     ids = [normalise(k, v, secret=b"s") for k, v in
-           [("email", "B@Example.com"), ("email", "a@example.com"), ("card", "4111111111111111"), ("phone", "07700 900001")]]  # fmt: skip
+           [("email", "B@Example.com"), ("email", "a@example.com"), ("card", "4111111111111111"), ("phone", "07700 900001")]]  # fmt: skip  # noqa: E501
     evolve(view, ev("e1", "web", 1), ids[:2])
     evolve(view, ev("e2", "web", 2), ids[1:])
     assert render(view, AS_OF)["identifiers"] == {
@@ -122,7 +122,8 @@ def test_last_contact_per_channel_is_the_latest() -> None:
           ev("r2", "refund", 13, refund_id="R2", transaction_id="T1", amount_minor=2000)], 40,
          {"recency_days": 30, "frequency": 1, "monetary_minor": 0}),
         ("refund of a purchase outside the window is ignored",
-         [buy(1, 10, 2500), buy(2, 380, 1000), ev("r1", "refund", 381, refund_id="R1", transaction_id="T1", amount_minor=9)],
+         [buy(1, 10, 2500), buy(2, 380, 1000),
+          ev("r1", "refund", 381, refund_id="R1", transaction_id="T1", amount_minor=9)],
          400, {"recency_days": 20, "frequency": 1, "monetary_minor": 1000}),
     ],
 )  # fmt: skip
@@ -191,7 +192,7 @@ def test_render_shape_and_times() -> None:
 
 @pytest.mark.parametrize(
     ("ms", "iso"),
-    [(0, "1970-01-01T00:00:00.000Z"), (1_735_776_245_007, "2025-01-02T00:04:05.007Z"), (-1, "1969-12-31T23:59:59.999Z")],
+    [(0, "1970-01-01T00:00:00.000Z"), (1_735_776_245_007, "2025-01-02T00:04:05.007Z"), (-1, "1969-12-31T23:59:59.999Z")],  # noqa: E501
 )
 def test_iso_ms(ms: int, iso: str) -> None:
     assert iso_ms(ms) == iso

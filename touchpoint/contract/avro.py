@@ -31,7 +31,14 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from touchpoint.contract.models import EVENT_MODELS, PAYLOAD_MODELS, ContractViolation, Event, PurchaseLine, validate_event
+from touchpoint.contract.models import (
+    EVENT_MODELS,
+    PAYLOAD_MODELS,
+    ContractViolation,
+    Event,
+    PurchaseLine,
+    validate_event,
+)
 from touchpoint.contract.schemas import NAMESPACE, event_schema
 from touchpoint.errors import SerializationError, TouchpointError
 

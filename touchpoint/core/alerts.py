@@ -778,8 +778,8 @@ def _decide_dormancy(
                 reason = Reason("corrected", f"a late event: back on {back.channel} after "
                                 f"{(back.ms - state.anchor_ms) // DAY_MS} days, before the alert was raised", evidence)
             else:
-                reason = Reason("returned", f"back on {back.channel} after {(back.ms - state.anchor_ms) // DAY_MS} days",
-                                evidence)
+                days = (back.ms - state.anchor_ms) // DAY_MS
+                reason = Reason("returned", f"back on {back.channel} after {days} days", evidence)
             alerts.append(_alert(inputs.customer_id, state, "resolved", now, [reason]))
             state = _closed(state, now)
         else:
@@ -882,7 +882,8 @@ def close_erased(state: AlertState, customer_id: str, now_ms: int) -> tuple[Aler
     now = now_ms if state.checked_ms is None else max(now_ms, state.checked_ms)
     if not state.open:
         return _closed(state, now), []
-    return _closed(state, now), [_alert(customer_id, state, "resolved", now, [Reason("erased", "the customer was erased on request", {})])]
+    erased = Reason("erased", "the customer was erased on request", {})
+    return _closed(state, now), [_alert(customer_id, state, "resolved", now, [erased])]
 
 
 # -- due-time index -------------------------------------------------------------------

@@ -92,7 +92,6 @@ from touchpoint.core.identity import (
     note_first,
     resolve,
 )
-from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
 from touchpoint.core.instants import any_zone_ms, epoch_ms
 from touchpoint.core.loyalty import (
     LedgerEntry,
@@ -108,6 +107,7 @@ from touchpoint.core.loyalty import (
     on_refund,
     rescore,
 )
+from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
 from touchpoint.core.profile import (
     CustomerView,
     SegmentConfig,

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from touchpoint.core.fold import Folder, FoldConfig
+from touchpoint.core.fold import FoldConfig, Folder
 from touchpoint.core.instants import iso_ms
 from touchpoint.core.loyalty import LoyaltyRules, pending_expiries
 from touchpoint.core.profile import contactable

@@ -65,7 +65,8 @@ def parse(value: str) -> Parsed:
     if not kind or not _HEX.fullmatch(digest) or not shown:
         raise ValueError("not a well-formed pseudonym (tp1:<kind>:<32 hex digits>:<shown>)")
     if (kind in SHOWN_AS_IS) == shown.startswith("~"):
-        raise ValueError(f"a {kind} pseudonym's shown part must be {'its last four' if kind in SHOWN_AS_IS else 'sealed'}")
+        shown = "its last four" if kind in SHOWN_AS_IS else "sealed"
+        raise ValueError(f"a {kind} pseudonym's shown part must be {shown}")
     return Parsed(kind, f"{kind}:{digest}", shown)
 
 

@@ -64,7 +64,9 @@ __all__ = [
     "track_changes",
 ]
 
-FORMAT = 4  # 2: erased customers; 3: identity and views in separate stages, view keys; 4: invitation histories, lots keep their basket, held refunds
+# 2: erased customers; 3: identity and views in separate stages, view keys;
+# 4: invitation histories, lots keep their basket, held refunds, customers' first events
+FORMAT = 4
 """Bump when the pickled shape of a view or of these records changes incompatibly."""
 
 ARRIVED = "__arrived__:"
