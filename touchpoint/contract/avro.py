@@ -27,7 +27,7 @@ import io
 import struct
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -86,7 +86,7 @@ def from_checked_record(record: dict[str, Any]) -> Event:
         payload = {**payload, "lines": [PurchaseLine.model_construct(**line) for line in payload["lines"]]}
     return EVENT_MODELS[kind].model_construct(
         event_id=record["event_id"], type=kind, channel=record["channel"], occurred_at=record["occurred_at"],
-        identifiers=record["identifiers"], payload=PAYLOAD_MODELS[kind].model_construct(**payload))
+        identifiers=record["identifiers"], payload=cast(Any, PAYLOAD_MODELS[kind].model_construct(**payload)))
 
 
 def encode(schema_id: int, record: Any, schema: Any = None) -> bytes:

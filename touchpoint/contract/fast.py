@@ -86,7 +86,8 @@ class _PurchaseLine(PurchaseLine):
 
 
 class _PurchasePayload(PurchasePayload):
-    lines: Annotated[list[_PurchaseLine], Field(min_length=1)]
+    # The stricter line model is a subclass of the contract's: list's invariance is a typing artefact here.
+    lines: Annotated[list[_PurchaseLine], Field(min_length=1)]  # type: ignore[assignment]
     total_minor: _Money
     currency: _Currency
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema
 from fastavro.schema import load_schema_ordered
@@ -70,7 +70,7 @@ def schema_files(directory: Path | None = None) -> list[Path]:
 def expand(files: Sequence[Path]) -> dict[str, Any]:
     """One self-contained schema (plain JSON data) from files in dependency order."""
     # _write_hint=False keeps fastavro's private markers out, so the result can be dumped as JSON.
-    return load_schema_ordered([str(f) for f in files], _write_hint=False)
+    return cast(dict[str, Any], load_schema_ordered([str(f) for f in files], _write_hint=False))
 
 
 @cache

@@ -61,7 +61,7 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -322,9 +322,10 @@ class Folder:
             try:
                 event = Event.model_validate_json(line, context=self._context)
             except ValidationError:
-                event = self._slow_validate(line)
-                if event is None:
+                judged = self._slow_validate(line)
+                if judged is None:
                     return []
+                event = judged
         return self.add(event)
 
     def add_tick(self, line: str | bytes) -> None:
@@ -402,7 +403,8 @@ class Folder:
         :returns: (customer id, decisions, identifiers attributed to it, event time in epoch ms).
         :raises Rejected: an invalid identifier or a time too far ahead; nothing changed.
         """
-        return self.identify_who(Who(event.event_id, any_zone_ms(event.occurred_at), event.identifiers))
+        identifiers = cast(Mapping[str, str], event.identifiers)  # a TypedDict of optional strings
+        return self.identify_who(Who(event.event_id, any_zone_ms(event.occurred_at), identifiers))
 
     def identify_who(self, who: Who) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int]:
         """:meth:`identify` from the three things it reads of an event (the live stage has them without the event)."""

@@ -427,6 +427,7 @@ def _resolve(state: IdentityState, identifiers: Sequence[Identifier], event_id: 
             elif holder == rightful and rightful in group:
                 survivor = rightful
         if renamed:
+            assert rightful is not None
             # This event is the customer's earliest: the id event-time order would have minted. The
             # customers so far are merged into it (their ids become aliases).
             anchor = live[0]
@@ -434,7 +435,7 @@ def _resolve(state: IdentityState, identifiers: Sequence[Identifier], event_id: 
             for other in sorted(group, key=order):
                 reason = f"an earlier event of {other} arrived: the customer takes the id of its first event"
                 decisions.append(Merged(event_id, rightful, other, via.get(other, anchor.key), reason))
-            survivor = rightful  # type: ignore[assignment]
+            survivor = rightful
         for other in sorted(group, key=order):
             if not renamed and other != survivor:
                 reason = f"one event carries identifiers of both {survivor} and {other}"

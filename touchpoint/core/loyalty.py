@@ -143,7 +143,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 import yaml
 from pydantic import (
@@ -412,7 +412,7 @@ class LoyaltyRules(_Strict):
         """
         # Straight from the private dict: pydantic's attribute lookup of a private attribute
         # cost more than the bisect, once per purchase.
-        i = bisect.bisect_right(self.__pydantic_private__["_starts"], ms) - 1
+        i = bisect.bisect_right(cast(dict[str, Any], self.__pydantic_private__)["_starts"], ms) - 1
         if i < 0:
             raise NoRulesInForce(
                 f"no loyalty rules in force at {iso_ms(ms)}: the first version "

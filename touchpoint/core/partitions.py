@@ -295,6 +295,7 @@ class ProfilePartition:
         elif isinstance(record, Tick):
             folder.tick(record.ms)
         else:
+            assert isinstance(record, Erase), record
             folder.advance(record.clock_ms)
             folder.erase_view(record.customer_id)
             outcome.erased += record.ids

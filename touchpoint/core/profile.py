@@ -57,9 +57,9 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from touchpoint.contract.models import Event
+from touchpoint.contract.models import Event, RefundPayload
 from touchpoint.core.alerts import (
     Alert,
     AlertInputs,
@@ -407,6 +407,13 @@ CARD_ENTRIES = 20
 """Ledger entries on a customer card (the newest); the whole ledger is in PostgreSQL."""
 
 
+def _held_refund(refund_id: str, ms: int, event_id: str, event: Event) -> dict[str, Any]:
+    """A refund held for its purchase, as the card lists it."""
+    payload = cast(RefundPayload, event.payload)
+    return {"amount_minor": payload.amount_minor, "at": iso_ms(ms), "currency": payload.currency,
+            "event_id": event_id, "refund_id": refund_id, "transaction_id": payload.transaction_id}
+
+
 def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = None,
            rules: LoyaltyRules | None = None, entries: int | None = CARD_ENTRIES) -> dict[str, Any]:
     """The customer card as JSON values (times ISO-8601 UTC with milliseconds and ``Z``).
@@ -436,11 +443,7 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
             "total": sum(view.by_channel.values()),
         },
         "customer_id": view.customer_id,
-        "held_refunds": [
-            {"amount_minor": event.payload.amount_minor, "at": iso_ms(ms), "currency": event.payload.currency,
-             "event_id": event_id, "refund_id": refund_id, "transaction_id": event.payload.transaction_id}
-            for refund_id, (ms, event_id, event, _, _, _) in sorted(view.held.items())
-        ],
+        "held_refunds": [_held_refund(refund_id, *held[:3]) for refund_id, held in sorted(view.held.items())],
         "identifiers": {kind: sorted(displays) for kind, displays in sorted(view.identifiers.items())},
         "last_contact": {channel: iso_ms(ms) for channel, ms in sorted(view.last_contact.items())},
         "likely_reasons": likely_reasons(view.reasons, None, [a for a in alerts if a["state"] != "resolved"],

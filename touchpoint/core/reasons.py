@@ -306,9 +306,9 @@ class ReasonFacts:
 
 
 def _case_merge(a: CaseFact, b: CaseFact) -> CaseFact:
-    first = min(a[:2], b[:2])
-    last = max(a[2:], b[2:])
-    return CaseFact(*first, *last)
+    first = min((a.first_ms, a.first_event_id), (b.first_ms, b.first_event_id))
+    last = max((a.last_ms, a.last_event_id, a.action, a.category), (b.last_ms, b.last_event_id, b.action, b.category))
+    return CaseFact(first[0], first[1], last[0], last[1], last[2], last[3])
 
 
 _Pair = tuple[int | None, str | None]

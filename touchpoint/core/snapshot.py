@@ -265,7 +265,8 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
                 state.owner[key] = customer_id
         seq[customer_id] = doc["seq"]
         if doc["first"] is not None:
-            state.first[customer_id] = tuple(doc["first"])  # type: ignore[assignment]
+            ms, event_id = doc["first"]
+            state.first[customer_id] = (ms, event_id)
         if doc["aliases"]:
             state.aliases[customer_id] = [alias for alias, _ in doc["aliases"]]
         for alias, position in doc["aliases"]:
