@@ -6,6 +6,7 @@ COPY touchpoint ./touchpoint
 COPY streams ./streams
 COPY projections ./projections
 COPY connectors ./connectors
+COPY backbone ./backbone
 COPY bench ./bench
 COPY schemas ./schemas
 RUN pip install --no-cache-dir .

@@ -1,5 +1,5 @@
 """``python -m touchpoint``: the same CLI as the ``touchpoint`` console script."""
 
-from touchpoint.cli import main
+from backbone.cli import main
 
 main()

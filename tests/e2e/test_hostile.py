@@ -56,6 +56,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
+from backbone.demo import sample_events
 from connectors.producer import Delivered, EventProducer, Refused
 from connectors.registry import RegistryClient
 from connectors.serde import SUBJECT, EventSerde
@@ -66,7 +67,6 @@ from tests.fix_stack import scoped, spawn_touchpoint, stop_process
 from touchpoint.contract import to_avro_record, validate_event
 from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import normalise
-from touchpoint.demo import sample_events
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 from touchpoint.stack.postgres import ensure_installed

@@ -404,7 +404,7 @@ def demo(
         show_default=False)] = None,
 ) -> None:
     """Bring the stack up and run the backbone end to end; prints what happened and where to look."""
-    from touchpoint.demo import run_demo
+    from backbone.demo import run_demo
 
     run_demo(_settings(), customers=customers, days=days, seed=seed, serve=serve)
 
