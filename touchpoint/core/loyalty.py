@@ -163,6 +163,7 @@ from pydantic_core import PydanticCustomError
 
 from touchpoint.contract.models import CampaignPayload, PurchasePayload, RefundPayload
 from touchpoint.core.instants import DAY_MS, epoch_ms, iso_ms
+from touchpoint.core.pickled import restore_slots
 from touchpoint.errors import ConfigError, TouchpointError
 
 __all__ = [
@@ -795,12 +796,17 @@ class Lot:
         self.rule_version = rule_version
         self.rule_id = rule_id
         self.expires_ms = expires_ms
-        self.lines = lines  # the basket, to score the purchase again when a late invitation arrives
+        # The basket, to score the purchase again when a late invitation arrives (None: a lot pickled before).
+        self.lines: tuple[tuple[str, str, int, int], ...] | None = lines
         self.earn_id = _entry_id(event_id, transaction_id, "earn")
         self.refunds: dict[str, tuple[int, int, str]] = {}  # refund_id -> (ms, amount_minor, entry id)
         self.refunded_minor = 0  # sum of refunds' amounts (derived from ``refunds``)
         self.reversed_points = 0  # points reversed so far, >= 0 (derived from the entries)
         self.reversal_adjusted = 0  # of which adjustments reversed (a refunded purchase scored again)
+
+    def __setstate__(self, state: Any) -> None:
+        # A lot pickled before re-scoring: no basket kept (it cannot be scored again), nothing adjusted.
+        restore_slots(self, state, {"lines": lambda: None, "reversal_adjusted": int})
 
     @property
     def expiry_id(self) -> str:
@@ -839,6 +845,12 @@ class LoyaltyState:
         # campaign_id -> its invitations in event-time order, (time, event id): a purchase is scored with the
         # latest one before it, whatever arrived first
         self.invitations: dict[str, tuple[Invitation, ...]] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        restore_slots(self, state, {})
+        # Pickled before invitation histories: one (the latest) invitation per campaign.
+        self.invitations = {campaign: (found,) if isinstance(found, Invitation) else found
+                            for campaign, found in self.invitations.items()}
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -978,7 +990,8 @@ def rescore(state: LoyaltyState, rules: LoyaltyRules, cause_event_id: str, why: 
         return []
     out = []
     for lot in sorted(state.lots.values(), key=lambda lot: (lot.ms, lot.event_id)):
-        if lot.expiry_id not in state.entries and any(start <= lot.ms < end for start, end in windows):
+        if (lot.lines is not None and lot.expiry_id not in state.entries
+                and any(start <= lot.ms < end for start, end in windows)):
             entry = _rescored(state, lot, rules, cause_event_id, why)
             if entry is not None:
                 out.append(entry)
@@ -1010,6 +1023,7 @@ def _record_invitation(invitations: dict[str, tuple[Invitation, ...]], invitatio
 def _rescored(state: LoyaltyState, lot: Lot, rules: LoyaltyRules, cause_event_id: str, why: str) -> LedgerEntry | None:
     """Score ``lot``'s purchase again; the adjustment entry, or None when its points do not change."""
     version = rules.version_named(lot.rule_version)
+    assert lot.lines is not None, "a lot without its basket is never scored again"
     facts = PurchaseFacts(lot.ms, lot.total_minor, lot.lines, lot.transaction_id)
     result = score(facts, version, invitations_before(state, lot.ms, lot.event_id))
     if result.points == lot.points:

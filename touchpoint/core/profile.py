@@ -74,6 +74,7 @@ from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.core.loyalty import LoyaltyRules, LoyaltyState, default_rules, summary
 from touchpoint.core.loyalty import merge as merge_loyalty
 from touchpoint.core.normalise import Identifier
+from touchpoint.core.pickled import restore_slots
 from touchpoint.core.reasons import ReasonFacts, likely_reasons, merge_facts
 from touchpoint.core.reasons import evolve as evolve_reasons
 
@@ -174,6 +175,9 @@ class CustomerView:
         # refund_id -> (ms, event_id, event, identifiers attributed, deadline ms, source): refunds of a
         # purchase the customer does not hold yet (the Folder folds them when it arrives)
         self.held: dict[str, tuple[int, str, Event, tuple[Identifier, ...], int, int]] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        restore_slots(self, state, {"held": dict})  # a view pickled before held refunds (a hand-in on the log)
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
