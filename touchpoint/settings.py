@@ -175,7 +175,10 @@ class Settings(BaseSettings):
         )
 
     def topic(self, name: str) -> str:
-        """A Touchpoint topic name, e.g. ``topic("dlq")`` -> ``touchpoint.dlq``."""
+        """A Touchpoint topic name, e.g. ``topic("dlq")`` -> ``touchpoint.dlq``; ``resolved`` and the state
+        tables carry the version of the rules they were derived with (:data:`DERIVED_VERSION`)."""
+        if name in _DERIVED_TOPICS:
+            return f"{self.topic_prefix}.{name}.v{DERIVED_VERSION}"
         return f"{self.topic_prefix}.{name}"
 
     def stage_group(self, stage: str) -> str:
@@ -186,7 +189,22 @@ class Settings(BaseSettings):
         One group per stage: a stage's consumers rebalance among themselves, never pausing the others,
         and its committed offsets say how far that stage got.
         """
-        return f"{self.topic_prefix}.stage-{stage}"
+        version = f".v{DERIVED_VERSION}" if stage in _REPROCESSING_STAGES else ""
+        return f"{self.topic_prefix}.stage-{stage}{version}"
+
+
+DERIVED_VERSION = 2
+"""The version of identity's and the profile's rules that ``resolved`` and the state tables were derived with.
+
+Bump it when a change to those rules makes what an earlier version derived disagree with what the new
+stages decide (version 2: identity decides survivors and ids by event time, so the views an earlier
+``resolved`` built carry ids the new identity does not use). The identity and profile stages then start
+on new topics and consumer groups: identity reprocesses ``accepted`` from its beginning into the new
+``resolved``, the profile folds that and re-emits the customer streams, which every projection takes
+idempotently. The earlier version's topics can be deleted once the new stages have caught up.
+"""
+_DERIVED_TOPICS = frozenset({"resolved", "identity-state", "profile-state"})
+_REPROCESSING_STAGES = frozenset({"identity", "profile"})
 
 
 def load_settings(**overrides: object) -> Settings:
