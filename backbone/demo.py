@@ -250,6 +250,7 @@ def _summary(settings: Settings, began: float, delivered: int, rows: int, card: 
             "SELECT coalesce(sum(points) FILTER (WHERE kind IN ('earn', 'adjustment')), 0), "
             "coalesce(-sum(points) FILTER (WHERE kind = 'reversal'), 0) FROM loyalty_ledger").fetchone() or (0, 0)
         active = dict(conn.execute("SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1").fetchall())
+        held = one("SELECT coalesce(sum(jsonb_array_length(view->'held_refunds')), 0) FROM customers")
         # The most recently written of each kind: this run's customers, not an earlier run's.
         interesting = {
             "merged (its other id is an alias)": one(
@@ -279,8 +280,11 @@ def _summary(settings: Settings, began: float, delivered: int, rows: int, card: 
         f"`./run alerts tail --from-beginning` follows the alert topics)\n"
         f"  {sum(at_edge.values())} events refused at the edge (gateway and producer library), by reason:\n"
         f"{by_reason(at_edge)}\n"
-        f"  {sum(dead.values())} dead-lettered on `{settings.topic('dlq')}` during this run ({delivered - rows} "
-        f"accepted at the edge but refused once their history was known), by reason:\n{by_reason(dead)}\n"
+        f"  {delivered - rows} accepted at the edge and not in `interactions`: refunds held for a purchase their "
+        f"customer does not hold (yet), or refused once their history was known; {held} refunds held now "
+        f"(`held_refunds` on the cards, all runs)\n"
+        f"  {sum(dead.values())} dead-lettered on `{settings.topic('dlq')}` during this run, by reason:\n"
+        f"{by_reason(dead)}\n"
         f"\nthe agent's page (sign in with the demo agent key {agent_key}):\n"
         + "\n".join(f"  {what:34} {api_url}/agent?customer_id={cid}" if cid else f"  {what:34} none this run"
                      for what, cid in interesting.items())
