@@ -235,6 +235,11 @@ class Who(NamedTuple):
     identifiers: Mapping[str, str]
 
 
+def _earliest(*times: int | None) -> int | None:
+    """The earliest of the times given (None: not due at all)."""
+    return min((t for t in times if t is not None), default=None)
+
+
 def _next_held(view: CustomerView) -> int | None:
     """The earliest deadline of the view's held refunds (None: it holds none)."""
     return min((held[4] for held in view.held.values()), default=None)
@@ -357,6 +362,12 @@ class Folder:
             self._reject(event_id, str(exc))
             return None
 
+    def _order_rejections(self, since: int) -> None:
+        """Order the rejections since ``since`` (several at one line: held refunds) by event id, as the
+        parallel fold merges its parts' rejections of one line."""
+        if len(self.rejected) > since + 1:
+            self.rejected[since:] = sorted(self.rejected[since:], key=lambda r: r["event_id"])
+
     def _reject(self, event_id: str, reason: str) -> None:
         # A line's event id may hold a lone surrogate (JSON allows the escape): kept as its escape, printable.
         self.rejected.append({"event_id": printable(event_id), "reason": printable(reason)})
@@ -380,8 +391,7 @@ class Folder:
             self.follow(event, customer_id, decisions, attributed, ms)
         except Rejected as exc:
             self._reject(event.event_id, str(exc))
-        if len(self.rejected) > rejected_before + 1:  # held refunds its purchase released: by event id
-            self.rejected[rejected_before:] = sorted(self.rejected[rejected_before:], key=lambda r: r["event_id"])
+        self._order_rejections(rejected_before)  # held refunds its purchase released
         if decisions and self.keep_decisions:
             self.decisions.extend(decisions)
         return list(decisions)
@@ -478,9 +488,8 @@ class Folder:
             self._hold(view, event, tuple(attributed), ms, source)
         if view.held:  # this purchase, or a merge, may have brought what a held refund waits for
             self._release(customer_id, view)
-            deadline, due = _next_held(view), self._alert_due.due_of(customer_id)
-            if deadline is not None and (due is None or deadline < due):
-                self._alert_due.set(customer_id, deadline)  # rejected at the first tick after it
+            # decided (a held refund rejected) at the first tick after its deadline
+            self._alert_due.set(customer_id, _earliest(self._alert_due.due_of(customer_id), _next_held(view)))
         return folded
 
     def _fold_into(self, customer_id: str, view: CustomerView, event: Event, attributed: Iterable[Identifier],
@@ -701,11 +710,8 @@ class Folder:
                     self.touched.add(customer_id)
                     self._alerted(view, alerts, ms)
                 view.alerts[kind] = (state, last)
-            due = next_due_ms(inputs, ms, config)
-            held = _next_held(view)
-            self._alert_due.set(customer_id, held if due is None or (held is not None and held < due) else due)
-        if len(self.rejected) > rejected_before + 1:  # held refunds rejected at this tick: by event id
-            self.rejected[rejected_before:] = sorted(self.rejected[rejected_before:], key=lambda r: r["event_id"])
+            self._alert_due.set(customer_id, _earliest(next_due_ms(inputs, ms, config), _next_held(view)))
+        self._order_rejections(rejected_before)  # held refunds rejected at this tick
 
     def drain_alerts(self) -> list[tuple[Alert, dict[str, Any]]]:
         """Alert transitions since the last call, each with the customer's segment, value and contactability."""

@@ -949,10 +949,9 @@ def on_campaign(
     """Record an ``invited`` campaign event; other actions change nothing.
 
     A purchase counts, per campaign, the latest invitation before it in event time (``(time, event id)``).
-    An invitation that arrives after purchases it precedes (a late one) scores those purchases again:
-    where the points differ, an ``adjustment`` entry carries the difference, with its reason; the earn
-    entry already published stays as it was. Purchases already refunded or expired keep their points
-    (their reversals and expiry were computed from them).
+    An invitation that arrives after purchases it precedes (a late one) scores those purchases again
+    (:func:`rescore`): where the points differ, an ``adjustment`` entry carries the difference, with its
+    reason; the earn entry already published stays as it was. A purchase whose points expired keeps them.
 
     :returns: the adjustment entries (none for an invitation in time, or one already recorded).
     """
