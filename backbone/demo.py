@@ -51,7 +51,7 @@ from touchpoint.core.normalise import normalise
 from touchpoint.errors import TouchpointError
 from touchpoint.generate import generate
 from touchpoint.kafka_security import kafka_python_options
-from touchpoint.settings import Settings
+from touchpoint.settings import WORKER_PROCESSES, Settings
 from touchpoint.stack import stack
 from touchpoint.stack.process import stop_child
 
@@ -85,17 +85,22 @@ BAD_BYTES = b"\x00\x00\x00\x00\x07 truncated: not an Avro event"
 """What a broken channel system might write straight to a topic."""
 
 
-def _spawn(settings: Settings, verb: str, stack_: ExitStack, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    log_path = settings.home.resolve() / "logs" / f"demo-{verb}.log"
+def _spawn(settings: Settings, verb: str, stack_: ExitStack, env: dict[str, str],
+           stages: str | None = None) -> subprocess.Popen[bytes]:
+    """``touchpoint VERB`` (a worker with only ``stages``, if given), its output in the stack's logs."""
+    name = verb if stages is None else f"{verb}-{stages.replace(',', '-')}"
+    log_path = settings.home.resolve() / "logs" / f"demo-{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = stack_.enter_context(log_path.open("ab"))
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "touchpoint", verb], stdout=log_file, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env, **({} if stages is None else {"TOUCHPOINT_WORKER_STAGES": stages})},
     )
 
     stack_.callback(stop_child, proc)
-    print(f"started `touchpoint {verb}` (pid {proc.pid}), log: {log_path}", flush=True)
+    print(f"started `touchpoint {verb}`{'' if stages is None else f' ({stages})'} (pid {proc.pid}), "
+          f"log: {log_path}", flush=True)
     return proc
 
 
@@ -141,7 +146,8 @@ def _run(settings: Settings, customers: int, days: int, seed: int | None, serve:
     }
     dlq_start = _end_offsets(settings, settings.topic("dlq"))
     with ExitStack() as children:
-        procs = [_spawn(settings, verb, children, env) for verb in ("worker", "project", "gateway", "api")]
+        procs = [*(_spawn(settings, "worker", children, env, stages) for stages in WORKER_PROCESSES),
+                 *(_spawn(settings, verb, children, env) for verb in ("project", "gateway", "api"))]
         gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
         api_url = f"http://{settings.gateway_host}:{settings.api_port}"
         _wait_ready([gateway_url, api_url], procs, deadline)

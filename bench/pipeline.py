@@ -16,14 +16,15 @@ One command, one broker, one database server, figures side by side:
    events (or records) per second, and the stage process's CPU-seconds per
    1,000 of them.
 4. **The whole pipeline**: the backlog's bytes copied onto a second prefix,
-   a worker with every stage and the projection writers draining it into a
-   fresh database (interactions, cards, identifiers, ledger, alerts), from
+   the workers as the demo runs them (one process per group of
+   :data:`~touchpoint.settings.WORKER_PROCESSES`) and the projection writers
+   draining it into a fresh database (interactions, cards, identifiers, ledger, alerts), from
    the first accepted event to the last stored projection offset. Its ratio
    to the ceiling.
 5. **Latency at half that rate**: a third prefix, events offered steadily
    at half of (4)'s rate, Kafka's acknowledgement of each event to its
    ``interactions`` row, p50/p99.
-6. **Memory**: the pipeline worker's peak RSS, and the bytes of state the
+6. **Memory**: the pipeline workers' peak RSS (summed), and the bytes of state the
    stages hold per customer (the state tables' latest records).
 7. **The oracle**: the read model of (4) must equal the offline fold of its
    ``accepted`` log (the end-to-end tests' check); a fast wrong answer is no
@@ -67,7 +68,7 @@ from connectors.topics import CHANNELS, event_topic
 from projections.catalog import PROJECTION_TOPICS
 from projections.lag import pipeline_lag
 from touchpoint.generate import generate
-from touchpoint.settings import Settings
+from touchpoint.settings import WORKER_PROCESSES, Settings
 
 EVENTS_PER_CUSTOMER_DAY = 0.19
 """About how many good events ``generate`` makes per customer and day (to size the population)."""
@@ -82,6 +83,11 @@ def spawn(settings: Settings, verb: str, stages: str | None = None) -> subproces
     """``touchpoint <verb>`` on these settings (a worker with only ``stages``, if given); its output discarded."""
     return scratch_spawn(settings, verb, Path(os.devnull),
                          None if stages is None else {"TOUCHPOINT_WORKER_STAGES": stages})
+
+
+def spawn_workers(settings: Settings) -> list[subprocess.Popen[bytes]]:
+    """The workers as the demo runs them: one process per group of stages."""
+    return [spawn(settings, "worker", stages) for stages in WORKER_PROCESSES]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -367,17 +373,17 @@ def main(argv: list[str] | None = None) -> int:
 
         with scratch("pipeline") as pipeline:
             copied = asyncio.run(_copy(stages, pipeline))
-            worker, writer = spawn(pipeline, "worker"), spawn(pipeline, "project")
+            workers, writer = spawn_workers(pipeline), spawn(pipeline, "project")
             offsets = Offsets(pipeline)
             try:
-                whole = drain(pipeline, [worker, writer], n, lambda: stored_total(pipeline) + offsets.total(
+                whole = drain(pipeline, [*workers, writer], n, lambda: stored_total(pipeline) + offsets.total(
                     [pipeline.topic("accepted"), pipeline.topic("dlq")]), list(pipeline_lag(pipeline)),
                     "pipeline", args.timeout)
-                out["worker_rss_mib"] = peak_rss_mib(worker.pid)
+                out["worker_rss_mib"] = sum(peak_rss_mib(worker.pid) for worker in workers)
             finally:
                 offsets.close()
-                stop(worker)
-                stop(writer)
+                for proc in (*workers, writer):
+                    stop(proc)
             out["pipeline_events_per_s"] = whole.per_s
             out["pipeline_cpu_s_per_1000"] = whole.cpu_per_1000
             with psycopg.connect(pipeline.pg_conninfo()) as conn:
@@ -385,13 +391,14 @@ def main(argv: list[str] | None = None) -> int:
                           .fetchone()[0] for table in ("interactions", "customers", "customer_identifiers",  # type: ignore[index]
                                                        "loyalty_ledger", "alerts")}
             say(f"pipeline: {copied:,} events drained into PostgreSQL in {whole.seconds:.1f}s = "
-                f"{whole.per_s:,.0f} events/s, {whole.cpu_per_1000:.2f} CPU-s per 1,000 (worker + projections); "
+                f"{whole.per_s:,.0f} events/s, {whole.cpu_per_1000:.2f} CPU-s per 1,000 (workers + projections); "
                 f"rows: {', '.join(f'{t} {c:,}' for t, c in counts.items())}")
             out["pipeline_to_ceiling"] = whole.per_s / out["ceiling_events_per_s"]
             say(f"pipeline / ceiling: {out['pipeline_to_ceiling']:.2%}")
             customers = max(1, counts["customers"])
             out["state_bytes_per_customer"] = state_bytes(pipeline) / customers
-            say(f"memory: pipeline worker peak RSS {out['worker_rss_mib']:.0f} MiB; state tables "
+            say(f"memory: pipeline workers' peak RSS {out['worker_rss_mib']:.0f} MiB ({' + '.join(WORKER_PROCESSES)}); "
+                f"state tables "
                 f"{out['state_bytes_per_customer']:,.0f} bytes per customer ({customers:,} customers)")
             out["oracle_equal"], why = oracle_check(pipeline)
             say(f"oracle: the read model {'equals' if out['oracle_equal'] else 'DIFFERS from'} the fold of "
@@ -399,9 +406,9 @@ def main(argv: list[str] | None = None) -> int:
 
     half = max(1.0, out["pipeline_events_per_s"] / 2)
     with scratch("half") as steady:
-        worker, writer = spawn(steady, "worker"), spawn(steady, "project")
+        workers, writer = spawn_workers(steady), spawn(steady, "project")
         try:
-            time.sleep(8)  # let the worker join its group; not part of the measurement
+            time.sleep(8)  # let the workers join their groups; not part of the measurement
             offered = events[:max(1, int(half * args.half_seconds))]
             acked = publish(steady, offered, rate=half, batch=max(1, min(500, int(half / 10))))
             deadline = time.time() + args.timeout
@@ -413,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
                 rows_at = dict(conn.execute("SELECT event_id, extract(epoch FROM recorded_at) FROM interactions"))
         finally:
-            stop(worker)
-            stop(writer)
+            for proc in (*workers, writer):
+                stop(proc)
     latencies = [float(rows_at[e]) - t for e, t in acked.items() if e in rows_at]
     out["p50_ms_at_half"] = percentile(latencies, 0.5) * 1000
     out["p99_ms_at_half"] = percentile(latencies, 0.99) * 1000

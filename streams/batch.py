@@ -53,12 +53,17 @@ from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
-"""Most messages a stage takes at once."""
+BATCH_SIZE = 4000
+"""Most messages a stage takes at once (a backlog: 1,000 -> 4,000 made the profile alone 7,157 -> 8,685 events/s)."""
 BATCH_WITHIN_S = 0.05
 """How long a stage waits for a first message before it looks at its state table again."""
-STATE_FLUSH_S = 1.0
-"""At most this often a stage writes its state table; a restart replays at most this much of its input."""
+STATE_FLUSH_S = 2.0
+"""At most this often a stage writes its state table; a restart replays at most this much of its input.
+
+Each write pickles every customer changed since the last, so a backlog costs fewer writes the rarer they
+are, while the loop waits for the write (bench.pipeline, 200,000 events, 2 s against 5 s: 4,178 against
+4,422 events/s, but p99 event-to-row at half rate 355 against 760 ms).
+"""
 
 Outgoing = (tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
             | tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None, int])

@@ -16,7 +16,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.fix_stack import REPO
-from touchpoint.settings import Settings
+from touchpoint.settings import WORKER_PROCESSES, WORKER_STAGES, Settings
 from touchpoint.stack.registry import APICURIO_VERSION
 
 COMPOSE = (REPO / "docker-compose.yml").read_text()
@@ -65,8 +65,8 @@ def _service_block(service: str) -> str:
 
 # -- the `secured` profile ---------------------------------------------------------------------------
 
-SECURED_APPS = ["setup-secured", "worker-secured", "projections-secured", "clock-secured", "gateway-secured",
-                "api-secured"]
+SECURED_APPS = ["setup-secured", "worker-secured", "worker-profile-secured", "projections-secured", "clock-secured",
+                "gateway-secured", "api-secured"]
 SECURED = ["kafka-secured", "postgres-secured", "registry-secured", *SECURED_APPS]
 
 
@@ -87,14 +87,25 @@ def test_the_secured_profile_parses_and_stays_out_of_the_default_stack() -> None
     for name in SECURED:
         assert secured["services"][name]["profiles"] == ["secured"], name
     # `docker compose up` starts the same services as before; the profile's need it named.
-    for name in ("kafka", "postgres", "registry", "setup", "worker", "projections", "clock", "gateway", "api"):
+    for name in ("kafka", "postgres", "registry", "setup", "worker", "worker-profile", "projections", "clock",
+                 "gateway", "api"):
         assert "profiles" not in default["services"][name], name
 
 
 @pytest.mark.parametrize("service", ["kafka-secured", "postgres-secured", "registry-secured", "worker-secured",
-                                     "projections-secured", "gateway-secured", "api-secured"])
+                                     "worker-profile-secured", "projections-secured", "gateway-secured", "api-secured"])
 def test_every_long_running_secured_service_has_a_healthcheck(service: str) -> None:
     assert "healthcheck" in rendered("--profile", "secured")["services"][service]
+
+
+@pytest.mark.parametrize("profile", [(), ("--profile", "secured")])
+def test_the_worker_services_run_every_stage_once_as_the_demo_groups_them(profile: tuple[str, ...]) -> None:
+    suffix = "-secured" if profile else ""
+    services = rendered(*profile)["services"]
+    groups = [services[f"{name}{suffix}"]["environment"]["TOUCHPOINT_WORKER_STAGES"]
+              for name in ("worker", "worker-profile")]
+    assert tuple(groups) == WORKER_PROCESSES
+    assert sorted(stage for group in groups for stage in group.split(",")) == sorted(WORKER_STAGES)
 
 
 def test_no_secret_value_is_written_in_the_compose_file() -> None:

