@@ -18,7 +18,8 @@ One turn of a stage's loop:
 3. every record is produced, then one flush waits until Kafka acknowledged
    all of them;
 4. the batch's next offsets are committed, once;
-5. the stage writes its state if due (:meth:`Stage.after_batch`).
+5. the stage writes its state if due (:meth:`Stage.after_batch`; less often
+   in a backlog).
 
 A crash anywhere before 4 re-delivers the batch: the stages drop what they
 fed already (identity and profile by position) and everything they emit is
@@ -58,11 +59,17 @@ BATCH_SIZE = 4000
 BATCH_WITHIN_S = 0.05
 """How long a stage waits for a first message before it looks at its state table again."""
 STATE_FLUSH_S = 2.0
-"""At most this often a stage writes its state table; a restart replays at most this much of its input.
+"""At most this often a stage that keeps up with its input writes its state table.
 
-Each write pickles every customer changed since the last, so a backlog costs fewer writes the rarer they
-are, while the loop waits for the write (bench.pipeline, 200,000 events, 2 s against 5 s: 4,178 against
-4,422 events/s, but p99 event-to-row at half rate 355 against 760 ms).
+Each write pickles every customer changed since the last, and the loop waits for it: the shorter the
+interval, the shorter the pause an event may meet (p99 event-to-row at half bench.pipeline's rate: 2 s
+293-355 ms, 5 s 760 ms).
+"""
+STATE_FLUSH_BACKLOG_S = 5.0
+"""At most this often a stage working through a backlog (its last batch was full) writes its state table.
+
+There nobody waits on one event, and fewer writes pickle each customer fewer times (the profile's state
+writes were 16 % of its CPU at 2 s). A restart replays at most this long's worth of input.
 """
 
 Outgoing = (tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
@@ -105,8 +112,12 @@ class Stage(Protocol):
         the loop waits for those and the returned ones together.
         """
 
-    async def after_batch(self) -> None:
-        """After a batch's output was acknowledged and its offsets committed (and when a wait found nothing)."""
+    async def after_batch(self, backlog: bool) -> None:
+        """After a batch's output was acknowledged and its offsets committed (and when a wait found nothing).
+
+        :param backlog: the batch was full: more is waiting (state is written every
+            :data:`STATE_FLUSH_BACKLOG_S` then, not every :data:`STATE_FLUSH_S`).
+        """
 
     async def close(self) -> None:
         """The stage's own clients, when the worker stops."""
@@ -231,7 +242,7 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
                         if now != assignment:  # prepare new partitions before their first message
                             await assigned(now, whole=True)
                         assignment = now
-                    await stage.after_batch()
+                    await stage.after_batch(backlog=len(messages) >= BATCH_SIZE)
                     backoff = 0.5
             except (DeliveryFailed, KafkaException) as exc:
                 log.warning("%s: %s; starting over from the committed offsets in %.1f s", stage.name, exc, backoff)

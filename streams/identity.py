@@ -56,7 +56,7 @@ from connectors.privacy import erased_id, is_erasure
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.batch import STATE_FLUSH_S, Outgoing, Received, add_stage
+from streams.batch import STATE_FLUSH_BACKLOG_S, STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.ingest import dlq_headers, who_of
 from streams.state import StateTable, committed_offset, read_range
 from touchpoint.core.fold import FoldConfig, Folder, Rejected, tick_of
@@ -179,10 +179,10 @@ class IdentityStage:
                  "replayed=%d messages of the log up to offset %d", restored, start, replayed, self.position)
         return replayed
 
-    async def persist(self, table: StateTable) -> None:
-        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S``."""
+    async def persist(self, table: StateTable, backlog: bool = False) -> None:
+        """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S`` (in a backlog less often)."""
         now = time.monotonic()
-        if now - self._flushed_at < STATE_FLUSH_S:
+        if now - self._flushed_at < (STATE_FLUSH_BACKLOG_S if backlog else STATE_FLUSH_S):
             return
         if self.position < 0 or self._written is None or (not self.changed and self.position == self._written):
             return  # not recovered (or fenced): nothing of ours to write; or nothing new
@@ -240,8 +240,8 @@ class IdentityLoop:
         count_events("identity", "dead_lettered", self.dead_lettered - dead_before)
         return out
 
-    async def after_batch(self) -> None:
-        await self.state.persist(self.table)
+    async def after_batch(self, backlog: bool) -> None:
+        await self.state.persist(self.table, backlog)
 
     async def close(self) -> None:
         await self.table.close()

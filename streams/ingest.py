@@ -188,7 +188,7 @@ class IngestLoop:
     async def start(self) -> None:
         """Ingest holds no state."""
 
-    async def after_batch(self) -> None:
+    async def after_batch(self, backlog: bool) -> None:
         """Ingest holds no state."""
 
     async def close(self) -> None:

@@ -62,7 +62,7 @@ from connectors.privacy import erasure_record
 from connectors.registry import RegistryClient
 from connectors.serde import EventSerde
 from streams import resolved
-from streams.batch import BATCH_SIZE, STATE_FLUSH_S, Outgoing, Received, add_stage
+from streams.batch import BATCH_SIZE, STATE_FLUSH_BACKLOG_S, STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.identity import stage_folder
 from streams.ingest import dlq_headers
 from streams.state import StateTable, read_range
@@ -126,10 +126,11 @@ class PartitionStage:
         self.raw = {}
         return self.part.fed
 
-    async def persist(self) -> None:
-        """Write the changed customers, arrived views and the checkpoint, at most every ``STATE_FLUSH_S``."""
+    async def persist(self, backlog: bool = False) -> None:
+        """Write the changed customers, arrived views and the checkpoint, at most every ``STATE_FLUSH_S``
+        (in a backlog, every ``STATE_FLUSH_BACKLOG_S``)."""
         now = time.monotonic()
-        if now - self._flushed_at < STATE_FLUSH_S:
+        if now - self._flushed_at < (STATE_FLUSH_BACKLOG_S if backlog else STATE_FLUSH_S):
             return
         part = self.part
         if self.position < 0 or (not self.changed and not part.arrived_changed
@@ -219,9 +220,9 @@ class ProfileLoop:
                                     strict=True):
             self.loaded[partition] = start
 
-    async def after_batch(self) -> None:
+    async def after_batch(self, backlog: bool) -> None:
         # Each partition writes its own table with its own producer: side by side, one pause, not three.
-        await asyncio.gather(*(stage.persist() for stage in self.stages.values()))
+        await asyncio.gather(*(stage.persist(backlog) for stage in self.stages.values()))
 
     async def close(self) -> None:
         for stage in self.stages.values():
