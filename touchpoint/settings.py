@@ -22,8 +22,8 @@ WORKER_PROCESSES = ("ingest,identity", "profile")
 """How the demo, the benchmark and docker-compose.yml run the stages: one worker process per group.
 
 A process computes on one core at a time (Python's GIL), and the profile costs more than ingest and
-identity together; apart, each has a core of its own (bench.pipeline, 200,000 events: 4,422 events/s
-against 3,549 in one process). ``touchpoint worker`` alone runs every stage.
+identity together; apart, each has a core of its own (bench.pipeline, 100,000 events, same settings
+otherwise: 4,736-5,538 events/s against 4,445 in one process). ``touchpoint worker`` alone runs every stage.
 """
 
 
