@@ -33,6 +33,7 @@ import uuid
 from collections import Counter
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -85,11 +86,21 @@ BAD_BYTES = b"\x00\x00\x00\x00\x07 truncated: not an Avro event"
 """What a broken channel system might write straight to a topic."""
 
 
+def child_logs(settings: Settings) -> list[Path]:
+    """The log file of each process the demo starts."""
+    return [_log_path(settings, "worker", stages) for stages in WORKER_PROCESSES] + [
+        _log_path(settings, verb) for verb in ("project", "gateway", "api")]
+
+
+def _log_path(settings: Settings, verb: str, stages: str | None = None) -> Path:
+    name = verb if stages is None else f"{verb}-{stages.replace(',', '-')}"
+    return settings.home.resolve() / "logs" / f"demo-{name}.log"
+
+
 def _spawn(settings: Settings, verb: str, stack_: ExitStack, env: dict[str, str],
            stages: str | None = None) -> subprocess.Popen[bytes]:
     """``touchpoint VERB`` (a worker with only ``stages``, if given), its output in the stack's logs."""
-    name = verb if stages is None else f"{verb}-{stages.replace(',', '-')}"
-    log_path = settings.home.resolve() / "logs" / f"demo-{name}.log"
+    log_path = _log_path(settings, verb, stages)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = stack_.enter_context(log_path.open("ab"))
     proc = subprocess.Popen(  # noqa: S603

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from backbone.demo import child_logs
 from tests.e2e.otlp import Receiver, running_receiver
 from tests.fix_stack import REPO, settings_env
 from touchpoint.core.normalise import InvalidIdentifier, normalise
@@ -33,7 +34,6 @@ pytestmark = pytest.mark.integration
 
 SEED, CUSTOMERS, DAYS = 4242, 80, 60
 SEARCHED = ("customer_no", "email", "phone", "card")
-CHILDREN = ("worker", "project", "gateway", "api")
 
 
 @pytest.fixture
@@ -60,8 +60,7 @@ def fed_in(secret: bytes) -> set[str]:
 
 
 def test_no_clear_identifier_in_logs_or_spans_of_the_demo(settings: Settings, receiver: Receiver) -> None:
-    logs = settings.home.resolve() / "logs"
-    before = {name: _size(logs / f"demo-{name}.log") for name in CHILDREN}
+    before = {path: _size(path) for path in child_logs(settings)}
     env = {**settings_env(settings), "TOUCHPOINT_LOG_LEVEL": "DEBUG", "TOUCHPOINT_TRACING": "true",
            "TOUCHPOINT_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "2000",
            "TOUCHPOINT_GATEWAY_PORT": "18290", "TOUCHPOINT_API_PORT": "18292"}
@@ -71,9 +70,9 @@ def test_no_clear_identifier_in_logs_or_spans_of_the_demo(settings: Settings, re
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     lines = result.stderr.splitlines()
-    for name in CHILDREN:
-        with (logs / f"demo-{name}.log").open("rb") as log:
-            log.seek(before[name])
+    for path, size in before.items():
+        with path.open("rb") as log:
+            log.seek(size)
             lines += log.read().decode(errors="replace").splitlines()
     debug = sum('"level": "DEBUG"' in line or "[D]" in line or " DEBUG " in line for line in lines)
     assert len(lines) > 200 and debug > 20, f"{len(lines)} lines, {debug} at debug: the scan would be vacuous"
