@@ -86,10 +86,14 @@ BAD_BYTES = b"\x00\x00\x00\x00\x07 truncated: not an Avro event"
 """What a broken channel system might write straight to a topic."""
 
 
+CHILDREN: list[tuple[str, str | None]] = [*(("worker", stages) for stages in WORKER_PROCESSES),
+                                          ("project", None), ("gateway", None), ("api", None)]
+"""The processes the demo starts: ``touchpoint VERB`` (a worker with only these stages)."""
+
+
 def child_logs(settings: Settings) -> list[Path]:
     """The log file of each process the demo starts."""
-    return [_log_path(settings, "worker", stages) for stages in WORKER_PROCESSES] + [
-        _log_path(settings, verb) for verb in ("project", "gateway", "api")]
+    return [_log_path(settings, verb, stages) for verb, stages in CHILDREN]
 
 
 def _log_path(settings: Settings, verb: str, stages: str | None = None) -> Path:
@@ -157,8 +161,7 @@ def _run(settings: Settings, customers: int, days: int, seed: int | None, serve:
     }
     dlq_start = _end_offsets(settings, settings.topic("dlq"))
     with ExitStack() as children:
-        procs = [*(_spawn(settings, "worker", children, env, stages) for stages in WORKER_PROCESSES),
-                 *(_spawn(settings, verb, children, env) for verb in ("project", "gateway", "api"))]
+        procs = [_spawn(settings, verb, children, env, stages) for verb, stages in CHILDREN]
         gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
         api_url = f"http://{settings.gateway_host}:{settings.api_port}"
         _wait_ready([gateway_url, api_url], procs, deadline)

@@ -179,7 +179,7 @@ class IdentityStage:
                  "replayed=%d messages of the log up to offset %d", restored, start, replayed, self.position)
         return replayed
 
-    async def persist(self, table: StateTable, backlog: bool = False) -> None:
+    async def persist(self, table: StateTable, backlog: bool) -> None:
         """Write the changed customers and the checkpoint, at most every ``STATE_FLUSH_S`` (in a backlog less often)."""
         now = time.monotonic()
         if now - self._flushed_at < (STATE_FLUSH_BACKLOG_S if backlog else STATE_FLUSH_S):

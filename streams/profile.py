@@ -126,7 +126,7 @@ class PartitionStage:
         self.raw = {}
         return self.part.fed
 
-    async def persist(self, backlog: bool = False) -> None:
+    async def persist(self, backlog: bool) -> None:
         """Write the changed customers, arrived views and the checkpoint, at most every ``STATE_FLUSH_S``
         (in a backlog, every ``STATE_FLUSH_BACKLOG_S``)."""
         now = time.monotonic()
