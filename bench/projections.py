@@ -50,7 +50,7 @@ from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.generate import generate
 
 _DAY = timedelta(days=1)
-AGENT_BATCH = 1000  # streams.batch.BATCH_SIZE
+AGENT_BATCH = 1000  # events per card flush here (a live profile keeping up flushes every batch it takes)
 
 # (topic name without prefix, key, value, headers)
 Out = tuple[str, bytes, bytes, list[tuple[str, bytes]] | None]

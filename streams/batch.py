@@ -10,11 +10,13 @@ application: worker lifecycle, logging, signals.
 
 One turn of a stage's loop:
 
-1. take up to :data:`BATCH_SIZE` messages, waiting at most
+1. take up to ``Settings.stage_batch_size`` messages, waiting at most
    :data:`BATCH_WITHIN_S` for the first (:func:`~connectors.batches.take`; on the stage's own
    thread: librdkafka waits without the GIL, and the event loop keeps
    serving);
-2. the stage turns them into the records to emit (:meth:`Stage.handle`);
+2. the stage turns them into the records to emit (:meth:`Stage.handle`); a stage told that the batch
+   was full (a backlog) may hold some back to a later batch (the profile coalesces a customer's
+   cards), so after a full batch an empty take still calls it, with nothing, to let them out;
 3. every record is produced, then one flush waits until Kafka acknowledged
    all of them;
 4. the batch's next offsets are committed, once;
@@ -54,8 +56,6 @@ from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 4000
-"""Most messages a stage takes at once (a backlog: 1,000 -> 4,000 made the profile alone 7,157 -> 8,685 events/s)."""
 BATCH_WITHIN_S = 0.05
 """How long a stage waits for a first message before it looks at its state table again."""
 STATE_FLUSH_S = 2.0
@@ -105,11 +105,15 @@ class Stage(Protocol):
     async def start(self) -> None:
         """Before the first batch of a (new) consumer: recover the state to what was published."""
 
-    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None],
+                     backlog: bool) -> list[Outgoing]:
         """The records a batch makes, in the order they must be emitted.
 
         ``emit`` hands records to the producer at once, for a batch that makes many (a recovery's replay);
-        the loop waits for those and the returned ones together.
+        the loop waits for those and the returned ones together. ``backlog``: the batch was full, more is
+        waiting; the stage may then hold records back, as long as it emits them before it writes the
+        state that covers them, and in the next call told ``backlog=False`` (an empty ``batch`` after a
+        full one).
         """
 
     async def after_batch(self, backlog: bool) -> None:
@@ -210,6 +214,7 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
     # One thread per stage for every blocking client call: they never overlap, so closing the consumer
     # waits for a consume in flight instead of pulling the client from under it.
     thread = ThreadPoolExecutor(1, thread_name_prefix=f"touchpoint-{stage.name}")
+    batch_size = settings.stage_batch_size
     backoff = 0.5
     try:
         while True:
@@ -218,17 +223,21 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
             try:
                 await stage.start()
                 assignment: set[int] = set()
+                held = False  # the last handle() was told backlog: it may hold records for a later call
                 while True:
-                    messages = await loop.run_in_executor(thread, take, consumer, BATCH_SIZE, BATCH_WITHIN_S)
+                    messages = await loop.run_in_executor(thread, take, consumer, batch_size, BATCH_WITHIN_S)
                     batch = []
                     for message in messages:
                         if message.error() is None:
                             batch.append(received(message))
                         else:  # not a record: the client's news (a topic missing, a broker away)
                             log.warning("%s: consumer reports %s", stage.name, message.error())
-                    if batch:
-                        emitter.produce(await stage.handle(batch, emitter.produce))
+                    backlog = len(messages) >= batch_size
+                    if batch or held:
+                        emitter.produce(await stage.handle(batch, emitter.produce, backlog))
                         await loop.run_in_executor(thread, emitter.wait)
+                    held = backlog
+                    if batch:
                         try:
                             await loop.run_in_executor(thread, lambda b=batch, c=consumer: c.commit(
                                 offsets=next_offsets(b), asynchronous=False))
@@ -242,7 +251,7 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
                         if now != assignment:  # prepare new partitions before their first message
                             await assigned(now, whole=True)
                         assignment = now
-                    await stage.after_batch(backlog=len(messages) >= BATCH_SIZE)
+                    await stage.after_batch(backlog)
                     backoff = 0.5
             except (DeliveryFailed, KafkaException) as exc:
                 log.warning("%s: %s; starting over from the committed offsets in %.1f s", stage.name, exc, backoff)

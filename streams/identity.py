@@ -221,7 +221,8 @@ class IdentityLoop:
     async def start(self) -> None:
         await self.state.recover(self.topic, self.table)
 
-    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None],
+                     backlog: bool) -> list[Outgoing]:
         out: list[Outgoing] = []
         state = self.state
         feed = self.feed_traced if tracing_installed() else self.feed_message

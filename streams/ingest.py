@@ -194,7 +194,8 @@ class IngestLoop:
     async def close(self) -> None:
         """The key store connects per call."""
 
-    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None]) -> list[Outgoing]:
+    async def handle(self, batch: list[Received], emit: Callable[[list[Outgoing]], None],
+                     backlog: bool) -> list[Outgoing]:
         serde, secret, region = self.serde, self.secret, self.region
         accepted_name, dlq_name = self.accepted_name, self.dlq_name
         out: list[Outgoing] = []

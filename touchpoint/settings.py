@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # yet waits for the purchase (a late purchase, or a merge that brings it) before it is dead-lettered.
     refund_hold_days: int = Field(default=30, ge=0)
 
+    # Most messages a stream stage (ingest, identity, profile) takes at once; a full batch means a backlog
+    # (streams/batch.py). 1,000 -> 4,000 made the profile alone 7,157 -> 8,685 events/s.
+    stage_batch_size: int = Field(default=4000, ge=1)
+
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
     # Wraps the key store's data keys (connectors/keystore.py); set a real secret outside the local stack.

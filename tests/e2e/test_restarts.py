@@ -19,6 +19,7 @@ After the pipeline drains:
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import socket
@@ -46,7 +47,14 @@ from tests.fix_stack import REPO, scoped, spawn_touchpoint, stop_process
 from touchpoint.settings import Settings, load_settings
 from touchpoint.stack import stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # aiokafka (the publisher's client) can leave the transport of a connection attempt made while the
+    # broker is away to the garbage collector; run_with_fault collects before it returns, so the warning
+    # meets this filter here instead of failing whichever later test the collector happens to run in.
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <function _SelectorTransport.__del__:pytest.PytestUnraisableExceptionWarning"),
+]
 
 _T0 = time.monotonic()
 
@@ -178,6 +186,7 @@ def run_with_fault(settings: Settings, tmp_path: Path, seed: int,
     finally:
         for proc in procs:
             stop_process(proc)
+    gc.collect()  # the publisher's leftovers from the outage, under this module's filter (see pytestmark)
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
     project_log = (tmp_path / "project.log").read_text(errors="replace")
     # Built at start; once more at most, if the outage fenced the state table's transactional writer.
