@@ -16,13 +16,13 @@ Output, per batch:
 * ``touchpoint.customer-views``: the rendered card of every customer the
   batch changed (compacted, keyed by customer id) with the keyed hashes of
   its identifiers (for lookups; never clear values), and for a customer
-  merged away a record naming its survivor. Working through a backlog
-  (``HOLD_AFTER_FULL_BATCHES`` full batches in a row), a partition renders its changed customers' cards only when
-  its state write is due (every ``STATE_FLUSH_BACKLOG_S``), once per
-  customer however many batches changed it: Kafka Streams' record cache
-  does the same for a table's updates. A card comes out before the state
-  that covers it is written, so a restart replays every change whose card
-  had not gone out;
+  merged away a record naming its survivor. Through a backlog
+  (``HOLD_AFTER_FULL_BATCHES`` full batches in a row) a partition renders
+  its changed customers' cards only when its state write is due (every
+  ``STATE_FLUSH_BACKLOG_S``), once per customer however many batches
+  changed it, as Kafka Streams' record cache does for a table's updates. A
+  card goes out before the state that covers it is written, so a restart
+  replays every change whose card had not gone out;
 * ``touchpoint.loyalty``: every ledger entry issued, as JSON
   ``{"customer_id", "entry"}``; the entry id is derived from the log, so a
   re-emission is the same entry;
