@@ -94,7 +94,7 @@ def topics(
                                                         "(the worker's and the projections' readiness check)")] = False,
 ) -> None:
     """Create Touchpoint's topics with their configs (existing ones are kept)."""
-    from connectors.topics import ensure_topics, missing_topics
+    from connectors.platform.topics import ensure_topics, missing_topics
 
     if check:
         missing = missing_topics(_settings())
@@ -119,7 +119,7 @@ def worker(loglevel: Annotated[str | None, typer.Option(help="default: the log_l
 @app.command("gateway")
 def gateway() -> None:
     """Run the HTTP ingest gateway (POST /v1/events; OpenAPI at /docs) until Ctrl-C."""
-    from connectors.gateway import serve_gateway
+    from connectors.intake.gateway import serve_gateway
 
     serve_gateway(_settings())
 
@@ -127,7 +127,7 @@ def gateway() -> None:
 @app.command("api")
 def api() -> None:
     """Run the front-line lookup API (GET /v1/customers/lookup?phone=…; OpenAPI at /docs) until Ctrl-C."""
-    from connectors.lookup import serve_lookup
+    from connectors.frontline.lookup import serve_lookup
 
     serve_lookup(_settings())
 
@@ -172,7 +172,7 @@ def privacy_erase(
     customer: Annotated[str, typer.Option("--customer", help="customer id (an alias id erases its survivor)")],
 ) -> None:
     """Erase a customer: destroy their identifiers' keys, record the erasure in the log, purge the read model."""
-    from connectors.privacy import erase
+    from connectors.operations.privacy import erase
 
     print(erase(_settings(), customer))
 
@@ -182,7 +182,7 @@ def privacy_export(
     customer: Annotated[str, typer.Option("--customer", help="customer id (or one of its aliases)")],
 ) -> None:
     """Print everything held about a customer, identifiers opened, as one JSON document (subject access)."""
-    from connectors.privacy import export
+    from connectors.operations.privacy import export
 
     print(json.dumps(export(_settings(), customer), indent=2, sort_keys=True, default=str))
 
@@ -201,7 +201,7 @@ def generate_cmd(
 
     events = generate(customers, days, seed, bad_share=bad_share)
     if publish:
-        from connectors.producer import publish_all
+        from connectors.intake.producer import publish_all
 
         summary = publish_all(_settings(), events)
         print(summary)
@@ -306,7 +306,7 @@ def ingest(
     """
     from pathlib import Path
 
-    from connectors.file_import import import_file
+    from connectors.intake.file_import import import_file
 
     summary = import_file(_settings(), Path(path), report_path=Path(report) if report else None,
                           batch_size=batch_size, progress=sys.stderr.isatty())
@@ -327,8 +327,8 @@ def alerts_tail(
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.0, help="stop after S seconds")] = None,
 ) -> None:
     """Print alerts as they arrive on the alert topics, one line each (human-readable or --json)."""
-    from connectors.alerts import KINDS, SEGMENTS, AlertSerde, format_alert, tail_alerts
-    from connectors.registry import RegistryClient
+    from connectors.operations.alerts import KINDS, SEGMENTS, AlertSerde, format_alert, tail_alerts
+    from connectors.platform.registry import RegistryClient
 
     if kind is not None and kind not in KINDS:
         raise typer.BadParameter(f"{kind!r}: expected one of {', '.join(KINDS)}", param_hint="--kind")
@@ -366,7 +366,7 @@ def clock(
     import threading
     from datetime import UTC, datetime
 
-    from connectors.clock import publish_tick, run_clock, tick_topic
+    from connectors.operations.clock import publish_tick, run_clock, tick_topic
     from touchpoint.core.instants import epoch_ms, iso_ms
     from touchpoint.errors import ConfigError
     from touchpoint.logs import configure_logging

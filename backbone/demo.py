@@ -41,12 +41,12 @@ import psycopg
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tqdm import tqdm
 
-from connectors.access import digest
-from connectors.clock import publish_tick
-from connectors.producer import Delivered, EventProducer, Failed, Refused
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import ensure_topics, event_topic
+from connectors.frontline.access import digest
+from connectors.intake.producer import Delivered, EventProducer, Failed, Refused
+from connectors.operations.clock import publish_tick
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import ensure_topics, event_topic
 from projections.migrate import migrate
 from touchpoint.core.normalise import normalise
 from touchpoint.errors import TouchpointError

@@ -24,7 +24,7 @@ Two figures (issue 7), each printed with the machine's size:
 2. **Tick to alert on its topic** (real stack: Kafka, registry, a Faust
    worker as ``touchpoint worker`` runs it, on a fresh topic prefix). A small
    population (``--e2e-customers``, default 200) is published with history in
-   2024 via :class:`~connectors.producer.EventProducer`; once the worker has
+   2024 via :class:`~connectors.intake.producer.EventProducer`; once the worker has
    committed the whole ``accepted`` topic, a tick months later (``publish_tick``)
    makes them dormant, and the wall time from the publish to the first and the
    last alert received by a consumer assigned to both alert topics is taken.
@@ -263,11 +263,11 @@ def percentile(values: list[float], q: float) -> float:
 def bench_e2e(customers: int, per_customer: int, rounds: int, keep_topics: bool) -> None:
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    from connectors.alerts import AlertSerde, alert_topic
-    from connectors.clock import publish_tick
-    from connectors.producer import Delivered, EventProducer
-    from connectors.registry import RegistryClient
-    from connectors.topics import ensure_topics
+    from connectors.intake.producer import Delivered, EventProducer
+    from connectors.operations.alerts import AlertSerde, alert_topic
+    from connectors.operations.clock import publish_tick
+    from connectors.platform.registry import RegistryClient
+    from connectors.platform.topics import ensure_topics
     from touchpoint.settings import load_settings
 
     settings = load_settings(topic_prefix=f"bench-{uuid.uuid4().hex[:8]}")

@@ -1,7 +1,7 @@
 """Benchmark of the file import against the local stack.
 
 Generates a synthetic population as JSON lines into a temporary directory,
-then imports it with ``connectors.file_import.import_file`` into topics of a
+then imports it with ``connectors.intake.file_import.import_file`` into topics of a
 unique prefix (created first, so topic creation is not timed), and prints
 events/s and MB/s with the machine's size. A second import of the same file
 is timed too: it is the no-op a re-run costs. The stack must be up
@@ -19,8 +19,8 @@ import uuid
 from pathlib import Path
 
 from bench.machine import machine_line
-from connectors.file_import import import_file
-from connectors.topics import ensure_topics
+from connectors.intake.file_import import import_file
+from connectors.platform.topics import ensure_topics
 from touchpoint.generate import generate, write_jsonl
 from touchpoint.settings import load_settings
 

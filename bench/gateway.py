@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 
 from bench.machine import machine_line
-from connectors.access import digest
-from connectors.topics import ensure_topics
+from connectors.frontline.access import digest
+from connectors.platform.topics import ensure_topics
 from touchpoint.generate import generate
 from touchpoint.settings import load_settings
 
@@ -49,8 +49,8 @@ def _serve(port: int, prefix: str, kind: str) -> None:
     """The child: the gateway on uvicorn, with the synchronous or the asyncio producer."""
     import uvicorn
 
-    from connectors.gateway import create_gateway
-    from connectors.producer import AsyncEventProducer
+    from connectors.intake.gateway import create_gateway
+    from connectors.intake.producer import AsyncEventProducer
 
     settings = load_settings(topic_prefix=prefix)
     if kind == "sync":

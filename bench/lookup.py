@@ -42,7 +42,7 @@ Measured, while the ingest runs:
   and is not counted.
 * **Raw PostgreSQL.** After each rate, the same kind of lookups
   sequentially on one autocommit psycopg connection with the API's own SQL
-  (``connectors.lookup._CARD_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
+  (``connectors.frontline.lookup._CARD_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
   copied): the card query alone and the API's whole transaction (the one
   statement that reads the card and inserts the audit row, committed). Printed: p50/p99/p99.9, and the
   ratios HTTP / raw (the API's
@@ -163,7 +163,7 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
     import psycopg
     from tqdm import tqdm
 
-    from connectors.keystore import PostgresKeyStore
+    from connectors.platform.keystore import PostgresKeyStore
     from touchpoint.core.normalise import identifier_key, normalise
     from touchpoint.core.pseudonym import pseudonym
 
@@ -225,7 +225,7 @@ def _publish_events(topic_prefix: str, database: str, rate: float, customers: in
                     ready: Any, stop: Any, published: Any, nice: int) -> None:
     """Child process: publish generated events at ``rate``/s until ``stop`` is set (or they run out)."""
     os.nice(nice)  # the channels' systems: another machine in production, background work here
-    from connectors.producer import Delivered, EventProducer
+    from connectors.intake.producer import Delivered, EventProducer
     from touchpoint.generate import generate
     from touchpoint.settings import load_settings
 
@@ -399,7 +399,7 @@ def _raw(conninfo: str, secret: bytes, lookups: list[tuple[int, bool]]) -> tuple
     """The API's SQL for each lookup, one after another: (card query times, whole transaction times)."""
     import psycopg
 
-    from connectors.lookup import _AUDITED_BY_KEY, _CARD_BY_KEY
+    from connectors.frontline.lookup import _AUDITED_BY_KEY, _CARD_BY_KEY
     from touchpoint.core.normalise import normalise
 
     query, whole = [], []
@@ -514,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaAdminClient
     from psycopg import sql
 
-    from connectors.access import digest
-    from connectors.topics import ensure_topics
+    from connectors.frontline.access import digest
+    from connectors.platform.topics import ensure_topics
     from projections.migrate import migrate
     from touchpoint.settings import load_settings
 

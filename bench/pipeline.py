@@ -63,8 +63,8 @@ from psycopg import sql
 from bench.machine import machine_line
 from bench.scratch import scratch
 from bench.scratch import spawn as scratch_spawn
-from connectors.producer import Delivered, EventProducer
-from connectors.topics import CHANNELS, event_topic
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.platform.topics import CHANNELS, event_topic
 from projections.catalog import PROJECTION_TOPICS
 from projections.lag import pipeline_lag
 from touchpoint.generate import generate

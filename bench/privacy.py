@@ -3,7 +3,7 @@
 1. **Pseudonymisation at the edge** (no Kafka): a generated population's
    events are checked against the contract as the producer library does
    (the baseline), then checked *and* pseudonymised exactly as
-   :meth:`connectors.producer.AsyncEventProducer.publish` does it: identifiers
+   :meth:`connectors.intake.producer.AsyncEventProducer.publish` does it: identifiers
    normalised, the batch's data keys fetched from (or made in) the
    PostgreSQL key store in one statement, every identifier sealed. Printed:
    µs per event added, first with the keys being made, then with them known.
@@ -35,9 +35,9 @@ import psycopg
 
 from bench.machine import machine_line
 from bench.scratch import scratch, spawn
-from connectors.keystore import PostgresKeyStore
-from connectors.privacy import erase
-from connectors.producer import Delivered, EventProducer, keys_to_seal, normalised, pseudonymised
+from connectors.intake.producer import Delivered, EventProducer, keys_to_seal, normalised, pseudonymised
+from connectors.operations.privacy import erase
+from connectors.platform.keystore import PostgresKeyStore
 from projections.lag import pipeline_lag
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.normalise import normalise

@@ -16,8 +16,8 @@ import uuid
 from datetime import UTC, datetime
 
 from bench.machine import machine_line
-from connectors.producer import Delivered, EventProducer
-from connectors.topics import ensure_topics
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.platform.topics import ensure_topics
 from touchpoint.generate import generate
 from touchpoint.settings import load_settings
 

@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaAdminClient
     from psycopg import sql
 
-    from connectors.alerts import AlertSerde
-    from connectors.registry import RegistryClient
-    from connectors.serde import EventSerde
-    from connectors.topics import ensure_topics
+    from connectors.operations.alerts import AlertSerde
+    from connectors.platform.registry import RegistryClient
+    from connectors.platform.serde import EventSerde
+    from connectors.platform.topics import ensure_topics
     from projections.checksum import checksum
     from projections.migrate import migrate
     from projections.rebuild import rebuild

@@ -18,7 +18,7 @@ import psycopg
 from kafka.admin import KafkaAdminClient
 from psycopg import sql
 
-from connectors.topics import ensure_topics
+from connectors.platform.topics import ensure_topics
 from projections.migrate import migrate
 from touchpoint.settings import Settings, load_settings
 

@@ -9,7 +9,7 @@ version re-emitted later (an agent restarted on an older state) ever
 overwrites a newer one. Within a batch the same order picks the winner
 (:func:`newer`), so how the log is cut into batches never changes the result.
 A merged-away customer's row is deleted and its id kept as an alias of the
-survivor. An erased customer (``{"erased": true}``, :mod:`connectors.privacy`)
+survivor. An erased customer (``{"erased": true}``, :mod:`connectors.operations.privacy`)
 loses its row, its aliases and its identifier keys.
 
 Identifiers. A card carries the keyed hashes of its customer's identifiers

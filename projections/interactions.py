@@ -6,7 +6,7 @@ event can come keyed by another customer (folded before a merge, published
 again after it: another partition), so which copy stays must not depend on
 the order partitions are read in: the one at the lowest (partition, offset)
 stays, live and on every rebuild.
-An erase record (:mod:`connectors.privacy`) deletes the rows of the customer
+An erase record (:mod:`connectors.operations.privacy`) deletes the rows of the customer
 it names, after the batch's own rows are in.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from connectors.privacy import is_erasure
-from connectors.serde import EventSerde
+from connectors.operations.privacy import is_erasure
+from connectors.platform.serde import EventSerde
 from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.contract.avro import from_checked_record
 from touchpoint.settings import Settings

@@ -12,7 +12,7 @@ from __future__ import annotations
 import psycopg
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from connectors.topics import CHANNELS, event_topic
+from connectors.platform.topics import CHANNELS, event_topic
 from projections.catalog import PROJECTION_TOPICS
 from projections.writer import stored_offsets
 from touchpoint.kafka_security import kafka_python_options

@@ -38,7 +38,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from psycopg import sql
 from tqdm import tqdm
 
-from connectors.registry import RegistryClient
+from connectors.platform.registry import RegistryClient
 from projections.catalog import READ_MODEL_TABLES
 from projections.migrate import migrate
 from projections.run import all_projections

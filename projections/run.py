@@ -9,10 +9,10 @@ from collections.abc import Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from connectors.alerts import AlertSerde
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import ensure_topics_before_serving
+from connectors.operations.alerts import AlertSerde
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import ensure_topics_before_serving
 from projections.alerts import AlertsProjection
 from projections.customers import CustomersProjection
 from projections.interactions import InteractionsProjection

@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from opentelemetry import trace
 from psycopg import sql
 
-from connectors.batches import take
+from connectors.platform.batches import take
 from touchpoint.errors import RegistryError, StackError
 from touchpoint.kafka_security import confluent_options
 from touchpoint.settings import Settings

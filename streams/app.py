@@ -11,7 +11,7 @@ import gc
 
 import faust
 
-from connectors.topics import ensure_topics_before_serving
+from connectors.platform.topics import ensure_topics_before_serving
 from streams.identity import register_identity
 from streams.ingest import register_ingest
 from streams.profile import register_profile

@@ -11,7 +11,7 @@ application: worker lifecycle, logging, signals.
 One turn of a stage's loop:
 
 1. take up to ``Settings.stage_batch_size`` messages, waiting at most
-   :data:`BATCH_WITHIN_S` for the first (:func:`~connectors.batches.take`; on the stage's own
+   :data:`BATCH_WITHIN_S` for the first (:func:`~connectors.platform.batches.take`; on the stage's own
    thread: librdkafka waits without the GIL, and the event loop keeps
    serving);
 2. the stage turns them into the records to emit (:meth:`Stage.handle`); a stage told that the batch
@@ -49,8 +49,8 @@ from typing import Any, NamedTuple, Protocol
 import faust
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from connectors.batches import take
-from connectors.topics import STATE_MAX_RECORD_BYTES
+from connectors.platform.batches import take
+from connectors.platform.topics import STATE_MAX_RECORD_BYTES
 from touchpoint.kafka_security import confluent_options
 from touchpoint.settings import Settings
 

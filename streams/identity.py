@@ -51,10 +51,10 @@ import orjson
 from aiokafka.errors import KafkaError, ProducerFenced
 from opentelemetry import trace
 
-from connectors.clock import TICK_VALUE, is_control
-from connectors.privacy import erased_id, is_erasure
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
+from connectors.operations.clock import TICK_VALUE, is_control
+from connectors.operations.privacy import erased_id, is_erasure
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
 from streams import resolved
 from streams.batch import STATE_FLUSH_BACKLOG_S, STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.ingest import dlq_headers, who_of

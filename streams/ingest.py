@@ -19,9 +19,9 @@ Clear identifiers (DESIGN.md §6). A channel system may publish with any
 Kafka client and Confluent's Avro serializer, identifiers in clear. Nothing
 in clear goes past ingest: an accepted event with any identifier that is not
 a pseudonym has its identifiers normalised and sealed into their pseudonyms
-exactly as the producer library does it (:func:`connectors.producer.normalised`,
-:func:`~connectors.producer.keys_to_seal`,
-:func:`~connectors.producer.pseudonymised`), with the data keys of the whole
+exactly as the producer library does it (:func:`connectors.intake.producer.normalised`,
+:func:`~connectors.intake.producer.keys_to_seal`,
+:func:`~connectors.intake.producer.pseudonymised`), with the data keys of the whole
 batch from the key store in one call, and is serialised again. Events that
 arrive pseudonymised (the producer library, the gateway, the file import)
 keep their original bytes: the common path costs one prefix check per
@@ -32,7 +32,7 @@ the registry, is waited out; good events are never dead-lettered and clear
 values never forwarded meanwhile. Events that arrived in clear are counted per
 source topic (``touchpoint.events.clear_identifiers``) and logged per batch
 (topic and count, never a value); the channel topics keep them only for
-``channel_retention_days`` (:mod:`connectors.topics`).
+``channel_retention_days`` (:mod:`connectors.platform.topics`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ import faust
 import orjson
 from opentelemetry import trace
 
-from connectors.keystore import KeyStore, KeyStoreError, PostgresKeyStore
-from connectors.producer import keys_to_seal, normalised, partition_key, pseudonymised
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import CHANNELS, event_topic
+from connectors.intake.producer import keys_to_seal, normalised, partition_key, pseudonymised
+from connectors.platform.keystore import KeyStore, KeyStoreError, PostgresKeyStore
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import CHANNELS, event_topic
 from streams.batch import Outgoing, Received, add_stage
 from touchpoint.contract.models import ContractViolation, Event
 from touchpoint.core.fold import Who
@@ -132,7 +132,7 @@ def sealed(clear: Sequence[Accepted], data_keys: dict[str, bytes]) -> list[Event
     """``clear``'s events with each identifier replaced by its pseudonym (``data_keys``: by identifier key).
 
     :param clear: events from :func:`to_seal`; ``data_keys`` must hold the keys
-        :func:`~connectors.producer.keys_to_seal` names for them.
+        :func:`~connectors.intake.producer.keys_to_seal` names for them.
     """
     made: dict[str, str] = {}  # a person's identifiers recur across a batch
     return [pseudonymised(item.event, item.clear or {}, data_keys, made) for item in clear]

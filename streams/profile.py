@@ -63,10 +63,10 @@ import orjson
 from aiokafka.errors import KafkaError, ProducerFenced
 from opentelemetry import trace
 
-from connectors.alerts import AlertSerde, alert_topic
-from connectors.privacy import erasure_record
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
+from connectors.operations.alerts import AlertSerde, alert_topic
+from connectors.operations.privacy import erasure_record
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
 from streams import resolved
 from streams.batch import STATE_FLUSH_BACKLOG_S, STATE_FLUSH_S, Outgoing, Received, add_stage
 from streams.identity import stage_folder

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from connectors.serde import EventSerde
+from connectors.platform.serde import EventSerde
 from touchpoint.core.fold import Folder
 from touchpoint.core.identity import Merged, Minted
 from touchpoint.core.instants import any_zone_ms

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connectors.topics import STATE_MAX_RECORD_BYTES
+from connectors.platform.topics import STATE_MAX_RECORD_BYTES
 from streams.batch import Received
 from touchpoint.kafka_security import aiokafka_options
 from touchpoint.settings import Settings

@@ -49,7 +49,7 @@ def run_id() -> str:
 @contextmanager
 def scoped(settings: Settings, database: str, topic_prefix: str | None = None) -> Iterator[Settings]:
     """``settings`` on a fresh, migrated database (dropped afterwards) and, if given, a topic prefix of its own."""
-    from connectors.topics import ensure_topics
+    from connectors.platform.topics import ensure_topics
     from projections.migrate import migrate
 
     admin = settings.pg_conninfo("postgres")

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # Who may post events: sha256 hex of each key -> its source system and scope, {"name": "sms-provider",
     # "channels": ["sms"], "types": ["sms", "consent"]} ("*" for every one) plus optional "rate_per_s",
     # "burst" and "max_body_bytes" (JSON in TOUCHPOINT_GATEWAY_KEYS). No key configured: every post is
-    # refused. ``python -m connectors.access new-key --name NAME --channels ... --types ...`` makes one.
+    # refused. ``python -m connectors.frontline.access new-key --name NAME --channels ... --types ...`` makes one.
     gateway_keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # A JSON file of more such entries, re-read when it changes: keys rotate without a restart.
     gateway_keys_file: Path | None = None
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     api_port: int = 18082
     # Who may call it: sha256 hex of each API key -> {"name": ..., "role": "agent" | "operations" |
     # "admin"} (JSON in TOUCHPOINT_API_KEYS). Only hashes are configured, never keys; see
-    # connectors/access.py (``python -m connectors.access new-key`` makes a key and its entry).
+    # connectors/frontline/access.py (``python -m connectors.frontline.access new-key`` makes a key and its entry).
     api_keys: dict[str, dict[str, str]] = Field(default_factory=dict)
     # A JSON file of more such entries, re-read when it changes: keys rotate without a restart.
     api_keys_file: Path | None = None
@@ -119,7 +119,7 @@ class Settings(BaseSettings):
 
     # Keys the hash of identifiers used as partition keys; set a real secret outside the local stack.
     identifier_key: SecretStr = SecretStr("local-stack-identifier-key")
-    # Wraps the key store's data keys (connectors/keystore.py); set a real secret outside the local stack.
+    # Wraps the key store's data keys (connectors/platform/keystore.py); set a real secret outside the local stack.
     privacy_master_key: SecretStr = SecretStr("local-stack-master-key")
 
     log_level: str = "INFO"

@@ -16,10 +16,10 @@ from typing import Any
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.alerts import AlertSerde
-from connectors.privacy import erased_id, is_erasure
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
+from connectors.operations.alerts import AlertSerde
+from connectors.operations.privacy import erased_id, is_erasure
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
 from projections.lag import pipeline_lag
 from streams.identity import is_tick, stage_folder
 from touchpoint.core.fold import Folder, tick_of

@@ -31,8 +31,8 @@ import psycopg
 import pytest
 import uvicorn
 
-from connectors.access import digest, mask_identifier
-from connectors.lookup import COOKIE, create_lookup_app
+from connectors.frontline.access import digest, mask_identifier
+from connectors.frontline.lookup import COOKIE, create_lookup_app
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from tests.fix_stack import scoped

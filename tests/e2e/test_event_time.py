@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.producer import Delivered, EventProducer
+from connectors.intake.producer import Delivered, EventProducer
 from tests.e2e.oracle import assert_equals_oracle, drained, end_offset, oracle
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process

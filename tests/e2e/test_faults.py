@@ -28,8 +28,8 @@ import psycopg
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.clock import publish_tick
-from connectors.producer import Delivered, EventProducer
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.operations.clock import publish_tick
 from tests.e2e.oracle import assert_equals_oracle, committed, drained, end_offset, oracle
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process

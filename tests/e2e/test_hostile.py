@@ -57,10 +57,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from backbone.demo import sample_events
-from connectors.producer import Delivered, EventProducer, Refused
-from connectors.registry import RegistryClient
-from connectors.serde import SUBJECT, EventSerde
-from connectors.topics import CHANNELS, event_topic
+from connectors.intake.producer import Delivered, EventProducer, Refused
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import SUBJECT, EventSerde
+from connectors.platform.topics import CHANNELS, event_topic
 from tests.e2e.oracle import committed, drained, end_offset
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process
@@ -396,7 +396,7 @@ def test_pg_dump_holds_no_identifier_in_clear(scan: Scan) -> None:
 
 
 
-# Every topic the backbone creates, by its name after the prefix (connectors.topics.topic_specs).
+# Every topic the backbone creates, by its name after the prefix (connectors.platform.topics.topic_specs).
 TOPIC_SUFFIXES = (*(f"events.{ch}" for ch in CHANNELS), "dlq", "accepted", "customer-views", "customer-events",
                   "identity", "loyalty", "alerts.dormancy", "alerts.churn", "resolved",
                   "identity-state", "profile-state")

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from backbone.demo import sample_events
-from connectors.producer import Delivered, EventProducer
-from connectors.topics import missing_topics, topic_specs
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.platform.topics import missing_topics, topic_specs
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import REPO, scoped, settings_env, spawn_touchpoint, stop_process
 from touchpoint.settings import Settings

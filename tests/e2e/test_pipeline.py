@@ -14,10 +14,10 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 
 from backbone.demo import BAD_BYTES, sample_events
-from connectors.producer import Delivered, EventProducer
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import event_topic
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import event_topic
 from tests.fix_stack import spawn_touchpoint, stop_process
 from touchpoint.contract import encode, to_avro_record, validate_event
 from touchpoint.settings import Settings

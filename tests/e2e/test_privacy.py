@@ -33,14 +33,14 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from starlette.exceptions import StarletteDeprecationWarning
 
-from connectors.access import digest
-from connectors.clock import publish_tick
-from connectors.keystore import PostgresKeyStore
-from connectors.lookup import create_lookup_app
-from connectors.privacy import ERASED, UnknownCustomer, erase, export
-from connectors.producer import Delivered, EventProducer
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
+from connectors.frontline.access import digest
+from connectors.frontline.lookup import create_lookup_app
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.operations.clock import publish_tick
+from connectors.operations.privacy import ERASED, UnknownCustomer, erase, export
+from connectors.platform.keystore import PostgresKeyStore
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
 from projections.checksum import checksum
 from projections.rebuild import rebuild
 from tests.e2e.oracle import drained, end_offset

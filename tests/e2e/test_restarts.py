@@ -36,8 +36,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.clock import publish_tick
-from connectors.producer import Delivered, EventProducer, Refused
+from connectors.intake.producer import Delivered, EventProducer, Refused
+from connectors.operations.clock import publish_tick
 from projections.checksum import checksum
 from projections.rebuild import rebuild
 from tests.e2e.oracle import assert_equals_oracle, committed, drained

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connectors.access import digest
+from connectors.frontline.access import digest
 from tests.e2e.otlp import Receiver, Span, running_receiver
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process

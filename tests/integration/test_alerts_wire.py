@@ -21,9 +21,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg.rows import dict_row
 
-from connectors.alerts import AlertSerde, alert_topic, format_alert
-from connectors.clock import TICK_HEADER, TICK_VALUE, publish_tick, run_clock, tick_topic
-from connectors.registry import RegistryClient
+from connectors.operations.alerts import AlertSerde, alert_topic, format_alert
+from connectors.operations.clock import TICK_HEADER, TICK_VALUE, publish_tick, run_clock, tick_topic
+from connectors.platform.registry import RegistryClient
 from projections.alerts import AlertsProjection
 from projections.catalog import PROJECTION_TOPICS
 from projections.run import all_projections

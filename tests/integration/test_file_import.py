@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.file_import import CHECKPOINT_TOPIC, FileImportError, ImportSummary, import_file
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import CHANNELS, event_topic
+from connectors.intake.file_import import CHECKPOINT_TOPIC, FileImportError, ImportSummary, import_file
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import CHANNELS, event_topic
 from tests.fix_stack import REPO, settings_env
 from touchpoint.contract.models import ContractViolation
 from touchpoint.errors import RegistryError, SerializationError
@@ -232,7 +232,7 @@ def test_missing_file_unknown_suffix_and_dead_registry(settings: Settings, tmp_p
 
 CHILD = """
 import sys
-from connectors.file_import import import_file
+from connectors.intake.file_import import import_file
 from touchpoint.settings import load_settings
 import_file(load_settings(), sys.argv[1], batch_size=20, progress=False)
 print("finished")

@@ -19,13 +19,13 @@ import pytest
 from fastapi import FastAPI
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.access import digest
-from connectors.gateway import create_gateway
-from connectors.keystore import PostgresKeyStore
-from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Result
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import event_topic
+from connectors.frontline.access import digest
+from connectors.intake.gateway import create_gateway
+from connectors.intake.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Result
+from connectors.platform.keystore import PostgresKeyStore
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import event_topic
 from tests.unit.contract_samples import sample
 from touchpoint.contract.models import Event
 from touchpoint.core.pseudonym import parse, reveal
@@ -452,7 +452,7 @@ async def test_no_keys_configured_refuses_every_post_and_says_how_to_configure(
         assert response.status_code == 401, response.text
         detail = response.json()["detail"]
         assert "no keys configured" in detail and "TOUCHPOINT_GATEWAY_KEYS" in detail
-        assert "python -m connectors.access new-key" in detail
+        assert "python -m connectors.frontline.access new-key" in detail
         assert (await stats_of(c))["refusals"]["no_keys_configured"] == 1
         assert (await c.get("/healthz")).status_code == 200
 

@@ -47,10 +47,10 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from connectors.access import digest
-from connectors.gateway import create_gateway
-from connectors.lookup import create_lookup_app
-from connectors.producer import EventProducer, normalised
+from connectors.frontline.access import digest
+from connectors.frontline.lookup import create_lookup_app
+from connectors.intake.gateway import create_gateway
+from connectors.intake.producer import EventProducer, normalised
 from projections.customers import CustomersProjection
 from projections.writer import write_batch
 from tests.fix_stack import scoped

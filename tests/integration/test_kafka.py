@@ -8,7 +8,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaConsumer, KafkaProducer
 
-from connectors.topics import TopicSpec, ensure_topics
+from connectors.platform.topics import TopicSpec, ensure_topics
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration

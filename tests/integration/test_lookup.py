@@ -31,10 +31,10 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-from connectors.access import digest
-from connectors.keystore import PostgresKeyStore
-from connectors.lookup import COOKIE, create_lookup_app
-from connectors.privacy import ERASED
+from connectors.frontline.access import digest
+from connectors.frontline.lookup import COOKIE, create_lookup_app
+from connectors.operations.privacy import ERASED
+from connectors.platform.keystore import PostgresKeyStore
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from tests.fix_stack import scoped

@@ -23,9 +23,9 @@ import psycopg
 import pytest
 from kafka import KafkaProducer
 
-from connectors.alerts import AlertSerde, alert_topic
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
+from connectors.operations.alerts import AlertSerde, alert_topic
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
 from projections.catalog import PROJECTION_TOPICS, READ_MODEL_TABLES, read_model_tables
 from projections.checksum import checksum
 from projections.customers import CustomersProjection

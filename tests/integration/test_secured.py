@@ -45,10 +45,10 @@ from aiokafka.errors import KafkaConnectionError
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
-from connectors.producer import Delivered, EventProducer
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import TopicSpec, ensure_topics
+from connectors.intake.producer import Delivered, EventProducer
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import TopicSpec, ensure_topics
 from streams.app import create_app
 from streams.batch import Emitter, stage_consumer
 from tests.fix_stack import REPO, scoped

@@ -1,4 +1,4 @@
-"""Keys and what they stand for (connectors.access) and the gateway's rate limiter, without I/O."""
+"""Keys and what they stand for (connectors.frontline.access) and the gateway's rate limiter, without I/O."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from connectors.access import KeyRing, Principal, Source, SourceKeys, _main, digest, presented_key
-from connectors.gateway import GatewayStats, RateLimiter
+from connectors.frontline.access import KeyRing, Principal, Source, SourceKeys, _main, digest, presented_key
+from connectors.intake.gateway import GatewayStats, RateLimiter
 from touchpoint.errors import ConfigError
 from touchpoint.settings import Settings
 

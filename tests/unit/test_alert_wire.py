@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 from fastavro import parse_schema
 
-from connectors.alerts import (
+from connectors.operations.alerts import (
     FIELDS,
     SUBJECT,
     AlertSerde,
@@ -19,8 +19,8 @@ from connectors.alerts import (
     from_avro_record,
     to_avro_record,
 )
-from connectors.clock import TICK_HEADER, TICK_KEY, TICK_VALUE, tick_record
-from connectors.registry import RegistryClient
+from connectors.operations.clock import TICK_HEADER, TICK_KEY, TICK_VALUE, tick_record
+from connectors.platform.registry import RegistryClient
 from touchpoint.contract.schemas import SCHEMA_FILES, schemas_dir
 from touchpoint.core.alerts import Alert, Reason
 from touchpoint.errors import SerializationError

@@ -10,7 +10,7 @@ from typing import Any, get_args
 import pytest
 from pydantic import ValidationError
 
-from connectors.topics import CHANNELS
+from connectors.platform.topics import CHANNELS
 from tests.unit.contract_samples import NOW, SAMPLES, sample
 from touchpoint.contract.models import (
     PAYLOAD_MODELS,

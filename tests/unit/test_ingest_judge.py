@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastavro import parse_schema
 
-from connectors.serde import EventSerde
+from connectors.platform.serde import EventSerde
 from streams.ingest import Accepted, Rejected, judge
 from tests.unit.contract_samples import NOW, sample
 from touchpoint.contract import encode, event_schema, event_schema_text, to_avro_record, validate_event

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from connectors.keystore import KeyStoreError
-from connectors.producer import keys_to_seal, normalised, pseudonymised
+from connectors.intake.producer import keys_to_seal, normalised, pseudonymised
+from connectors.platform.keystore import KeyStoreError
 from streams import ingest
 from streams.ingest import Accepted, Rejected, has_clear_identifiers, judge, sealed, to_seal
 from tests.unit.contract_samples import NOW, sample

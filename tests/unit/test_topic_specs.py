@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from connectors.topics import CHANNELS, event_topic, topic_specs
+from connectors.platform.topics import CHANNELS, event_topic, topic_specs
 from touchpoint.settings import Settings
 
 DAY_MS = 86_400_000

@@ -34,7 +34,7 @@ from fastavro import parse_schema
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from connectors.registry import RegistryClient
+from connectors.platform.registry import RegistryClient
 from touchpoint.contract.avro import decode, encode
 from touchpoint.contract.schemas import schemas_dir
 from touchpoint.core.instants import epoch_ms, iso_ms

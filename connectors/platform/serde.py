@@ -16,7 +16,7 @@ from typing import Any
 
 from fastavro.schema import to_parsing_canonical_form
 
-from connectors.registry import RegistryClient
+from connectors.platform.registry import RegistryClient
 from touchpoint.contract import decode, encode, event_schema, event_schema_text, from_avro_record, to_avro_record
 from touchpoint.contract.avro import from_checked_record
 from touchpoint.contract.models import Event

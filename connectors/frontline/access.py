@@ -2,7 +2,7 @@
 
 Keys. A caller presents an API key as ``Authorization: Bearer <key>`` or
 ``X-API-Key: <key>`` (the agent page's browser session carries it in an
-HttpOnly cookie, see :mod:`connectors.agent_page`). Settings hold only the
+HttpOnly cookie, see :mod:`connectors.frontline.agent_page`). Settings hold only the
 sha256 hex digest of each key, mapped to what the key stands for. Two key
 stores share one mechanism (:class:`KeyStore`), each with its own settings so
 that a front-line key can never publish events nor a webhook's key read cards:
@@ -33,7 +33,7 @@ Masking (agent view): e-mail ``a***@example.com``, phone ``•••• 0123``,
 card, cookie and device ``•••• `` plus their last four; the customer number
 stays, agents verify callers with it.
 
-``python -m connectors.access new-key --name ada --role agent`` prints a
+``python -m connectors.frontline.access new-key --name ada --role agent`` prints a
 fresh lookup key (give it to its holder) and the entry to configure (its
 digest); ``new-key --name sms-provider --channels sms --types sms consent``
 does the same for a gateway source.
@@ -353,7 +353,7 @@ def mask_identifier(kind: str, display: str) -> str:
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m connectors.access",
+    parser = argparse.ArgumentParser(prog="python -m connectors.frontline.access",
                                      description="Make an API key (lookup API or ingest gateway) and its settings "
                                                  "entry.")
     sub = parser.add_subparsers(dest="command", required=True)

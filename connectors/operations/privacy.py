@@ -44,15 +44,15 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from psycopg.rows import dict_row, tuple_row
 
-from connectors.clock import TICK_HEADER, is_control
-from connectors.keystore import KeyStore, PostgresKeyStore
+from connectors.operations.clock import TICK_HEADER, is_control
+from connectors.platform.keystore import KeyStore, PostgresKeyStore
 from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
 from touchpoint.errors import PublishError, TouchpointError
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 ERASE_VALUE = b"erase"
-"""The control header's value (:data:`connectors.clock.TICK_HEADER`) of an erasure record."""
+"""The control header's value (:data:`connectors.operations.clock.TICK_HEADER`) of an erasure record."""
 T = TypeVar("T")
 ERASED = "(erased)"
 """What a reader sees of an identifier whose data key was destroyed."""

@@ -15,7 +15,7 @@ or fragments built here from escaped text. The lookup module sends the
 page with a strict Content-Security-Policy (the one script runs by nonce).
 
 The functions here are pure (card dict in, HTML text out); routes, auth and
-audit are in :mod:`connectors.lookup`.
+audit are in :mod:`connectors.frontline.lookup`.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 ``import_file(settings, path)`` reads a file of events, checks every line
 against the contract (``validate_event`` with ``now`` = the import's start
-time), sends the good events in Avro (:class:`~connectors.serde.EventSerde`),
+time), sends the good events in Avro (:class:`~connectors.platform.serde.EventSerde`),
 their identifiers pseudonymised as the producer library does (one key-store
 call per batch), to their channel topic keyed like the producer library
-(:func:`~connectors.producer.partition_key`), and writes every refused line
+(:func:`~connectors.intake.producer.partition_key`), and writes every refused line
 to a report. Nothing is dropped silently: a line is either on a topic or in
 the report.
 
@@ -90,11 +90,11 @@ from kafka.errors import KafkaError, ProducerFencedError
 from kafka.partitioner.default import murmur2
 from tqdm import tqdm
 
-from connectors.keystore import KeyStoreError, PostgresKeyStore
-from connectors.producer import keys_to_seal, normalised, partition_key, pseudonymised
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import CHANNELS, TopicSpec, ensure_topics, event_topic, topic_specs
+from connectors.intake.producer import keys_to_seal, normalised, partition_key, pseudonymised
+from connectors.platform.keystore import KeyStoreError, PostgresKeyStore
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import CHANNELS, TopicSpec, ensure_topics, event_topic, topic_specs
 from touchpoint import jsontext
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.normalise import Identifier

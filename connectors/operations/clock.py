@@ -41,7 +41,7 @@ from touchpoint.settings import Settings
 log = logging.getLogger(__name__)
 
 TICK_HEADER = "touchpoint-record"
-"""The header of every control record on ``accepted`` (a tick here, an erasure in connectors.privacy)."""
+"""The header of every control record on ``accepted`` (a tick here, an erasure in connectors.operations.privacy)."""
 TICK_VALUE = b"tick"
 TICK_KEY = b"clock"
 TICK_PARTITION = 0

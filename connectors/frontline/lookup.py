@@ -8,15 +8,15 @@ identifier key), so ``07700 900123`` finds the customer whose events carried
 ``GET /v1/customers/{customer_id}`` answers with the card; an id merged away
 answers with its survivor's card (following ``customer_aliases``, a chain
 too) and says ``resolved_from``. ``GET /agent?phone=…`` is the same lookup as
-a page for people (:mod:`connectors.agent_page`).
+a page for people (:mod:`connectors.frontline.agent_page`).
 
-Access (:mod:`connectors.access`). Every door but ``/healthz`` and
+Access (:mod:`connectors.frontline.access`). Every door but ``/healthz`` and
 ``/readyz`` needs an API key (``Authorization: Bearer``, ``X-API-Key``, or the
 page's HttpOnly cookie): none or an unknown one is ``401``. Identifiers on
 cards are masked unless an ``operations`` or ``admin`` key asks
 ``unmasked=true``; an ``agent`` asking is ``403``. ``GET /v1/audit`` is
 ``admin`` only, and so is ``POST /v1/customers/{customer_id}/erasure``
-(:func:`connectors.privacy.erase`, audited as endpoint ``erasure``).
+(:func:`connectors.operations.privacy.erase`, audited as endpoint ``erasure``).
 
 Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6); the
 API opens them with their data keys and then masks them by role. The
@@ -40,7 +40,7 @@ rejects, with its reason).
 Health. ``/healthz``: the process answers. ``/readyz``: PostgreSQL answers
 and every migration this code ships is applied (else ``503`` saying which
 is missing). ``/v1/lag``: per-partition projection lag and the newest card's
-instant (:mod:`connectors.freshness`, cached a second).
+instant (:mod:`connectors.frontline.freshness`, cached a second).
 
 Queries. Plain SQL with bound parameters: the alias chain is walked by a
 recursive CTE whose deepest row is the survivor. A lookup is *one*
@@ -92,12 +92,12 @@ from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from connectors import agent_page
-from connectors.access import KeyRing, Principal, mask_card, may_unmask
-from connectors.freshness import LagProbe
-from connectors.http import SafeJSONResponse, safe_json_app
-from connectors.keystore import WRAPPED_OF_CARD, PostgresKeyStore
-from connectors.privacy import Erasure, UnknownCustomer, erase, open_identifiers
+from connectors.frontline import agent_page
+from connectors.frontline.access import KeyRing, Principal, mask_card, may_unmask
+from connectors.frontline.freshness import LagProbe
+from connectors.frontline.http import SafeJSONResponse, safe_json_app
+from connectors.operations.privacy import Erasure, UnknownCustomer, erase, open_identifiers
+from connectors.platform.keystore import WRAPPED_OF_CARD, PostgresKeyStore
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise

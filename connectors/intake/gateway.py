@@ -5,7 +5,7 @@ Web, SMS and e-mail providers post webhooks and the CTI posts call events to
 checks them against the contract and publishes them to their channel topics.
 The answer tells the caller, per event, what became of it.
 
-Who may post (:mod:`connectors.access`). Every ``POST /v1/events`` carries a
+Who may post (:mod:`connectors.frontline.access`). Every ``POST /v1/events`` carries a
 key, as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. A key belongs
 to a *source system* (``TOUCHPOINT_GATEWAY_KEYS`` or the re-read
 ``TOUCHPOINT_GATEWAY_KEYS_FILE``: sha256 digests only, rotated and revoked
@@ -106,9 +106,9 @@ from opentelemetry import propagate, trace
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
-from connectors.access import Source, SourceKeys, presented_key
-from connectors.http import SafeJSONResponse, safe_json_app
-from connectors.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Refused, Result
+from connectors.frontline.access import Source, SourceKeys, presented_key
+from connectors.frontline.http import SafeJSONResponse, safe_json_app
+from connectors.intake.producer import AsyncEventProducer, Delivered, EventProducer, Failed, Refused, Result
 from touchpoint.contract.models import AnyEvent, ContractViolation, validate_event
 from touchpoint.errors import TouchpointError
 from touchpoint.kafka_security import aiokafka_options
@@ -368,7 +368,7 @@ def _authenticate(keys: SourceKeys, request: Request, stats: GatewayStats) -> So
     if not len(keys):
         reason, detail = "no_keys_configured", (
             "the gateway has no keys configured, so it refuses every post: configure source keys in "
-            "TOUCHPOINT_GATEWAY_KEYS or TOUCHPOINT_GATEWAY_KEYS_FILE (python -m connectors.access new-key "
+            "TOUCHPOINT_GATEWAY_KEYS or TOUCHPOINT_GATEWAY_KEYS_FILE (python -m connectors.frontline.access new-key "
             "--name NAME --channels ... --types ... prints a key and its entry)")
     elif not presented:
         reason, detail = "no_key", f"no API key given: {_HOW}"

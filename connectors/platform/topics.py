@@ -6,7 +6,7 @@ clear identifiers there, which ingest seals on the way to ``accepted``
 (DESIGN.md §6). Every other topic keeps its records for good (or compacts).
 
 Keys: channel event topics are keyed by a keyed hash of the event's
-strongest identifier (:func:`connectors.producer.partition_key`), so one
+strongest identifier (:func:`connectors.intake.producer.partition_key`), so one
 person's events from one channel stay in order; ``accepted`` has a single
 partition (identity is decided in one order); customer-level topics are
 keyed by customer id, so all of one customer's events reach one worker in

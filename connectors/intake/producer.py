@@ -46,10 +46,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from connectors.keystore import KeyStore, KeyStoreError, PostgresKeyStore
-from connectors.registry import RegistryClient
-from connectors.serde import EventSerde
-from connectors.topics import event_topic
+from connectors.platform.keystore import KeyStore, KeyStoreError, PostgresKeyStore
+from connectors.platform.registry import RegistryClient
+from connectors.platform.serde import EventSerde
+from connectors.platform.topics import event_topic
 from touchpoint.contract.models import ContractViolation, Event, validate_event
 from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise

@@ -1,0 +1,1 @@
+"""The ways in: the HTTP gateway, the producer library for Python channel systems, file import."""
