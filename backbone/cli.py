@@ -327,7 +327,8 @@ def alerts_tail(
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.0, help="stop after S seconds")] = None,
 ) -> None:
     """Print alerts as they arrive on the alert topics, one line each (human-readable or --json)."""
-    from connectors.operations.alerts import KINDS, SEGMENTS, AlertSerde, format_alert, tail_alerts
+    from connectors.operations.alerts import format_alert, tail_alerts
+    from connectors.platform.alert_wire import KINDS, SEGMENTS, AlertSerde
     from connectors.platform.registry import RegistryClient
 
     if kind is not None and kind not in KINDS:

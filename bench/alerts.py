@@ -264,8 +264,8 @@ def bench_e2e(customers: int, per_customer: int, rounds: int, keep_topics: bool)
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     from connectors.intake.producer import Delivered, EventProducer
-    from connectors.operations.alerts import AlertSerde, alert_topic
     from connectors.operations.clock import publish_tick
+    from connectors.platform.alert_wire import AlertSerde, alert_topic
     from connectors.platform.registry import RegistryClient
     from connectors.platform.topics import ensure_topics
     from touchpoint.settings import load_settings

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaAdminClient
     from psycopg import sql
 
-    from connectors.operations.alerts import AlertSerde
+    from connectors.platform.alert_wire import AlertSerde
     from connectors.platform.registry import RegistryClient
     from connectors.platform.serde import EventSerde
     from connectors.platform.topics import ensure_topics

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from connectors.operations.alerts import AlertSerde, alert_topic
+from connectors.platform.alert_wire import AlertSerde, alert_topic
 from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.errors import SerializationError
 from touchpoint.settings import Settings

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from connectors.operations.privacy import is_erasure
+from connectors.platform.control import is_erasure
 from connectors.platform.serde import EventSerde
 from projections.writer import Record, copy_upsert, json_dumps
 from touchpoint.contract.avro import from_checked_record

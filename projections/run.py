@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from connectors.operations.alerts import AlertSerde
+from connectors.platform.alert_wire import AlertSerde
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from connectors.platform.topics import ensure_topics_before_serving

@@ -51,8 +51,7 @@ import orjson
 from aiokafka.errors import KafkaError, ProducerFenced
 from opentelemetry import trace
 
-from connectors.operations.clock import TICK_VALUE, is_control
-from connectors.operations.privacy import erased_id, is_erasure
+from connectors.platform.control import TICK_VALUE, erased_id, is_control, is_erasure
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from streams import resolved

@@ -63,8 +63,8 @@ import orjson
 from aiokafka.errors import KafkaError, ProducerFenced
 from opentelemetry import trace
 
-from connectors.operations.alerts import AlertSerde, alert_topic
-from connectors.operations.privacy import erasure_record
+from connectors.platform.alert_wire import AlertSerde, alert_topic
+from connectors.platform.control import erasure_record
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from streams import resolved

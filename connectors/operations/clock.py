@@ -12,8 +12,9 @@ Wire format (fixed; the identity agent relies on it):
 * key ``b"clock"``;
 * value the JSON bytes ``{"tick":"2026-01-05T10:00:00.000Z"}`` (ISO-8601 UTC,
   milliseconds, ``Z``);
-* header ``touchpoint-record: tick`` (:data:`TICK_HEADER` / :data:`TICK_VALUE`),
-  which tells a tick from an Avro event without trying to decode it.
+* header ``touchpoint-record: tick``, which tells a tick from an Avro event
+  without trying to decode it (:mod:`connectors.platform.control` builds and
+  reads the record).
 
 Sends are idempotent with ``acks=all``; a tick that cannot be delivered in a
 running clock is logged and skipped (the next one carries a later instant, so
@@ -22,17 +23,15 @@ nothing is lost but a little resolution).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from connectors.platform.control import TICK_PARTITION, tick_record
 from touchpoint.core.instants import epoch_ms, iso_ms
 from touchpoint.errors import PublishError
 from touchpoint.kafka_security import kafka_python_options
@@ -40,34 +39,7 @@ from touchpoint.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TICK_HEADER = "touchpoint-record"
-"""The header of every control record on ``accepted`` (a tick here, an erasure in connectors.operations.privacy)."""
-TICK_VALUE = b"tick"
-TICK_KEY = b"clock"
-TICK_PARTITION = 0
-"""``accepted`` has one partition; ticks are written to it explicitly, never hashed by key."""
 _SEND_TIMEOUT_S = 15.0
-
-Headers = list[tuple[str, bytes]]
-
-
-def is_control(headers: Any, value: bytes) -> bool:
-    """Whether a record's headers (a list of pairs or a mapping) mark it as the control record ``value``."""
-    if not headers:
-        return False
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return any(key == TICK_HEADER and given == value for key, given in pairs)
-
-
-def tick_record(at: datetime) -> tuple[bytes, bytes, Headers]:
-    """The ``(key, value, headers)`` of the tick for instant ``at`` (aware; sub-milliseconds dropped).
-
-    :raises ValueError: ``at`` has no time zone.
-    """
-    if at.tzinfo is None:
-        raise ValueError(f"a tick needs an aware instant, got {at.isoformat()}")
-    value = json.dumps({"tick": iso_ms(epoch_ms(at))}, separators=(",", ":")).encode()
-    return TICK_KEY, value, [(TICK_HEADER, TICK_VALUE)]
 
 
 def tick_topic(settings: Settings) -> str:

@@ -32,7 +32,6 @@ keys, in one JSON document.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,15 +43,13 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from psycopg.rows import dict_row, tuple_row
 
-from connectors.operations.clock import TICK_HEADER, is_control
+from connectors.platform.control import erasure_record
 from connectors.platform.keystore import KeyStore, PostgresKeyStore
 from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
 from touchpoint.errors import PublishError, TouchpointError
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
-ERASE_VALUE = b"erase"
-"""The control header's value (:data:`connectors.operations.clock.TICK_HEADER`) of an erasure record."""
 T = TypeVar("T")
 ERASED = "(erased)"
 """What a reader sees of an identifier whose data key was destroyed."""
@@ -60,27 +57,6 @@ ERASED = "(erased)"
 
 class UnknownCustomer(TouchpointError):
     """No customer or alias of that id is in the read model."""
-
-
-def is_erasure(headers: Any) -> bool:
-    """Whether a record's headers (a list of pairs or a mapping) mark it as an erasure."""
-    return is_control(headers, ERASE_VALUE)
-
-
-def erasure_record(customer_id: str, at: datetime) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """(key, value, headers) of the erasure record for ``customer_id``."""
-    value = json.dumps({"erase": customer_id, "requested_at": at.isoformat(timespec="milliseconds")}).encode()
-    return customer_id.encode(), value, [(TICK_HEADER, ERASE_VALUE)]
-
-
-def erased_id(value: bytes) -> str | None:
-    """The customer id an erasure record names (None when the record is not one of ours)."""
-    try:
-        doc = json.loads(value)
-    except ValueError:
-        return None
-    customer_id = doc.get("erase") if isinstance(doc, dict) else None
-    return customer_id if isinstance(customer_id, str) and customer_id else None
 
 
 async def reveal_identifiers(identifiers: Mapping[str, Sequence[str]], keystore: KeyStore) -> dict[str, list[str]]:

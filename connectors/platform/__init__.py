@@ -1,1 +1,2 @@
-"""What every adapter stands on: the schema registry, the event serde, topics, consumer batches, the key store."""
+"""What every adapter stands on: the schema registry, the event and alert serdes, the log's control
+records (ticks, erasures), topics, consumer batches, the key store."""

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from kafka import KafkaConsumer, TopicPartition
 
-from connectors.operations.alerts import AlertSerde
-from connectors.operations.privacy import erased_id, is_erasure
+from connectors.platform.alert_wire import AlertSerde
+from connectors.platform.control import erased_id, is_erasure
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from projections.lag import pipeline_lag

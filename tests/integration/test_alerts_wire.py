@@ -21,8 +21,10 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from psycopg.rows import dict_row
 
-from connectors.operations.alerts import AlertSerde, alert_topic, format_alert
-from connectors.operations.clock import TICK_HEADER, TICK_VALUE, publish_tick, run_clock, tick_topic
+from connectors.operations.alerts import format_alert
+from connectors.operations.clock import publish_tick, run_clock, tick_topic
+from connectors.platform.alert_wire import AlertSerde, alert_topic
+from connectors.platform.control import TICK_HEADER, TICK_VALUE
 from connectors.platform.registry import RegistryClient
 from projections.alerts import AlertsProjection
 from projections.catalog import PROJECTION_TOPICS

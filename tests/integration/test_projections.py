@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from kafka import KafkaProducer
 
-from connectors.operations.alerts import AlertSerde, alert_topic
+from connectors.platform.alert_wire import AlertSerde, alert_topic
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from projections.catalog import PROJECTION_TOPICS, READ_MODEL_TABLES, read_model_tables

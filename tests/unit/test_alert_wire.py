@@ -9,17 +9,17 @@ from typing import Any, cast
 import pytest
 from fastavro import parse_schema
 
-from connectors.operations.alerts import (
+from connectors.operations.alerts import format_alert
+from connectors.platform.alert_wire import (
     FIELDS,
     SUBJECT,
     AlertSerde,
     alert_schema,
     alert_schema_text,
-    format_alert,
     from_avro_record,
     to_avro_record,
 )
-from connectors.operations.clock import TICK_HEADER, TICK_KEY, TICK_VALUE, tick_record
+from connectors.platform.control import TICK_HEADER, TICK_KEY, TICK_VALUE, tick_record
 from connectors.platform.registry import RegistryClient
 from touchpoint.contract.schemas import SCHEMA_FILES, schemas_dir
 from touchpoint.core.alerts import Alert, Reason

@@ -66,6 +66,13 @@ def test_adapters_import_neither_the_composition_root_nor_the_benchmarks() -> No
     assert offending("adapters stand on the ground and each other", ("touchpoint", *ADAPTERS), ADAPTERS) == []
 
 
+def test_the_stages_and_projections_do_not_stand_on_operations_tools_nor_the_front_line() -> None:
+    users = sorted(f"{module} imports {target}" for module, targets in EDGES.items()
+                   if within(module, ("streams", "projections")) for target in sorted(targets)
+                   if within(target, ("connectors.operations", "connectors.frontline")))
+    assert users == []
+
+
 def test_nothing_but_the_entry_point_imports_the_composition_root() -> None:
     users = sorted(module for module, targets in EDGES.items()
                    if not within(module, ("backbone", ENTRY_POINT)) and any(within(t, ("backbone",)) for t in targets))
