@@ -109,8 +109,9 @@ class PartitionStage:
         self._written: tuple[int, tuple[int, int]] | None = None  # (next offset, last position) last written
         #: A resolved event's position -> its Avro bytes and trace headers, until it is folded.
         self.raw: dict[tuple[int, int], tuple[bytes, Any]] = {}
-        #: Customers changed since their card last went out (cards wait in a backlog, see the module).
-        self.unrendered: set[str] = set()
+        #: Customers changed since their card last went out -> the log's clock at their last change, the
+        #: card's as_of (cards wait in a backlog, see the module).
+        self.unrendered: dict[str, datetime] = {}
 
     def raw_of(self, record: Resolved) -> tuple[bytes, Any]:
         return self.raw.pop(record.position)
@@ -137,7 +138,7 @@ class PartitionStage:
                         extra={"partition": partition, "reason": str(exc)})
             self.part, self.changed = self._new(partition, None)
         self.raw = {}
-        self.unrendered = set()  # the replay from the table's checkpoint changes them again
+        self.unrendered = {}  # the replay from the table's checkpoint changes them again
         return self.part.fed
 
     def write_due(self, backlog: bool) -> bool:
@@ -360,10 +361,13 @@ class ProfileLoop:
         # their changes (a hand-out, a tick) into the old one, never written.
         stage.changed.update(touched)
         stage.changed.update(merged)
-        stage.unrendered.update(touched)  # their cards go out with handle()'s render_cards()
-        stage.unrendered.difference_update(outcome.erased)  # an erased view stays, empty: it must get no card
         views = self.names["customer-views"]
         as_of = as_of_of(folder)
+        # Their cards go out with handle()'s render_cards(), as of now: a card held back says what it said
+        # here, so its as_of orders it against the merge and erasure records of other partitions as before.
+        stage.unrendered.update(dict.fromkeys(touched, as_of))
+        for customer_id in outcome.erased:
+            stage.unrendered.pop(customer_id, None)  # an erased view stays, empty: it must get no card
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for alias, survivor in sorted(merged.items()):
             out.append((views, *merged_record(alias, stamp, survivor)))
@@ -379,9 +383,8 @@ class ProfileLoop:
         """Add the card of every customer the partition changed since its cards last went out to ``out``."""
         folder = stage.part.folder
         views = self.names["customer-views"]
-        as_of = as_of_of(folder)
-        stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        for customer_id in sorted(stage.unrendered):
+        for customer_id, as_of in sorted(stage.unrendered.items()):
+            stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             view = folder.views.get(customer_id)
             if view is None:
                 continue  # merged away or handed over to its survivor's partition since: no card of its own
