@@ -270,7 +270,7 @@ def _summary(settings: Settings, began: float, delivered: int, rows: int, card: 
             "SELECT coalesce(sum(points) FILTER (WHERE kind IN ('earn', 'adjustment')), 0), "
             "coalesce(-sum(points) FILTER (WHERE kind = 'reversal'), 0) FROM loyalty_ledger").fetchone() or (0, 0)
         active = dict(conn.execute("SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1").fetchall())
-        held = one("SELECT coalesce(sum(jsonb_array_length(view->'held_refunds')), 0) FROM customers")
+        held = one("SELECT coalesce(sum(json_array_length(view->'held_refunds')), 0) FROM customers")
         # The most recently written of each kind: this run's customers, not an earlier run's.
         interesting = {
             "merged (its other id is an alias)": one(

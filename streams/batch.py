@@ -144,6 +144,7 @@ class Emitter:
             # Java's (and aiokafka's) partitioner: a key lands where every other client of the topic puts it.
             "partitioner": "murmur2_random",
             "linger.ms": 5,
+            "compression.type": "lz4",
             "message.max.bytes": STATE_MAX_RECORD_BYTES,
             "queue.buffering.max.messages": 500_000,
             "delivery.report.only.error": True,  # a callback per failure, none per record

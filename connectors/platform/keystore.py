@@ -35,9 +35,9 @@ SELECT array_agg(k.key ORDER BY k.key), array_agg(k.wrapped ORDER BY k.key)
 FROM identifier_keys k
 WHERE k.key IN (
     SELECT split_part(v.value, ':', 2) || ':' || split_part(v.value, ':', 3)
-    FROM jsonb_each(CASE WHEN jsonb_typeof(card.view -> 'identifiers') = 'object'
-                         THEN card.view -> 'identifiers' ELSE '{}' END) AS i (kind, values),
-         jsonb_array_elements_text(CASE WHEN jsonb_typeof(i.values) = 'array' THEN i.values ELSE '[]' END) AS v (value)
+    FROM json_each(CASE WHEN json_typeof(card.view -> 'identifiers') = 'object'
+                        THEN card.view -> 'identifiers' ELSE '{}' END) AS i (kind, values),
+         json_array_elements_text(CASE WHEN json_typeof(i.values) = 'array' THEN i.values ELSE '[]' END) AS v (value)
     WHERE v.value LIKE 'tp1:%%'
 )"""
 """A lateral subquery over a row ``card`` with a ``view`` (a rendered card): one row of two arrays, the keys and
