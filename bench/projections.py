@@ -69,12 +69,13 @@ def _events(customers: int, days: int, seed: int) -> tuple[list[Event], int]:
 def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert_bytes: object,
                   tick_days: int) -> Iterator[Out]:
     """What the profile agent would publish for ``events`` (batches of 1,000, a tick every ``tick_days``)."""
-    from touchpoint.contract.cards import card_record, merged_record
+    from touchpoint.contract.cards import card_record, log_position, merged_record
     from touchpoint.core.fold import FoldConfig, Folder
     from touchpoint.core.profile import render
 
     folder = Folder(FoldConfig(), secret=secret, keep_decisions=False, log_clock_check=False)
     segment = folder.config.segment
+    folded = [0]  # events folded so far: the position (one ordered log here)
 
     def flush() -> Iterator[Out]:
         for alert, context in folder.drain_alerts():
@@ -86,12 +87,13 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
         touched, merged = folder.drain_changes()
         as_of = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        position = log_position((folded[0], 0))
         for customer_id in sorted(touched):
             card = render(folder.views[customer_id], as_of, segment, folder.rules)
             keys = {kind: sorted(found) for kind, found in folder.views[customer_id].keys.items()}
-            yield "customer-views", *card_record(customer_id, stamp, card, keys)
+            yield "customer-views", *card_record(customer_id, stamp, position, card, keys)
         for alias, survivor in sorted(merged.items()):
-            yield "customer-views", *merged_record(alias, stamp, survivor)
+            yield "customer-views", *merged_record(alias, stamp, position, survivor)
 
     day: datetime | None = None
     in_batch = 0
@@ -105,6 +107,7 @@ def _agent_output(events: list[Event], secret: bytes, event_bytes: object, alert
             day = midnight
         rejected = len(folder.rejected)
         folder.add(event)
+        folded[0] += 1
         if folder.last_customer_id is not None and len(folder.rejected) == rejected:
             yield "customer-events", folder.last_customer_id.encode(), event_bytes(event), None  # type: ignore[operator]
         in_batch += 1

@@ -1,13 +1,18 @@
 """The customers projection: the latest card per customer, and aliases of merged ones.
 
 Fed by ``touchpoint.customer-views``. Stale writes: a card replaces the
-stored one only when it is newer, i.e. its ``as_of`` (the log's clock when
-the agent rendered it) is later, or equal and it comes from a later offset of
-the same partition (the topic is keyed by customer id, so a customer's cards
-arrive in order on one partition). So neither a replayed card nor an older
-version re-emitted later (an agent restarted on an older state) ever
-overwrites a newer one. Within a batch the same order picks the winner
-(:func:`newer`), so how the log is cut into batches never changes the result.
+stored one only when it is newer, i.e. its identity position (how far the
+profile had folded the ordered log when it wrote it) is later, or equal and
+it comes from a later offset of the same partition; records written before
+positions existed compare their ``as_of`` (the log's clock) instead. So
+neither a replayed card nor an older version re-emitted later (an agent
+restarted on an older state) ever overwrites a newer one. Within a batch the
+same order picks the winner (:func:`newer`), so how the log is cut into
+batches never changes the result. The same positions order a card against
+the merge of its id, which comes from another partition (the survivor's):
+a card older than the merge is not written, so a partition replaying after
+a restart never brings a merged id back; a card newer than it (the id live
+again) ends the alias.
 A merged-away customer's row is deleted and its id kept as an alias of the
 survivor. An erased customer (``{"erased": true}``, :mod:`connectors.operations.privacy`)
 loses its row, its aliases and its identifier keys.
@@ -37,22 +42,40 @@ from projections.writer import Record
 from touchpoint.contract.cards import Kind, read_card
 from touchpoint.settings import Settings
 
-# The SQL form of newer(): (as_of, offset on the same partition) must grow; another partition: as_of alone.
+# Which of two records about one id is newer, in SQL (``old``, ``new``: the rows' table names) as in newer().
+_NEWER = (
+    "CASE WHEN {old}.source_position IS NOT NULL AND {new}.source_position IS NOT NULL "
+    "AND {old}.source_position <> {new}.source_position THEN {old}.source_position < {new}.source_position "
+    "WHEN ({old}.source_position IS NULL OR {new}.source_position IS NULL) AND {old}.as_of <> {new}.as_of "
+    "THEN {old}.as_of < {new}.as_of "
+    "ELSE ({old}.source_topic, {old}.source_partition) <> ({new}.source_topic, {new}.source_partition) "
+    "OR {old}.source_offset < {new}.source_offset END"
+)
 _ON_CONFLICT = (
     "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, as_of = EXCLUDED.as_of, "
     "value_segment = EXCLUDED.value_segment, source_topic = EXCLUDED.source_topic, "
     "source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, "
-    "updated_at = clock_timestamp() "
-    "WHERE customers.as_of < EXCLUDED.as_of OR (customers.as_of = EXCLUDED.as_of AND ("
-    "(customers.source_topic, customers.source_partition) <> (EXCLUDED.source_topic, EXCLUDED.source_partition) "
-    "OR customers.source_offset < EXCLUDED.source_offset))"
+    "source_position = EXCLUDED.source_position, updated_at = clock_timestamp() "
+    "WHERE " + _NEWER.format(old="customers", new="EXCLUDED")
 )
+# Between a merge record and a card of one id: ``{a}`` is later than ``{b}`` by identity's position (records
+# without positions keep the older rule: a card read after the merge brings the id back).
+_LATER = ("{a}.source_position IS NOT NULL AND {b}.source_position IS NOT NULL "
+          "AND {a}.source_position > {b}.source_position")
 
 
-def newer(old: tuple[Record, datetime], new: tuple[Record, datetime]) -> bool:
-    """Whether the record ``new`` supersedes ``old`` for one customer id (``_ON_CONFLICT``'s rule); with their as_of."""
-    (old_record, old_at), (new_record, new_at) = old, new
-    if old_at != new_at:
+def newer(old: tuple[Record, datetime, int | None], new: tuple[Record, datetime, int | None]) -> bool:
+    """Whether the record ``new`` supersedes ``old`` for one customer id (``_NEWER``'s rule).
+
+    Each with its as_of and identity's position (:func:`~touchpoint.contract.cards.log_position`): the
+    later position wins; records without one compare their as_of; at a tie the later record of the same
+    partition, or the one from another partition read later.
+    """
+    (old_record, old_at, old_position), (new_record, new_at, new_position) = old, new
+    if old_position is not None and new_position is not None:
+        if old_position != new_position:
+            return new_position > old_position
+    elif old_at != new_at:
         return new_at > old_at
     if (old_record.topic, old_record.partition) != (new_record.topic, new_record.partition):
         return True
@@ -64,13 +87,33 @@ def newer(old: tuple[Record, datetime], new: tuple[Record, datetime]) -> bool:
 # segment and keys out of it cost ~140 µs a 12 KB card of its CPU; a binary COPY of the view's text into
 # json ~50 (bench.pipeline's half-rate phase: the customers projection was a sixth of the machine's CPU).
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_views (customer_id text, view json COMPRESSION lz4, "
-          "as_of timestamptz, value_segment text, source_topic text, source_partition integer, source_offset bigint) "
+          "as_of timestamptz, value_segment text, source_topic text, source_partition integer, source_offset bigint, "
+          "source_position bigint) "
           "ON COMMIT DELETE ROWS; "
           "CREATE TEMP TABLE IF NOT EXISTS _stage_keys (key text, kind text, customer_id text, source_offset bigint) "
           "ON COMMIT DELETE ROWS; DELETE FROM _stage_views; DELETE FROM _stage_keys")
-_STAGE_TYPES = ["text", "json", "timestamptz", "text", "text", "int4", "int8"]
+_STAGE_TYPES = ["text", "json", "timestamptz", "text", "text", "int4", "int8", "int8"]
+# A card older than the merge of its id (a partition replaying after a restart) is not written.
 _UPSERT = ("INSERT INTO customers AS customers (customer_id, view, as_of, value_segment, source_topic, "
-           "source_partition, source_offset) SELECT * FROM _stage_views " + _ON_CONFLICT)
+           "source_partition, source_offset, source_position) SELECT * FROM _stage_views s "
+           "WHERE NOT EXISTS (SELECT FROM customer_aliases a WHERE a.alias = s.customer_id AND "
+           + _LATER.format(a="a", b="s") + ") " + _ON_CONFLICT)
+# An id merged away and live again (identity gives a customer the id of its first event, once that event
+# arrives): its card is newer than its merge record, so it is no alias any more.
+_UNALIAS = ("DELETE FROM customer_aliases a USING _stage_views s WHERE a.alias = s.customer_id AND NOT ("
+            + _LATER.format(a="a", b="s") + ")")
+_ALIAS = ("INSERT INTO customer_aliases AS a (alias, survivor, source_offset, source_position) "
+          "SELECT m.* FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) "
+          "AS m(alias, survivor, source_offset, source_position) "
+          "WHERE NOT EXISTS (SELECT FROM customers c WHERE c.customer_id = m.alias AND "
+          + _LATER.format(a="c", b="m") + ") "
+          "ON CONFLICT (alias) DO UPDATE SET survivor = EXCLUDED.survivor, source_offset = EXCLUDED.source_offset, "
+          "source_position = EXCLUDED.source_position WHERE CASE "
+          "WHEN a.source_position IS NOT NULL AND EXCLUDED.source_position IS NOT NULL "
+          "THEN a.source_position < EXCLUDED.source_position ELSE a.source_offset < EXCLUDED.source_offset END")
+# The merged-away id's row goes, unless it is a card newer than the merge (the id live again).
+_UNROW = ("DELETE FROM customers c USING unnest(%s::text[], %s::bigint[]) AS m(alias, source_position) "
+          "WHERE c.customer_id = m.alias AND NOT (" + _LATER.format(a="c", b="m") + ")")
 # Only cards whose row now carries their offset move keys (they were not stale); a key listed by two
 # cards of the batch goes to the later one.
 _KEYS = ("INSERT INTO customer_identifiers (key, kind, customer_id, source_offset) "
@@ -81,8 +124,8 @@ _KEYS = ("INSERT INTO customer_identifiers (key, kind, customer_id, source_offse
          "source_offset = EXCLUDED.source_offset WHERE customer_identifiers.customer_id <> EXCLUDED.customer_id")
 
 
-Newest = tuple[Record, datetime, Kind, dict[str, Any] | None]
-"""A customer's newest record: the record, its as_of, its kind and its parsed value (None: a card, unparsed)."""
+Newest = tuple[Record, datetime, int | None, Kind, dict[str, Any] | None]
+"""A customer's newest record: the record, its as_of, position, kind and parsed value (None: a card, unparsed)."""
 
 
 def _as_is(value: bytes) -> bytes:
@@ -90,7 +133,7 @@ def _as_is(value: bytes) -> bytes:
     return value
 
 
-def card_rows(record: Record, as_of: datetime, doc: dict[str, Any] | None
+def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[str, Any] | None
               ) -> tuple[tuple[object, ...], list[tuple[str, str, str, int]]]:
     """A card record's row of ``_stage_views`` and its rows of ``_stage_keys`` (the card parsed here, once)."""
     if doc is None:
@@ -103,7 +146,7 @@ def card_rows(record: Record, as_of: datetime, doc: dict[str, Any] | None
              for kind, listed in (keys.items() if isinstance(keys, dict) else ())
              if isinstance(listed, list) for key in listed]
     return (customer_id, Json(orjson.dumps(view), dumps=_as_is), as_of, segment, record.topic, record.partition,
-            record.offset), found
+            record.offset, position), found
 
 
 class CustomersProjection:
@@ -122,26 +165,26 @@ class CustomersProjection:
         not say what they hold.
         """
         for record in records:
-            kind, as_of, doc = read_card(record.value, record.headers)
+            kind, as_of, position, doc = read_card(record.value, record.headers)
             customer_id = str(doc["customer_id"]) if doc is not None else (record.key or b"").decode()
             at = datetime.fromisoformat(as_of)
             found = latest.get(customer_id)
-            if found is None or newer(found[:2], (record, at)):  # type: ignore[arg-type]
-                latest[customer_id] = (record._replace(value=b"") if slim else record, at, kind, doc)
+            if found is None or newer(found[:3], (record, at, position)):
+                latest[customer_id] = (record._replace(value=b"") if slim else record, at, position, kind, doc)
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
         # Within a batch only the newest record per customer id matters.
         latest: dict[str, Newest] = {}
         self.newest(records, latest, slim=False)
         cards, keys, aliases, erased = [], [], [], []
-        for customer_id, (record, at, kind, doc) in latest.items():
+        for customer_id, (record, at, position, kind, doc) in latest.items():
             if kind == "erased":
                 erased.append(customer_id)
             elif kind == "merged":
                 assert doc is not None
-                aliases.append((customer_id, doc["merged_into"], record.offset))
+                aliases.append((customer_id, doc["merged_into"], record.offset, position))
             else:
-                row, found = card_rows(record, at, doc)
+                row, found = card_rows(record, at, position, doc)
                 cards.append(row)
                 keys.extend(found)
         if cards:
@@ -157,26 +200,18 @@ class CustomersProjection:
                         copy.write_row(key_row)
             cur.execute(_UPSERT)
             cur.execute(_KEYS)
-            # An id merged away and live again (identity gives a customer the id of its first event, once
-            # that event arrives): its card is newer than its merge record, so it is no alias any more.
-            cur.execute("DELETE FROM customer_aliases WHERE alias = ANY(%s)", ([row[0] for row in cards],))
+            cur.execute(_UNALIAS)
         if aliases:
+            names, survivors, offsets, positions = (list(column) for column in zip(*aliases, strict=True))
+            cur.execute(_ALIAS, (names, survivors, offsets, positions))
+            cur.execute(_UNROW, (names, positions))
+            # Keys still on a merged-away id go to its survivor (when the merge stands). Its survivor's card
+            # lists them too, but cards come on other partitions: an older card of the alias read after the
+            # survivor's (a rebuild, a writer catching up after a broker restart) took them back.
             cur.execute(
-                "INSERT INTO customer_aliases (alias, survivor, source_offset) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
-                "ON CONFLICT (alias) DO UPDATE SET survivor = EXCLUDED.survivor, "
-                "source_offset = EXCLUDED.source_offset WHERE customer_aliases.source_offset < EXCLUDED.source_offset",
-                ([a for a, _, _ in aliases], [s for _, s, _ in aliases], [o for _, _, o in aliases]),
-            )
-            cur.execute("DELETE FROM customers WHERE customer_id = ANY(%s)", ([alias for alias, _, _ in aliases],))
-            # Keys still on a merged-away id go to its survivor. Its survivor's card lists them too, but
-            # cards come on other partitions: an older card of the alias read after the survivor's
-            # (a rebuild, a writer catching up after a broker restart) took them back.
-            cur.execute(
-                "UPDATE customer_identifiers SET customer_id = a.survivor "
-                "FROM unnest(%s::text[], %s::text[]) AS a(alias, survivor) "
-                "WHERE customer_identifiers.customer_id = a.alias",
-                ([a for a, _, _ in aliases], [s for _, s, _ in aliases]),
+                "UPDATE customer_identifiers SET customer_id = a.survivor FROM customer_aliases a "
+                "WHERE a.alias = ANY(%s) AND customer_identifiers.customer_id = a.alias",
+                (names,),
             )
         if erased:
             cur.execute("DELETE FROM customer_identifiers WHERE customer_id = ANY(%s)", (erased,))

@@ -72,7 +72,7 @@ from streams.batch import STATE_FLUSH_BACKLOG_S, STATE_FLUSH_S, Outgoing, Receiv
 from streams.identity import stage_folder
 from streams.ingest import dlq_headers
 from streams.state import StateTable, read_range
-from touchpoint.contract.cards import card_record, erased_record, merged_record
+from touchpoint.contract.cards import card_record, erased_record, log_position, merged_record
 from touchpoint.core.fold import Folder
 from touchpoint.core.partitions import ProfilePartition, Resolved
 from touchpoint.core.profile import render
@@ -109,9 +109,9 @@ class PartitionStage:
         self._written: tuple[int, tuple[int, int]] | None = None  # (next offset, last position) last written
         #: A resolved event's position -> its Avro bytes and trace headers, until it is folded.
         self.raw: dict[tuple[int, int], tuple[bytes, Any]] = {}
-        #: Customers changed since their card last went out -> the log's clock at their last change, the
-        #: card's as_of (cards wait in a backlog, see the module).
-        self.unrendered: dict[str, datetime] = {}
+        #: Customers changed since their card last went out -> the log's clock and identity's position at
+        #: their last change, the card's as_of and position (cards wait in a backlog, see the module).
+        self.unrendered: dict[str, tuple[datetime, int]] = {}
 
     def raw_of(self, record: Resolved) -> tuple[bytes, Any]:
         return self.raw.pop(record.position)
@@ -363,16 +363,19 @@ class ProfileLoop:
         stage.changed.update(merged)
         views = self.names["customer-views"]
         as_of = as_of_of(folder)
+        # Identity's position folded up to: it orders this partition's records about an id against other
+        # partitions' (a card against the merge of its customer by the survivor's partition).
+        position = log_position(part.last) if part.last >= (0, 0) else 0
         # Their cards go out with handle()'s render_cards(), as of now: a card held back says what it said
-        # here, so its as_of orders it against the merge and erasure records of other partitions as before.
-        stage.unrendered.update(dict.fromkeys(touched, as_of))
+        # here, so its as_of and position order it against other partitions' merge and erasure records.
+        stage.unrendered.update(dict.fromkeys(touched, (as_of, position)))
         for customer_id in outcome.erased:
             stage.unrendered.pop(customer_id, None)  # an erased view stays, empty: it must get no card
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for alias, survivor in sorted(merged.items()):
-            out.append((views, *merged_record(alias, stamp, survivor)))
+            out.append((views, *merged_record(alias, stamp, position, survivor)))
         for customer_id in outcome.erased:
-            out.append((views, *erased_record(customer_id, stamp)))
+            out.append((views, *erased_record(customer_id, stamp, position)))
             key, value, headers = erasure_record(customer_id, as_of)
             out.append((self.names["customer-events"], key, value, headers))
         for record in outcome.dropped:
@@ -383,7 +386,7 @@ class ProfileLoop:
         """Add the card of every customer the partition changed since its cards last went out to ``out``."""
         folder = stage.part.folder
         views = self.names["customer-views"]
-        for customer_id, as_of in sorted(stage.unrendered.items()):
+        for customer_id, (as_of, position) in sorted(stage.unrendered.items()):
             stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
             view = folder.views.get(customer_id)
             if view is None:
@@ -391,7 +394,7 @@ class ProfileLoop:
             card = render(view, as_of, folder.config.segment, folder.rules)
             # The keyed hashes of its identifiers, so a lookup by phone or card finds the customer.
             keys = {kind: sorted(found) for kind, found in view.keys.items()}
-            out.append((views, *card_record(customer_id, stamp, card, keys)))
+            out.append((views, *card_record(customer_id, stamp, position, card, keys)))
         stage.unrendered.clear()
 
 

@@ -10,6 +10,7 @@ tampered with.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import threading
@@ -47,9 +48,10 @@ def own(settings: Settings) -> Iterator[Settings]:
         yield narrowed
 
 
-def card(customer_id: str, as_of: str, segment: str, keys: dict[str, list[str]]) -> bytes:
+def card(customer_id: str, as_of: str, segment: str, keys: dict[str, list[str]], position: int | None = None) -> bytes:
     view = {"customer_id": customer_id, "value_segment": segment, "interactions": {"total": len(as_of)}}
-    return orjson.dumps({"customer_id": customer_id, "as_of": as_of, "view": view, "keys": keys})
+    doc = {"customer_id": customer_id, "as_of": as_of, "view": view, "keys": keys}
+    return orjson.dumps(doc if position is None else {**doc, "position": position})
 
 
 def entry(customer_id: str, n: int, points: int) -> bytes:
@@ -269,6 +271,40 @@ def test_a_merge_leaves_every_key_on_the_survivor_however_partitions_interleave(
             assert conn.execute("SELECT key, customer_id FROM customer_identifiers ORDER BY 1").fetchall() == [
                 ("k1", "cus_s"), ("k2", "cus_s")], batches
             assert conn.execute("SELECT alias, survivor FROM customer_aliases").fetchall() == [("cus_x", "cus_s")]
+
+
+def test_a_card_older_than_the_merge_of_its_id_never_brings_the_id_back(stale_db: Settings) -> None:
+    """The alias's partition writes its card again after a restart (a replay), and the writer may read it
+    after the survivor's partition's merge record, both with the same as_of (the log's clock stood still):
+    identity's positions order them, in every order of reading. A card of the id newer than its merge
+    (the id live again) brings it back, and a replayed merge then changes nothing."""
+    projection = CustomersProjection(stale_db)
+    topic = projection.topics[0]
+    at = "2026-01-02T10:00:00.000Z"
+    alias_card = Record(topic, 1, 0, b"cus_x", card("cus_x", at, "lead", {"email": ["k1"]}, position=100))
+    replayed = alias_card._replace(offset=7)
+    merged = Record(topic, 2, 3, b"cus_x", orjson.dumps(
+        {"customer_id": "cus_x", "as_of": at, "position": 200, "merged_into": "cus_s"}))
+    survivor_card = Record(topic, 2, 4, b"cus_s", card("cus_s", at, "gold", {"email": ["k1"], "phone": ["k2"]},
+                                                       position=200))
+    records = [alias_card, merged, survivor_card, replayed]
+
+    def read_model(conn: psycopg.Connection) -> tuple[list[Any], list[Any], list[Any]]:
+        return (conn.execute("SELECT customer_id FROM customers ORDER BY 1").fetchall(),
+                conn.execute("SELECT alias, survivor FROM customer_aliases").fetchall(),
+                conn.execute("SELECT key, customer_id FROM customer_identifiers ORDER BY 1").fetchall())
+
+    with psycopg.connect(stale_db.pg_conninfo()) as conn:
+        for order in [*itertools.permutations(records), None]:
+            conn.execute("TRUNCATE customers, customer_aliases, customer_identifiers, projection_offsets")
+            conn.commit()
+            for batch in ([[r] for r in order] if order is not None else [records]):
+                write_batch(conn, projection, batch)
+            assert read_model(conn) == ([("cus_s",)], [("cus_x", "cus_s")], [("k1", "cus_s"), ("k2", "cus_s")]), order
+        live_again = Record(topic, 1, 9, b"cus_x", card("cus_x", at, "iron", {"card": ["k3"]}, position=300))
+        write_batch(conn, projection, [live_again])
+        write_batch(conn, projection, [merged._replace(offset=11)])
+        assert read_model(conn) == ([("cus_s",), ("cus_x",)], [], [("k1", "cus_s"), ("k2", "cus_s"), ("k3", "cus_x")])
 
 
 def test_an_event_delivered_twice_keeps_one_row_however_partitions_interleave(stale_db: Settings) -> None:

@@ -28,7 +28,7 @@ def stage_with_recorded_writes() -> tuple[PartitionStage, list[Any]]:
 async def test_no_state_write_while_a_card_it_covers_is_held() -> None:
     stage, writes = stage_with_recorded_writes()
     stage.changed.add("cus_held")
-    stage.unrendered["cus_held"] = datetime(2026, 1, 5, tzinfo=UTC)
+    stage.unrendered["cus_held"] = (datetime(2026, 1, 5, tzinfo=UTC), 0)
     assert stage.write_due(backlog=True)
     await stage.persist(backlog=True)
     assert writes == []
