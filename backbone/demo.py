@@ -265,11 +265,13 @@ def _summary(settings: Settings, began: float, delivered: int, rows: int, card: 
 
         cards = one("SELECT count(*) FROM customers")
         aliases = one("SELECT count(*) FROM customer_aliases")
-        segments = dict(conn.execute("SELECT value_segment, count(*) FROM customers GROUP BY 1 ORDER BY 1").fetchall())
+        segments: dict[str, int] = dict(conn.execute(
+            "SELECT value_segment, count(*) FROM customers GROUP BY 1 ORDER BY 1").fetchall())
         earned, reversed_ = conn.execute(
             "SELECT coalesce(sum(points) FILTER (WHERE kind IN ('earn', 'adjustment')), 0), "
             "coalesce(-sum(points) FILTER (WHERE kind = 'reversal'), 0) FROM loyalty_ledger").fetchone() or (0, 0)
-        active = dict(conn.execute("SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1").fetchall())
+        active: dict[str, int] = dict(conn.execute(
+            "SELECT kind, count(*) FROM alerts WHERE state <> 'resolved' GROUP BY 1").fetchall())
         held = one("SELECT coalesce(sum(json_array_length(view->'held_refunds')), 0) FROM customers")
         # The most recently written of each kind: this run's customers, not an earlier run's.
         interesting = {
@@ -385,7 +387,8 @@ def _wait_for_card(settings: Settings, customer_no: str, deadline: float) -> dic
 def _check_alive(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is not None:
-            raise TouchpointError(f"`{' '.join(str(a) for a in proc.args[1:])}` exited with code {proc.returncode}; "
+            command = proc.args if isinstance(proc.args, list) else [proc.args]
+            raise TouchpointError(f"`{' '.join(str(a) for a in command[1:])}` exited with code {proc.returncode}; "
                                   "see its log")
 
 

@@ -39,7 +39,7 @@ def payload_json(doc: dict[str, Any]) -> dict[str, Any]:
     """An event's payload as JSON values, from its decoded Avro record: what the payload model dumps."""
     if doc["type"] == "campaign":  # instants, written as the model writes them
         return from_checked_record(doc).payload.model_dump(mode="json")
-    return doc["payload"][1]  # type: ignore[no-any-return]
+    return doc["payload"][1]
 
 
 def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
@@ -80,7 +80,7 @@ class InteractionsProjection:
             if not is_erasure(record.headers):
                 row = interaction_row(self._serde, record)
                 kept = rows.get(row[0])
-                if kept is None or (record.partition, record.offset) < (kept[7], kept[8]):  # type: ignore[operator]
+                if kept is None or (record.partition, record.offset) < (kept[7], kept[8]):
                     rows[row[0]] = row
         copy_upsert(cur, "interactions", _COLUMNS, list(rows.values()), _ON_CONFLICT)
         if erased:

@@ -211,7 +211,7 @@ def _read(settings: Settings, name: str, bounds: dict[tuple[str, int], tuple[int
             for m in messages:
                 error = m.error()
                 if error is not None and error.code() == KafkaError._PARTITION_EOF:
-                    reached.add((m.topic(), m.partition()))
+                    reached.add((m.topic(), m.partition()))  # type: ignore[arg-type]  # set on every EOF event
             records = [r for r in records_of(messages, f"rebuild {name}")
                        if (r.topic, r.partition) in ends and r.offset < ends[r.topic, r.partition]]
             if records:

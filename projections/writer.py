@@ -55,7 +55,7 @@ class Projection(Protocol):
     """A read model fed from topics: a name, its topics and how to write a batch."""
 
     name: str
-    topics: Sequence[str]
+    topics: list[str]
 
     def write(self, cur: psycopg.Cursor, records: Sequence[Record]) -> None:
         """Map the records to rows and upsert them through ``cur`` (inside the batch transaction)."""
@@ -89,7 +89,7 @@ def copy_upsert(cur: psycopg.Cursor, table: str, columns: Sequence[str], rows: S
         for row in rows:
             copy.write_row(row)
     cur.execute(sql.SQL("INSERT INTO {} AS {} ({}) SELECT {} FROM {} {}").format(
-        target, target, names, names, stage, sql.SQL(conflict)))  # type: ignore[arg-type]  # our own SQL
+        target, target, names, names, stage, sql.SQL(conflict)))  # our own SQL
 
 
 def stored_offsets(conn: psycopg.Connection, projection: str) -> dict[tuple[str, int], int]:

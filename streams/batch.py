@@ -44,6 +44,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import faust
@@ -91,8 +92,10 @@ class Received(NamedTuple):
 
 
 def received(message: Message) -> Received:
-    return Received(message.topic(), message.partition(), message.offset(), message.key(), message.value(),
-                    message.headers(), message.timestamp()[1] / 1000)
+    # A message without error() has its topic, partition and offset; headers come as (name, bytes) pairs.
+    return Received(message.topic(), message.partition(), message.offset(),  # type: ignore[arg-type]
+                    message.key(), message.value(), message.headers(),  # type: ignore[arg-type]
+                    message.timestamp()[1] / 1000)
 
 
 class Stage(Protocol):
@@ -160,10 +163,11 @@ class Emitter:
         """Hand every record to the client (no wait for Kafka)."""
         produce = self._producer.produce
         for record in records:
-            partition = record[4] if len(record) > 4 else -1  # type: ignore[misc]
+            partition = record[4] if len(record) > 4 else -1
             while True:
                 try:
-                    produce(record[0], record[2], record[1], partition=partition, headers=record[3])
+                    produce(record[0], record[2], record[1], partition=partition,
+                            headers=record[3])  # type: ignore[arg-type]  # (name, bytes) pairs
                     break
                 except BufferError:  # the client's queue is full: let it send some
                     self._producer.poll(0.05)
@@ -240,8 +244,8 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
                     held = backlog
                     if batch:
                         try:
-                            await loop.run_in_executor(thread, lambda b=batch, c=consumer: c.commit(
-                                offsets=next_offsets(b), asynchronous=False))
+                            await loop.run_in_executor(thread, partial(consumer.commit, offsets=next_offsets(batch),
+                                                                       asynchronous=False))
                         except KafkaException as exc:
                             # A rebalance took the partitions meanwhile: their new owner gets the batch again
                             # and drops what was fed already; the output went out either way.

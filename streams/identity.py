@@ -122,8 +122,10 @@ class IdentityStage:
         #: The position of the last write (None: not recovered yet, so there is nothing of ours to write).
         self._written: int | None = None
 
-    def feed(self, offset: int, value: bytes, headers: Any) -> Fed:
+    def feed(self, offset: int, value: bytes | None, headers: Any) -> Fed:
         """One message of ``accepted``: a tick, an erasure or an event."""
+        if value is None:  # nothing of ours writes one; a poison message must not stop the stage
+            return Fed(reason="a message without a value: expected an event, a tick or an erasure")
         if is_erasure(headers):
             customer_id = erased_id(value)
             if customer_id is None:

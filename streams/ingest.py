@@ -54,7 +54,7 @@ from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from connectors.platform.topics import CHANNELS, event_topic
 from streams.batch import Outgoing, Received, add_stage
-from touchpoint.contract.models import ContractViolation, Event
+from touchpoint.contract.models import ContractViolation, Event, identifier_values
 from touchpoint.core.fold import Who
 from touchpoint.core.instants import any_zone_ms
 from touchpoint.core.normalise import Identifier
@@ -110,7 +110,7 @@ def judge(serde: EventSerde, raw: bytes | None, now: datetime) -> Accepted | Rej
 
 def has_clear_identifiers(event: Event) -> bool:
     """Whether any identifier arrived in clear: not a pseudonym, so not written by the producer library."""
-    for value in event.identifiers.values():  # a loop, not all(...): this runs for every event
+    for value in identifier_values(event.identifiers).values():  # a loop, not all(...): this runs for every event
         if not is_pseudonym(value):
             return True
     return False
@@ -225,7 +225,8 @@ class IngestLoop:
                 if verdict.clear is not None:
                     clear[len(out)] = verdict
                 # A pseudonym's key is its clear value's: the same partition key either way.
-                out.append((accepted_name, partition_key(verdict.event.identifiers, secret, region), message.value,
+                person_key = partition_key(identifier_values(verdict.event.identifiers), secret, region)
+                out.append((accepted_name, person_key, message.value,
                             [who_header(verdict.event), *(trace_headers or ())]))
             else:
                 log.info("dead-lettered", extra={"topic": message.topic, "partition": message.partition,
@@ -237,8 +238,8 @@ class IngestLoop:
             # The clear values are replaced before anything is sent: one key-store call for the batch.
             for place, (event, value) in zip(
                     clear, await _sealed_patiently(self.keystore, serde, list(clear.values())), strict=True):
-                name, key, _, headers = out[place][:4]
-                out[place] = (name, key, value, [who_header(event), *(headers or ())[1:]])
+                name, key, _, sent_headers = out[place][:4]
+                out[place] = (name, key, value, [who_header(event), *(sent_headers or ())[1:]])
         for topic, count in sorted(arrived_clear.items()):
             log.info("%d event(s) from %s arrived with identifiers in clear (sealed, or dead-lettered if invalid)",
                      count, topic, extra={"topic": topic, "events": count})

@@ -108,12 +108,12 @@ class PartitionStage:
         self._flushed_at = 0.0
         self._written: tuple[int, tuple[int, int]] | None = None  # (next offset, last position) last written
         #: A resolved event's position -> its Avro bytes and trace headers, until it is folded.
-        self.raw: dict[tuple[int, int], tuple[bytes, Any]] = {}
+        self.raw: dict[tuple[int, int], tuple[bytes | None, Any]] = {}
         #: Customers changed since their card last went out -> the log's clock and identity's position at
         #: their last change, the card's as_of and position (cards wait in a backlog, see the module).
         self.unrendered: dict[str, tuple[datetime, int]] = {}
 
-    def raw_of(self, record: Resolved) -> tuple[bytes, Any]:
+    def raw_of(self, record: Resolved) -> tuple[bytes | None, Any]:
         return self.raw.pop(record.position)
 
     def _new(self, partition: int, records: dict[str, bytes] | None) -> tuple[ProfilePartition, set[str]]:

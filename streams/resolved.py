@@ -53,20 +53,22 @@ def encode(record: Record, raw_event: bytes | None, secret: bytes) -> tuple[byte
             (CLOCK, str(record.clock_ms).encode()), (DECISIONS, json.dumps(decisions).encode()),
             (ATTRIBUTED, ",".join(kinds).encode())])
     if isinstance(record, HandOut):
-        value = {"customer_id": record.customer_id, "survivor": record.survivor,
-                 "event_position": list(record.event_position)}
-        return record.customer_id.encode(), json.dumps(value).encode(), [(RECORD, b"hand-out"), *position]
+        hand_out = {"customer_id": record.customer_id, "survivor": record.survivor,
+                    "event_position": list(record.event_position)}
+        return record.customer_id.encode(), json.dumps(hand_out).encode(), [(RECORD, b"hand-out"), *position]
     if isinstance(record, Tick):
         return b"", json.dumps({"tick_ms": record.ms}).encode(), [(RECORD, b"tick"), *position]
-    value = {"customer_id": record.customer_id, "ids": list(record.ids), "clock_ms": record.clock_ms}
-    return record.customer_id.encode(), json.dumps(value).encode(), [(RECORD, b"erase"), *position]
+    erase = {"customer_id": record.customer_id, "ids": list(record.ids), "clock_ms": record.clock_ms}
+    return record.customer_id.encode(), json.dumps(erase).encode(), [(RECORD, b"erase"), *position]
 
 
-def decode(value: bytes, headers: Any, serde: EventSerde, folder: Folder, secret: bytes) -> Record:
+def decode(value: bytes | None, headers: Any, serde: EventSerde, folder: Folder, secret: bytes) -> Record:
     """The record of one message of ``resolved``; ``folder`` normalises a resolved event's identifiers.
 
     :raises ValueError: not a record of ours (or signed with another key).
     """
+    if value is None:
+        raise ValueError("a message without a value")
     found = {key: header for key, header in (headers.items() if hasattr(headers, "items") else headers or ())}
     kind = found.get(RECORD, b"").decode()
     if kind == "hand-in":
@@ -83,12 +85,12 @@ def decode(value: bytes, headers: Any, serde: EventSerde, folder: Folder, secret
         event = serde.read_checked(value)  # checked by ingest, once
         decisions = tuple(_decision(doc) for doc in json.loads(found[DECISIONS]))
         kinds = set(found[ATTRIBUTED].decode().split(",")) - {""}
-        attributed = tuple(folder.normalise_pair((k, v)) for k, v in event.identifiers.items() if k in kinds)
+        attributed = tuple(folder.normalise_pair((k, str(v))) for k, v in event.identifiers.items() if k in kinds)
         return Resolved(position, event, found[CUSTOMER].decode(), decisions, attributed,
                         any_zone_ms(event.occurred_at), int(found[CLOCK]))
     doc = json.loads(value)
     if kind == "hand-out":
-        return HandOut(position, doc["customer_id"], doc["survivor"], tuple(doc["event_position"]))  # type: ignore[arg-type]
+        return HandOut(position, doc["customer_id"], doc["survivor"], tuple(doc["event_position"]))
     if kind == "tick":
         return Tick(position, int(doc["tick_ms"]))
     if kind == "erase":

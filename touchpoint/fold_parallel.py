@@ -239,9 +239,9 @@ def _group(path: Path, jobs: int, config: FoldConfig, secret: bytes, now: dateti
                 sizes[groups.find(scan.keys[anchor])] += lines
     load = [(0, part) for part in range(jobs)]
     part_of: dict[str, int] = {}
-    for root, count in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
+    for group, count in sorted(sizes.items(), key=lambda item: (-item[1], item[0])):
         lines, part = heapq.heappop(load)
-        part_of[root] = part
+        part_of[group] = part
         heapq.heappush(load, (lines + count, part))
     now_ms = None if now is None else epoch_ms(now)
     owner = bytearray()
@@ -258,9 +258,9 @@ def _group(path: Path, jobs: int, config: FoldConfig, secret: bytes, now: dateti
             owner[first + n] = _EVERY_PART
         for n, ms in enumerate(scan.times):
             latest_before.append(latest)
-            at = scan.ticks.get(n)
-            if at is not None:
-                latest = max(latest, at)
+            tick = scan.ticks.get(n)
+            if tick is not None:
+                latest = max(latest, tick)
             elif ms != _NO_LATEST and ((now_ms is not None and ms <= now_ms + _MAX_AHEAD_MS) or (
                     now_ms is None and (latest == _NO_LATEST or ms <= latest + ahead_ms))):
                 latest = max(latest, ms)  # presumed accepted

@@ -49,7 +49,7 @@ def describe_connection(settings: Settings) -> str:
     protocol = settings.kafka_security_protocol
     if protocol == "PLAINTEXT":
         return settings.kafka_bootstrap
-    how = [protocol]
+    how: list[str] = [protocol]
     if protocol.startswith("SASL_"):
         how.append(f"{settings.kafka_sasl_mechanism} user {settings.kafka_sasl_username!r}")
     if settings.kafka_ssl_certfile is not None:

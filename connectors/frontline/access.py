@@ -192,8 +192,8 @@ def _positive(shown: str, name: str, entry: dict[str, Any], field: str, source: 
     value = entry.get(field)
     if value is None and field not in entry:
         return None
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or not math.isfinite(value) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int))
+            or not math.isfinite(value) or value <= 0):
         kind = "a positive integer" if integer else "a positive number"
         raise ConfigError(f"{source}: entry {shown} ({name}): {field} must be {kind}, got {value!r}")
     return value

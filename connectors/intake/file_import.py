@@ -96,7 +96,7 @@ from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from connectors.platform.topics import CHANNELS, TopicSpec, ensure_topics, event_topic, topic_specs
 from touchpoint import jsontext
-from touchpoint.contract.models import ContractViolation, Event, validate_event
+from touchpoint.contract.models import ContractViolation, Event, identifier_values, validate_event
 from touchpoint.core.normalise import Identifier
 from touchpoint.errors import PublishError, TouchpointError
 from touchpoint.kafka_security import kafka_python_options
@@ -372,8 +372,9 @@ class _Run:
         region = self.settings.phone_region
         tokens: dict[str, str] = {}
         sealed = [pseudonymised(event, identifiers, data_keys, tokens) for event, identifiers in batch]
-        return [(event_topic(self.settings, e.channel), partition_key(e.identifiers, self.secret, region),
-                 self.serde.serialize(e)) for e in sealed]
+        return [(event_topic(self.settings, e.channel),
+                 partition_key(identifier_values(e.identifiers), self.secret, region), self.serde.serialize(e))
+                for e in sealed]
 
     def close(self) -> None:
         self.loop.run_until_complete(self.keystore.close())

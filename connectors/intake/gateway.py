@@ -436,7 +436,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _parse(body: bytes, media: str, max_events: int) -> list[Any]:
     too_many = f"too many events: the limit is {max_events} per request"
     if media in NDJSON_TYPES:
-        docs = []
+        docs: list[Any] = []
         for number, raw in enumerate(body.split(b"\n"), start=1):
             line = raw.strip()
             if not line:

@@ -50,7 +50,7 @@ from connectors.platform.keystore import KeyStore, KeyStoreError, PostgresKeySto
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from connectors.platform.topics import event_topic
-from touchpoint.contract.models import ContractViolation, Event, validate_event
+from touchpoint.contract.models import ContractViolation, Event, identifier_values, validate_event
 from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
 from touchpoint.core.pseudonym import SHOWN_AS_IS, is_pseudonym, pseudonym
@@ -95,7 +95,7 @@ def normalised(event: Event, secret: bytes, region: str) -> dict[str, Identifier
     """
     found: dict[str, Identifier] = {}
     problems = []
-    for kind, value in event.identifiers.items():
+    for kind, value in identifier_values(event.identifiers).items():
         try:
             found[kind] = normalise(kind, value, region=region, secret=secret)
         except InvalidIdentifier as exc:
@@ -108,7 +108,7 @@ def normalised(event: Event, secret: bytes, region: str) -> dict[str, Identifier
 def keys_to_seal(checked: Iterable[tuple[Event, dict[str, Identifier]]]) -> set[str]:
     """The identifier keys whose data keys sealing these events needs."""
     return {ident.key for event, identifiers in checked for kind, ident in identifiers.items()
-            if kind not in SHOWN_AS_IS and not is_pseudonym(event.identifiers[kind])}
+            if kind not in SHOWN_AS_IS and not is_pseudonym(identifier_values(event.identifiers)[kind])}
 
 
 def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: dict[str, bytes],
@@ -120,7 +120,7 @@ def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: d
     """
     tokens = {}
     for kind, ident in identifiers.items():
-        given = event.identifiers[kind]
+        given = identifier_values(event.identifiers)[kind]
         if is_pseudonym(given):
             tokens[kind] = given
         elif (token := sealed.get(ident.key)) is not None:
@@ -256,9 +256,9 @@ class AsyncEventProducer:
                 EVENT_ID: event.event_id, EVENT_TYPE: event.type, CHANNEL: event.channel, MESSAGING_TOPIC: topic})
             try:
                 # Bounded by request_timeout_ms (metadata wait); returns once the record is in a batch.
-                future = await producer.send(topic, key=partition_key(event.identifiers, self._secret, self._region),
-                                                   value=self._serde.serialize(event),
-                                                   headers=kafka_headers(trace.set_span_in_context(span)) or None)
+                key = partition_key(identifier_values(event.identifiers), self._secret, self._region)
+                future = await producer.send(topic, key=key, value=self._serde.serialize(event),
+                                             headers=kafka_headers(trace.set_span_in_context(span)) or None)
             except KafkaError as exc:
                 span.end()
                 results.append(Failed(event.event_id, f"not sent: {exc!r}"))

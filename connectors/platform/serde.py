@@ -69,7 +69,7 @@ class EventSerde:
         :raises RegistryError: the registry could not be asked.
         """
         _, record = decode(data, self._writer_schema, event_schema())
-        return record  # type: ignore[no-any-return]
+        return record
 
     def _writer_schema(self, schema_id: int) -> object:
         """The writer schema by id; our own current schema as the very object readers resolve into.
@@ -90,4 +90,4 @@ class EventSerde:
 
 @cache
 def _current_canonical_form() -> str:
-    return to_parsing_canonical_form(event_schema())  # type: ignore[no-any-return]
+    return to_parsing_canonical_form(event_schema())

@@ -37,6 +37,7 @@ Failures surface as :class:`ContractViolation`, listing every problem as a
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self, cast, get_args
 
@@ -146,6 +147,11 @@ class Identifiers(TypedDict, total=False):
     card: Text
     cookie: Text
     device: Text
+
+
+def identifier_values(identifiers: Identifiers) -> Mapping[str, str]:
+    """The identifiers as a mapping of kind to value, for code over any kind (every value is a string)."""
+    return cast(Mapping[str, str], identifiers)
 
 
 class _Frozen(BaseModel):
