@@ -373,7 +373,10 @@ class ProfileLoop:
             stage.unrendered.pop(customer_id, None)  # an erased view stays, empty: it must get no card
         stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         for alias, survivor in sorted(merged.items()):
-            out.append((views, *merged_record(alias, stamp, position, survivor)))
+            # The merging event's own position where this partition folded it (an alias of the merged id,
+            # re-pointed along, has none of its own: the partition's).
+            at = outcome.merged_at.get(alias)
+            out.append((views, *merged_record(alias, stamp, position if at is None else log_position(at), survivor)))
         for customer_id in outcome.erased:
             out.append((views, *erased_record(customer_id, stamp, position)))
             key, value, headers = erasure_record(customer_id, as_of)

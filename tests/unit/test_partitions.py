@@ -230,6 +230,8 @@ def test_an_event_waits_for_the_view_it_merges() -> None:
     parts[pa].feed(len(queues[pa]), hand_in)
     assert not parts[pa].held and parts[pa].next_offset == 3
     assert set(parts[pa].folder.views) == {a} and b in parts[pa].folder.views[a].aliases
+    # The merge is stamped with the position of e3, the event that merged b (identity's offset 2).
+    assert parts[pa].drain().merged_at == {b: (2, 1)}
 
 
 def test_a_view_handed_in_locally_releases_the_hold_and_its_copy_in_the_log_changes_nothing() -> None:

@@ -7,8 +7,9 @@ Keyed by customer id (the topic is compacted). The value is JSON:
 * an erasure: ``{"customer_id", "as_of", "position", "erased": true}``.
 
 Each value also carries ``"position"``: identity's position in the ordered
-log (:func:`log_position`) up to which the profile had folded when it wrote
-the record. Records about one customer id come from different partitions
+log (:func:`log_position`): for a merge, the position of the event that
+merged; for a card or an erasure, how far the profile had folded when it
+wrote the record. Records about one customer id come from different partitions
 (its card from its own, its merge from the survivor's), and after a restart
 a partition writes again what it wrote before; the position orders them where
 the log's clock cannot (it stands still while events older than the newest

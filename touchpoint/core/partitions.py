@@ -191,6 +191,8 @@ class Outcome:
     # (customer, event, reason, identity's position of it): the dead-letter topic.
     released: list[tuple[str, Event]] = field(default_factory=list)
     held_rejected: list[tuple[str, Event, str, int]] = field(default_factory=list)
+    # Ids an event folded here merged away -> that event's position (orders the merge against cards of the id).
+    merged_at: dict[str, Position] = field(default_factory=dict)
 
 
 class ProfilePartition:
@@ -272,6 +274,7 @@ class ProfilePartition:
             for merged in record.merged:
                 folder.take_over(self.arrived.pop(merged).handover)
                 self.arrived_changed.add(merged)
+                outcome.merged_at[merged] = record.position
             folder.advance(record.clock_ms)
             try:
                 assert record.event is not None, "a Resolved record to follow carries its event"
