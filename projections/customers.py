@@ -145,8 +145,9 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
     found = [(str(key), str(kind), customer_id, record.offset)
              for kind, listed in (keys.items() if isinstance(keys, dict) else ())
              if isinstance(listed, list) for key in listed]
-    return (customer_id, Json(orjson.dumps(view), dumps=_as_is), as_of, segment, record.topic, record.partition,
-            record.offset, position), found
+    # No view: NULL, which the table refuses with PostgreSQL's reason (not a JSON null it would keep).
+    stored = None if view is None else Json(orjson.dumps(view), dumps=_as_is)
+    return (customer_id, stored, as_of, segment, record.topic, record.partition, record.offset, position), found
 
 
 class CustomersProjection:
