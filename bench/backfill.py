@@ -8,7 +8,10 @@ arrival order). This folds the same good events twice with the offline core
 channel (each channel's events in event-time order), both rendered as of the
 end of the history, and prints how far apart they are: the points balance in
 total and per customer, the customer ids found in only one of them, the
-segments and active alerts that differ, and each fold's CPU per event.
+segments and active alerts that differ, and each fold's CPU per event; then
+the same without the events that carry a contested identifier (one seen with
+two customer numbers: a family e-mail, a shop landline), where identity's
+guardrails decide in arrival order (the bound docs/loyalty.md states).
 
     python -m bench.backfill                       # 2,000 customers over a year
     python -m bench.backfill --customers 500 --json
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +41,25 @@ CHANNEL_FILES = ("branch", "phone", "web", "email", "sms")
 def population(customers: int, days: int, seed: int) -> list[dict[str, Any]]:
     """The generator's good events (its deliberately bad ones carry other event id prefixes)."""
     return [e for e in generate(customers, days, seed=seed) if e["event_id"].startswith("ev-")]
+
+
+def contested(events: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
+    """The (kind, value) identifiers seen with more than one customer number."""
+    numbers: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for event in events:
+        identifiers = event["identifiers"]
+        number = identifiers.get("customer_no")
+        if number is not None:
+            for kind, value in identifiers.items():
+                if kind != "customer_no":
+                    numbers[kind, value].add(number)
+    return {identifier for identifier, seen in numbers.items() if len(seen) > 1}
+
+
+def without_contested(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events that carry no contested identifier."""
+    shared = contested(events)
+    return [e for e in events if not any((kind, value) in shared for kind, value in e["identifiers"].items())]
 
 
 def by_event_time(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,28 +111,40 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     events = population(args.customers, args.days, args.seed)
-    # One instant for both: the day after the last event, so dormancy and churn are judged alike.
-    latest = max(datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00")) for e in events)
-    as_of = (latest + timedelta(days=1)).astimezone(UTC)
-    reference, reference_s = folded(by_event_time(events), as_of)
-    other, other_s = folded(channel_by_channel(events), as_of)
-    out: dict[str, Any] = {"events": len(events), **compare(reference, other),
-                           "fold_us_per_event_event_time": reference_s / len(events) * 1e6,
-                           "fold_us_per_event_by_channel": other_s / len(events) * 1e6}
+    out: dict[str, Any] = {"events": len(events)}
+    lines = []
+    for label, prefix, chosen in (("all events", "", events),
+                                  ("without contested identifiers", "uncontested_", without_contested(events))):
+        # One instant for both orders: the day after the last event, so dormancy and churn are judged alike.
+        latest = max(datetime.fromisoformat(e["occurred_at"].replace("Z", "+00:00")) for e in chosen)
+        as_of = (latest + timedelta(days=1)).astimezone(UTC)
+        reference, reference_s = folded(by_event_time(chosen), as_of)
+        other, other_s = folded(channel_by_channel(chosen), as_of)
+        figures = {"events": len(chosen), **compare(reference, other),
+                   "fold_us_per_event_event_time": reference_s / len(chosen) * 1e6,
+                   "fold_us_per_event_by_channel": other_s / len(chosen) * 1e6}
+        out.update({prefix + name: value for name, value in figures.items()})
+        lines += [
+            f"{label}: {figures['events']:,} events folded as of {as_of.isoformat(timespec='seconds')}",
+            f"  event-time order: {figures['customers_reference']:,} customers, balance "
+            f"{figures['balance_reference']:,} points; fold {figures['fold_us_per_event_event_time']:.1f} µs of CPU "
+            f"an event",
+            f"  channel by channel ({', '.join(CHANNEL_FILES)}): {figures['customers_other']:,} customers, balance "
+            f"{figures['balance_other']:,} points; fold {figures['fold_us_per_event_by_channel']:.1f} µs of CPU "
+            f"an event",
+            f"  difference: {figures['balance_difference']:+,} points; {figures['ids_only_in_one']} customer ids in "
+            f"only one; of the customers in both, {figures['balances_differing']} balances, "
+            f"{figures['identifiers_differing']} identifier sets, {figures['segments_differing']} segments and "
+            f"{figures['active_alerts_differing']} active alert sets differ",
+        ]
+    out["contested_identifiers"] = len(contested(events))
     if args.json:
         print(json.dumps(out, sort_keys=True))
         return 0
     print(machine_line() + f"; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{out['events']:,} events of {args.customers:,} generated customers over {args.days} days "
-          f"(seed {args.seed}), folded as of {as_of.isoformat(timespec='seconds')}")
-    print(f"event-time order: {out['customers_reference']:,} customers, balance {out['balance_reference']:,} points; "
-          f"fold {out['fold_us_per_event_event_time']:.1f} µs of CPU an event")
-    print(f"channel by channel ({', '.join(CHANNEL_FILES)}): {out['customers_other']:,} customers, balance "
-          f"{out['balance_other']:,} points; fold {out['fold_us_per_event_by_channel']:.1f} µs of CPU an event")
-    print(f"difference: {out['balance_difference']:+,} points; {out['ids_only_in_one']} customer ids in only one; "
-          f"of the customers in both, {out['balances_differing']} balances, {out['identifiers_differing']} "
-          f"identifier sets, {out['segments_differing']} segments and {out['active_alerts_differing']} "
-          f"active alert sets differ")
+    print(f"{len(events):,} events of {args.customers:,} generated customers over {args.days} days (seed {args.seed}); "
+          f"{out['contested_identifiers']} identifiers contested between customer numbers")
+    print("\n".join(lines))
     return 0
 
 
