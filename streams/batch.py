@@ -19,7 +19,7 @@ One turn of a stage's loop:
    cards), so after a full batch an empty take still calls it, with nothing, to let them out;
 3. every record is produced, then one flush waits until Kafka acknowledged
    all of them;
-4. the batch's next offsets are committed, once;
+4. the batch's next offsets are committed, once (past transaction markers too: :func:`to_commit`);
 5. the stage writes its state if due (:meth:`Stage.after_batch`; less often
    in a backlog).
 
@@ -205,6 +205,23 @@ def stage_consumer(settings: Settings, stage: str, topics: list[str]) -> Consume
     return consumer
 
 
+def to_commit(consumer: Consumer, batch: list[Received], committed: dict[tuple[str, int], int]
+              ) -> list[TopicPartition]:
+    """What to commit now: past each partition's last message of the batch, and past transaction markers.
+
+    A transactional producer (``touchpoint ingest``) ends each transaction with a commit marker that takes
+    an offset and is never delivered: committing only past the last message leaves a lag of one for good
+    (KAFKA-6607). The consumer's position steps over markers it has read, so it is committed too, also
+    after a take that found nothing. ``committed``: what this consumer committed so far (nothing again).
+    """
+    ends = {(tp.topic, tp.partition): tp.offset for tp in next_offsets(batch)}
+    for tp in consumer.position(consumer.assignment()):
+        if tp.offset >= 0:  # a partition not read yet has no position
+            ends[tp.topic, tp.partition] = max(ends.get((tp.topic, tp.partition), 0), tp.offset)
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in ends.items()
+            if committed.get((topic, partition)) != offset]
+
+
 def next_offsets(batch: list[Received]) -> list[TopicPartition]:
     """What to commit after a batch: per partition, the offset after its last message."""
     ends: dict[tuple[str, int], int] = {}
@@ -228,6 +245,7 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
             try:
                 await stage.start()
                 assignment: set[int] = set()
+                committed: dict[tuple[str, int], int] = {}  # by this consumer, so far
                 held = False  # the last handle() was told backlog: it may hold records for a later call
                 while True:
                     messages = await loop.run_in_executor(thread, take, consumer, batch_size, BATCH_WITHIN_S)
@@ -242,10 +260,12 @@ async def run_stage(settings: Settings, stage: Stage) -> None:
                         emitter.produce(await stage.handle(batch, emitter.produce, backlog))
                         await loop.run_in_executor(thread, emitter.wait)
                     held = backlog
-                    if batch:
+                    offsets = await loop.run_in_executor(thread, to_commit, consumer, batch, committed)
+                    if offsets:
                         try:
-                            await loop.run_in_executor(thread, partial(consumer.commit, offsets=next_offsets(batch),
+                            await loop.run_in_executor(thread, partial(consumer.commit, offsets=offsets,
                                                                        asynchronous=False))
+                            committed.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
                         except KafkaException as exc:
                             # A rebalance took the partitions meanwhile: their new owner gets the batch again
                             # and drops what was fed already; the output went out either way.

@@ -29,7 +29,6 @@ import pytest
 
 from bench.backfill import CHANNEL_FILES, by_event_time, population, without_contested
 from connectors.intake.producer import Delivered, EventProducer
-from projections.lag import pipeline_lag
 from tests.e2e.oracle import assert_equals_oracle, drained, end_offset, oracle
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import REPO, scoped, settings_env, spawn_touchpoint, stop_process
@@ -134,11 +133,10 @@ def test_a_backfill_channel_file_by_channel_file_ends_as_the_event_time_fold(own
                                       check=False)
             assert imported.returncode == 0, imported.stdout + imported.stderr
             sent += sum(1 for line in path.read_text().splitlines() if line)
-            # The next file once this one is folded: the log holds a whole channel before the next. (Not by
-            # drained(): the import writes transactions, whose commit markers the ingest lag counts.)
-            wait_until(lambda sent=sent: end_offset(own, own.topic("accepted"))[0] >= sent and not any(
-                lag for stage, lag in pipeline_lag(own).items() if stage != "ingest"), 90,
-                f"file {n} ({path.name}) to be folded", (worker, writer))
+            # The next file once this one is folded: the log holds a whole channel before the next. (drained()
+            # also says the ingest stage got past the import's last transaction marker.)
+            wait_until(lambda sent=sent: end_offset(own, own.topic("accepted"))[0] >= sent and drained(own), 90,
+                       f"file {n} ({path.name}) to be folded", (worker, writer))
         time.sleep(1)
     finally:
         stop_process(worker)
