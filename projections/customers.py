@@ -30,7 +30,7 @@ interleave never changes which customer a key ends on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -38,8 +38,10 @@ import orjson
 import psycopg
 from psycopg.types.json import Json
 
+from connectors.platform.keystore import PostgresKeyStore
 from projections.writer import Record
 from touchpoint.contract.cards import Kind, read_card
+from touchpoint.core.masking import mask_card, open_identifiers, pseudonym_keys
 from touchpoint.settings import Settings
 
 # Which of two records about one id is newer, in SQL (``old``, ``new``: the rows' table names) as in newer().
@@ -52,7 +54,8 @@ _NEWER = (
     "OR {old}.source_offset < {new}.source_offset END"
 )
 _ON_CONFLICT = (
-    "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, as_of = EXCLUDED.as_of, "
+    "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, masked_card = EXCLUDED.masked_card, "
+    "as_of = EXCLUDED.as_of, "
     "value_segment = EXCLUDED.value_segment, source_topic = EXCLUDED.source_topic, "
     "source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, "
     "source_position = EXCLUDED.source_position, updated_at = clock_timestamp() "
@@ -87,14 +90,15 @@ def newer(old: tuple[Record, datetime, int | None], new: tuple[Record, datetime,
 # segment and keys out of it cost ~140 µs a 12 KB card of its CPU; a binary COPY of the view's text into
 # json ~50 (bench.pipeline's half-rate phase: the customers projection was a sixth of the machine's CPU).
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_views (customer_id text, view json COMPRESSION lz4, "
-          "as_of timestamptz, value_segment text, source_topic text, source_partition integer, source_offset bigint, "
+          "masked_card bytea COMPRESSION lz4, as_of timestamptz, value_segment text, source_topic text, "
+          "source_partition integer, source_offset bigint, "
           "source_position bigint) "
           "ON COMMIT DELETE ROWS; "
           "CREATE TEMP TABLE IF NOT EXISTS _stage_keys (key text, kind text, customer_id text, source_offset bigint) "
           "ON COMMIT DELETE ROWS; DELETE FROM _stage_views; DELETE FROM _stage_keys")
-_STAGE_TYPES = ["text", "json", "timestamptz", "text", "text", "int4", "int8", "int8"]
+_STAGE_TYPES = ["text", "json", "bytea", "timestamptz", "text", "text", "int4", "int8", "int8"]
 # A card older than the merge of its id (a partition replaying after a restart) is not written.
-_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, as_of, value_segment, source_topic, "
+_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, masked_card, as_of, value_segment, source_topic, "
            "source_partition, source_offset, source_position) SELECT * FROM _stage_views s "
            "WHERE NOT EXISTS (SELECT FROM customer_aliases a WHERE a.alias = s.customer_id AND "
            + _LATER.format(a="a", b="s") + ") " + _ON_CONFLICT)
@@ -124,6 +128,14 @@ _KEYS = ("INSERT INTO customer_identifiers (key, kind, customer_id, source_offse
          "source_offset = EXCLUDED.source_offset WHERE customer_identifiers.customer_id <> EXCLUDED.customer_id")
 
 
+_WRAPPED = "SELECT key, wrapped FROM identifier_keys WHERE key = ANY(%s)"
+
+
+def _identifiers_of(doc: dict[str, Any]) -> object:
+    view = doc.get("view")
+    return view.get("identifiers") if isinstance(view, dict) else None
+
+
 Newest = tuple[Record, datetime, int | None, Kind, dict[str, Any] | None]
 """A customer's newest record: the record, its as_of, position, kind and parsed value (None: a card, unparsed)."""
 
@@ -133,11 +145,12 @@ def _as_is(value: bytes) -> bytes:
     return value
 
 
-def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[str, Any] | None
-              ) -> tuple[tuple[object, ...], list[tuple[str, str, str, int]]]:
-    """A card record's row of ``_stage_views`` and its rows of ``_stage_keys`` (the card parsed here, once)."""
-    if doc is None:
-        doc = orjson.loads(record.value)
+def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[str, Any],
+              data_keys: Mapping[str, bytes]) -> tuple[tuple[object, ...], list[tuple[str, str, str, int]]]:
+    """A card record's row of ``_stage_views`` and its rows of ``_stage_keys``.
+
+    The row holds the view as it came and the view an agent sees (:func:`masked_view`), both serialised here.
+    """
     customer_id = str(doc["customer_id"])
     view = doc.get("view")
     segment = view.get("value_segment") if isinstance(view, dict) else None
@@ -146,8 +159,19 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
              for kind, listed in (keys.items() if isinstance(keys, dict) else ())
              if isinstance(listed, list) for key in listed]
     # No view: NULL, which the table refuses with PostgreSQL's reason (not a JSON null it would keep).
-    stored = None if view is None else Json(orjson.dumps(view), dumps=_as_is)
-    return (customer_id, stored, as_of, segment, record.topic, record.partition, record.offset, position), found
+    stored = masked = None
+    if view is not None:
+        stored = Json(orjson.dumps(view), dumps=_as_is)
+        masked = orjson.dumps(masked_view(view, data_keys))
+    return (customer_id, stored, masked, as_of, segment, record.topic, record.partition, record.offset, position), found
+
+
+def masked_view(view: Any, data_keys: Mapping[str, bytes]) -> Any:
+    """The card an agent sees: its pseudonyms opened with ``data_keys``, then masked (a view without identifiers as
+    it is)."""
+    if not isinstance(view, dict) or not isinstance(view.get("identifiers"), dict):
+        return view
+    return mask_card({**view, "identifiers": open_identifiers(view["identifiers"], data_keys)})
 
 
 class CustomersProjection:
@@ -157,6 +181,7 @@ class CustomersProjection:
 
     def __init__(self, settings: Settings) -> None:
         self.topics = [settings.topic("customer-views")]
+        self.keystore = PostgresKeyStore(settings)  # opens data keys this writer reads itself (no connection)
 
     def newest(self, records: Sequence[Record], latest: dict[str, Newest], slim: bool = True) -> None:
         """Fold ``records`` into ``latest``: each customer id's newest record so far (:func:`newer`).
@@ -178,6 +203,7 @@ class CustomersProjection:
         latest: dict[str, Newest] = {}
         self.newest(records, latest, slim=False)
         cards, keys, aliases, erased = [], [], [], []
+        parsed: list[tuple[Record, datetime, int | None, dict[str, Any]]] = []
         for customer_id, (record, at, position, kind, doc) in latest.items():
             if kind == "erased":
                 erased.append(customer_id)
@@ -185,7 +211,16 @@ class CustomersProjection:
                 assert doc is not None
                 aliases.append((customer_id, doc["merged_into"], record.offset, position))
             else:
-                row, found = card_rows(record, at, position, doc)
+                parsed.append((record, at, position, orjson.loads(record.value) if doc is None else doc))
+        if parsed:
+            # The batch's data keys in one statement (destroyed ones are absent: those identifiers show erased).
+            wanted = set().union(*(pseudonym_keys(_identifiers_of(doc)) for *_, doc in parsed))
+            data_keys: dict[str, bytes] = {}
+            if wanted:
+                found_keys = cur.execute(_WRAPPED, (sorted(wanted),)).fetchall()
+                data_keys = self.keystore.open_wrapped([k for k, _ in found_keys], [w for _, w in found_keys])
+            for record, at, position, doc in parsed:
+                row, found = card_rows(record, at, position, doc, data_keys)
                 cards.append(row)
                 keys.extend(found)
         if cards:

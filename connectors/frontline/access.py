@@ -58,7 +58,7 @@ from touchpoint.errors import ConfigError
 from touchpoint.settings import Settings
 
 __all__ = ["CHANNELS", "EVENT_TYPES", "ROLES", "KeyRing", "KeyStore", "Principal", "Role", "Source", "SourceKeys",
-           "digest", "mask_card", "mask_identifier", "may_unmask", "presented_key"]
+           "digest", "may_unmask", "presented_key"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ ROLES: Final[tuple[str, ...]] = get_args(Role)
 CHANNELS: Final[tuple[str, ...]] = get_args(Channel)
 EVENT_TYPES: Final[tuple[str, ...]] = get_args(EventType)
 ANY: Final = "*"
-
-MASK: Final = "•••• "
 
 E = TypeVar("E")
 
@@ -324,30 +322,6 @@ class SourceKeys(KeyStore[Source]):
     def source(self, key: str) -> Source | None:
         """The source system ``key`` belongs to, or None when it is not (or no longer) configured."""
         return self.entry(key)
-
-
-def mask_card(card: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a rendered card with its identifiers masked for the agent role."""
-    identifiers = card.get("identifiers")
-    if not isinstance(identifiers, dict):
-        return card
-    masked = {kind: [mask_identifier(kind, str(value)) for value in values] if isinstance(values, list) else values
-              for kind, values in identifiers.items()}
-    return {**card, "identifiers": masked}
-
-
-def mask_identifier(kind: str, display: str) -> str:
-    """One identifier as an agent sees it (``display`` as the card holds it)."""
-    if kind == "customer_no":
-        return display
-    if kind == "email":
-        local, at, domain = display.rpartition("@")
-        return f"{local[:1]}***@{domain}" if at else "***"
-    digits = "".join(c for c in display if c.isdigit()) if kind in ("phone", "card") else display
-    if kind == "card":  # the card holds "…" and the last four already
-        return MASK + digits[-4:]
-    # A value of four characters or fewer would be shown whole: show nothing of it.
-    return MASK + digits[-4:] if len(digits) > 4 else MASK.strip()
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
@@ -93,13 +93,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from connectors.frontline import agent_page
-from connectors.frontline.access import KeyRing, Principal, mask_card, may_unmask
+from connectors.frontline.access import KeyRing, Principal, may_unmask
+from connectors.frontline.audit import AuditRow, AuditTrail, AuditUnavailable
 from connectors.frontline.freshness import LagProbe
 from connectors.frontline.http import SafeJSONResponse, safe_json_app
-from connectors.operations.privacy import Erasure, UnknownCustomer, erase, open_identifiers
+from connectors.operations.privacy import Erasure, UnknownCustomer, erase
 from connectors.platform.keystore import WRAPPED_OF_CARD, PostgresKeyStore
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
+from touchpoint.core.masking import mask_card, open_identifiers
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise
 from touchpoint.settings import Settings
 
@@ -131,42 +133,27 @@ WITH RECURSIVE chain (id, depth) AS (
     WHERE chain.depth < 16
 )"""
 
-# The card at the end of the chain (the survivor), or of the customer itself.
-_CARD = """,
+# The card at the end of the chain (the survivor), or of the customer itself: the form an agent sees, stored by
+# the customers projection, unless clear identifiers are asked for (or the row predates the stored form); then
+# the view with its pseudonyms and their wrapped data keys, from the key store's table in the same database.
+_READ = """,
 card AS (
-    SELECT c.customer_id, c.as_of, c.view FROM chain JOIN customers c ON c.customer_id = chain.id
+    SELECT c.customer_id, c.as_of, c.view, c.masked_card FROM chain JOIN customers c ON c.customer_id = chain.id
     ORDER BY chain.depth DESC LIMIT 1
-)"""
-
-# The read and its audit row in one statement: one transaction, one round trip. The audit part runs
-# whether or not the final SELECT reads it (PostgreSQL runs every data-modifying WITH exactly once) and
-# sees the same card (a CTE referenced twice is computed once). The card comes with the wrapped data keys
-# of its pseudonyms from the key store's table in the same database, instead of a second round trip.
-_AUDITED = """,
-audit AS (
-    INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status,
-                              unmasked)
-    SELECT %(key_name)s, %(role)s, %(endpoint)s, %(kind)s, %(key)s, card.customer_id,
-           CASE WHEN card.customer_id IS NULL THEN 404 ELSE 200 END, %(unmasked)s
-    FROM (SELECT) AS one LEFT JOIN card ON true
+),
+shown AS (
+    SELECT customer_id, as_of, CASE WHEN NOT %(unmasked)s THEN masked_card END AS masked,
+           CASE WHEN %(unmasked)s OR masked_card IS NULL THEN view END AS view
+    FROM card
 )
-SELECT card.customer_id, card.as_of, card.view, k.keys, k.wrapped
-FROM card LEFT JOIN LATERAL (""" + WRAPPED_OF_CARD + """) AS k (keys, wrapped) ON true
+SELECT card.customer_id, card.as_of, card.masked, card.view, k.keys, k.wrapped
+FROM shown AS card LEFT JOIN LATERAL (""" + WRAPPED_OF_CARD + """) AS k (keys, wrapped) ON true
 """
 
-_CARD_BY_ID = _CHAIN_FROM_ID + _CARD + "\nSELECT customer_id, as_of, view FROM card\n"
-"""The card by customer id, without audit (for tools and the benchmark's raw figures)."""
-_CARD_BY_KEY = _CHAIN_FROM_KEY + _CARD + "\nSELECT customer_id, as_of, view FROM card\n"
-"""The card by identifier key, without audit."""
-_AUDITED_BY_ID = _CHAIN_FROM_ID + _CARD + _AUDITED
-"""The card by customer id and its audit row, one statement."""
-_AUDITED_BY_KEY = _CHAIN_FROM_KEY + _CARD + _AUDITED
-"""The card by identifier key and its audit row, one statement: what ``GET /v1/customers/lookup`` runs."""
-
-_AUDIT = """
-INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked)
-VALUES (%(key_name)s, %(role)s, %(endpoint)s, %(kind)s, %(key)s, %(customer_id)s, %(status)s, %(unmasked)s)
-"""
+_READ_BY_ID = _CHAIN_FROM_ID + _READ
+"""A card by customer id (the survivor's for an alias): what ``GET /v1/customers/{id}`` reads."""
+_READ_BY_KEY = _CHAIN_FROM_KEY + _READ
+"""A card by identifier key: what ``GET /v1/customers/lookup`` reads before its audit row is committed."""
 
 _AUDIT_READ = """
 SELECT id, at, key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked
@@ -211,23 +198,37 @@ class Health(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    """What one lookup answered, for the JSON doors and the page alike."""
+    """What one lookup answered, for the JSON doors and the page alike.
+
+    ``masked``: the card as an agent sees it, JSON bytes as the customers projection stored them (sent as they
+    are); ``card``: a card opened (and masked) here, for clear reads and rows from before the stored form.
+    """
 
     status: int
     detail: str = ""
     customer_id: str | None = None
     as_of: datetime | None = None
     card: dict[str, Any] | None = None
+    masked: bytes | None = None
     resolved_from: str | None = None
 
+    def shown_card(self) -> dict[str, Any] | None:
+        """The card answered, as a document (the page renders it)."""
+        return orjson.loads(self.masked) if self.masked is not None else self.card
+
+    def body(self) -> bytes:
+        """A 200's JSON body, ``{"customer_id", "as_of", "card"[, "resolved_from"]}``: the stored card's bytes
+        copied in, not parsed and serialised again."""
+        card = self.masked if self.masked is not None else to_json(self.card)
+        tail = b"}" if self.resolved_from is None else b',"resolved_from":' + to_json(self.resolved_from) + b"}"
+        return b"".join((b'{"customer_id":', to_json(self.customer_id), b',"as_of":', to_json(self.as_of),
+                         b',"card":', card, tail))
+
     def response(self) -> Response:
-        """The JSON answer, serialised once (as ``CustomerCard`` with ``exclude_none`` would be)."""
+        """The JSON answer (an error as FastAPI answers an HTTPException)."""
         if self.status != 200:
             raise HTTPException(self.status, self.detail)
-        answer: dict[str, Any] = {"customer_id": self.customer_id, "as_of": self.as_of, "card": self.card}
-        if self.resolved_from is not None:
-            answer["resolved_from"] = self.resolved_from
-        return Response(to_json(answer), media_type="application/json")
+        return Response(self.body(), media_type="application/json")
 
 
 class _Headers:
@@ -318,6 +319,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                     "see TOUCHPOINT_API_KEYS")
     lag_probe = LagProbe(settings, ttl_s=lag_ttl_s)
     keystore = PostgresKeyStore(settings, pool)
+    trail = AuditTrail(pool)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -332,6 +334,12 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                   description="The front line's customer lookup by identifier or id. Send an API key as "
                               "`Authorization: Bearer <key>` or `X-API-Key: <key>`.")
     app.add_middleware(_Headers)
+
+    async def audit_unavailable(_: Request, exc: Exception) -> Response:
+        # Nothing is shown that was not recorded: the lookup is refused, and may be retried.
+        return SafeJSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(AuditUnavailable, audit_unavailable)
 
     def principal_of(request: Request) -> Principal:
         """The principal of a JSON request; 401 without a valid key."""
@@ -368,32 +376,33 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if refusal is None and unmasked and not may_unmask(principal):
             refusal = _Outcome(403, f"role {principal.role} may not see unmasked identifiers "
                                     "(operations and admin may)")
-        audit = {"key_name": principal.name, "role": principal.role, "endpoint": endpoint, "kind": kind,
-                 "key": key, "unmasked": unmasked}
-        async with pool.connection() as conn:
-            if refusal is not None:
-                await conn.execute(_AUDIT, {**audit, "customer_id": None, "status": refusal.status})
-                return refusal
-            if kind == "customer_id":
-                assert value is not None
-                if "\x00" in value:
-                    # No customer id holds NUL (PostgreSQL text cannot): nobody, without asking.
-                    await conn.execute(_AUDIT, {**audit, "customer_id": None, "status": 404})
-                    return _Outcome(404, f"no customer {_shown(value)}")
-                cursor = await conn.execute(_AUDITED_BY_ID, {**audit, "start": value})
+        outcome = refusal
+        if outcome is None and kind == "customer_id" and "\x00" in str(value):
+            # No customer id holds NUL (PostgreSQL text cannot): nobody, without asking.
+            outcome = _Outcome(404, f"no customer {_shown(str(value))}")
+        row = None
+        if outcome is None:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(_READ_BY_ID if kind == "customer_id" else _READ_BY_KEY,
+                                            {"start": value, "key": key, "unmasked": unmasked})
+                row = await cursor.fetchone()
+            if row is None:
+                outcome = _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
+                                   else f"nobody matches {kind} {display}")
             else:
-                cursor = await conn.execute(_AUDITED_BY_KEY, audit)
-            # The statement has committed (autocommit) when execute() returns: the audit row is in.
-            row = await cursor.fetchone()
-        if row is None:
-            return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
-                            else f"nobody matches {kind} {display}")
-        found, as_of, view, keys, wrapped = row
+                found = row[0]
+                outcome = _Outcome(200, customer_id=found, as_of=row[1], masked=row[2],
+                                   resolved_from=value if kind == "customer_id" and found != value else None)
+        # Nothing is answered before its audit row is committed (with the rows of concurrent lookups: audit.py).
+        await trail.record(AuditRow(principal.name, principal.role, endpoint, kind, key, outcome.customer_id,
+                                    outcome.status, unmasked))
+        if row is None or outcome.masked is not None:
+            return outcome
+        view, data_key_names, wrapped = row[3], row[4], row[5]
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
-            data_keys = keystore.open_wrapped(keys or [], wrapped or [])
+            data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])
             view = {**view, "identifiers": open_identifiers(view["identifiers"], data_keys)}
-        return _Outcome(200, customer_id=found, as_of=as_of, card=view if unmasked else mask_card(view),
-                        resolved_from=value if kind == "customer_id" and found != value else None)
+        return replace(outcome, card=view if unmasked else mask_card(view))
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -479,8 +488,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                          404: {"description": "no such customer in the read model"}})
     async def erasure(customer_id: str, request: Request) -> SafeJSONResponse:
         principal = principal_of(request)
-        audit = {"key_name": principal.name, "role": principal.role, "endpoint": "erasure", "kind": "customer_id",
-                 "key": None, "unmasked": False, "customer_id": None}
+        erased: str | None = None
         answer: SafeJSONResponse
         if principal.role != "admin":
             answer = SafeJSONResponse({"detail": f"role {principal.role} may not erase customers (admin may)"}, 403)
@@ -492,10 +500,10 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             except UnknownCustomer as exc:
                 answer = SafeJSONResponse({"detail": str(exc)}, 404)
             else:
-                audit["customer_id"] = done.customer_id
+                erased = done.customer_id
                 answer = SafeJSONResponse(asdict(done))
-        async with pool.connection() as conn:
-            await conn.execute(_AUDIT, {**audit, "status": answer.status_code})
+        await trail.record(AuditRow(principal.name, principal.role, "erasure", "customer_id", None, erased,
+                                    answer.status_code, False))
         return answer
 
     _add_page_routes(app, keys, resolve)
@@ -554,17 +562,23 @@ def _add_page_routes(app: FastAPI, keys: KeyRing,
             return _html(agent_page.message_page(principal.name, principal.role,
                                                  "Find a customer by phone, e-mail, customer number or card."))
         unmasked = params.get("unmasked", "").lower() in ("1", "true", "yes", "on")
-        outcome = await resolve(principal, "agent_page", given, unmasked)
+        try:
+            outcome = await resolve(principal, "agent_page", given, unmasked)
+        except AuditUnavailable:
+            return _html(agent_page.message_page(principal.name, principal.role,
+                                                 "The audit trail cannot be written just now: try again shortly."),
+                         503)
         kind, value = next(iter(given.items()))
         # A card number typed in is not shown back, not even in the search box.
         echo = "" if kind == "card" else _shown(value)
         if outcome.status != 200:
             return _html(agent_page.message_page(principal.name, principal.role, outcome.detail, kind, echo),
                          outcome.status)
-        assert outcome.customer_id is not None and outcome.as_of is not None and outcome.card is not None
+        card = outcome.shown_card()
+        assert outcome.customer_id is not None and outcome.as_of is not None and card is not None
         nonce = secrets.token_urlsafe(16)
         return _html(agent_page.card_page(
-            principal.name, principal.role, outcome.customer_id, outcome.as_of.isoformat(), outcome.card,
+            principal.name, principal.role, outcome.customer_id, outcome.as_of.isoformat(), card,
             nonce=nonce, kind=kind, value=echo, resolved_from=outcome.resolved_from), nonce=nonce)
 
     @app.get("/agent/login", response_class=HTMLResponse, include_in_schema=False)

@@ -45,14 +45,12 @@ from psycopg.rows import dict_row, tuple_row
 
 from connectors.platform.control import erasure_record
 from connectors.platform.keystore import KeyStore, PostgresKeyStore
-from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
+from touchpoint.core.masking import open_identifiers, pseudonym_keys
 from touchpoint.errors import PublishError, TouchpointError
 from touchpoint.kafka_security import kafka_python_options
 from touchpoint.settings import Settings
 
 T = TypeVar("T")
-ERASED = "(erased)"
-"""What a reader sees of an identifier whose data key was destroyed."""
 
 
 class UnknownCustomer(TouchpointError):
@@ -60,25 +58,8 @@ class UnknownCustomer(TouchpointError):
 
 
 async def reveal_identifiers(identifiers: Mapping[str, Sequence[str]], keystore: KeyStore) -> dict[str, list[str]]:
-    """A card's identifiers with their pseudonyms opened (one key-store call); :data:`ERASED` when shredded."""
-    keys = {parse(value).key for values in identifiers.values() for value in values if is_pseudonym(value)}
-    return open_identifiers(identifiers, await keystore.data_keys(keys, create=False))
-
-
-def open_identifiers(identifiers: Mapping[str, Sequence[str]], data_keys: Mapping[str, bytes]) -> dict[str, list[str]]:
-    """A card's identifiers with their pseudonyms opened by ``data_keys``; :data:`ERASED` when a key is gone."""
-    opened: dict[str, list[str]] = {}
-    for kind, values in identifiers.items():
-        opened[kind] = []
-        for value in values:
-            if not is_pseudonym(value):
-                opened[kind].append(value)
-                continue
-            try:
-                opened[kind].append(reveal(value, data_keys.get(parse(value).key)))
-            except Unreadable:
-                opened[kind].append(ERASED)
-    return opened
+    """A card's identifiers with their pseudonyms opened (one key-store call); ``(erased)`` when shredded."""
+    return open_identifiers(identifiers, await keystore.data_keys(pseudonym_keys(identifiers), create=False))
 
 
 @dataclass(frozen=True)

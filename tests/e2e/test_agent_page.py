@@ -31,12 +31,13 @@ import psycopg
 import pytest
 import uvicorn
 
-from connectors.frontline.access import digest, mask_identifier
+from connectors.frontline.access import digest
 from connectors.frontline.lookup import COOKIE, create_lookup_app
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from tests.fix_stack import scoped
 from touchpoint.core.fold import Folder
+from touchpoint.core.masking import mask_identifier
 from touchpoint.core.profile import render
 from touchpoint.generate import generate
 from touchpoint.settings import Settings

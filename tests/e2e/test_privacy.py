@@ -37,7 +37,7 @@ from connectors.frontline.access import digest
 from connectors.frontline.lookup import create_lookup_app
 from connectors.intake.producer import Delivered, EventProducer
 from connectors.operations.clock import publish_tick
-from connectors.operations.privacy import ERASED, UnknownCustomer, erase, export
+from connectors.operations.privacy import UnknownCustomer, erase, export
 from connectors.platform.keystore import PostgresKeyStore
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
@@ -46,6 +46,7 @@ from projections.rebuild import rebuild
 from tests.e2e.oracle import drained, end_offset
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import REPO, scoped, settings_env, spawn_touchpoint, stop_process
+from touchpoint.core.masking import ERASED
 from touchpoint.core.normalise import normalise
 from touchpoint.core.pseudonym import Unreadable, parse, reveal
 from touchpoint.generate import generate

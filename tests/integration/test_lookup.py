@@ -33,11 +33,11 @@ with warnings.catch_warnings():
 
 from connectors.frontline.access import digest
 from connectors.frontline.lookup import COOKIE, create_lookup_app
-from connectors.operations.privacy import ERASED
 from connectors.platform.keystore import PostgresKeyStore
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from tests.fix_stack import scoped
+from touchpoint.core.masking import ERASED
 from touchpoint.core.normalise import identifier_key, normalise
 from touchpoint.core.pseudonym import pseudonym
 from touchpoint.settings import Settings

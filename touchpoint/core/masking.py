@@ -1,0 +1,71 @@
+"""What a reader sees of a card's identifiers: pseudonyms opened with their data keys, masked by role.
+
+Cards hold identifiers as pseudonyms (DESIGN.md §6). :func:`open_identifiers`
+opens them with data keys the caller fetched (:data:`ERASED` where the key
+was destroyed: crypto-shredding); :func:`mask_card` masks the opened values
+for the agent role (``j***@example.com``, ``•••• 0123``). The customers
+projection runs both once per card change and stores the result beside the
+card, so a lookup serves those bytes as they are; the lookup API runs them
+per request only for clear (unmasked) reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
+
+__all__ = ["ERASED", "MASK", "mask_card", "mask_identifier", "open_identifiers", "pseudonym_keys"]
+
+ERASED: Final = "(erased)"
+"""What a reader sees of an identifier whose data key was destroyed."""
+MASK: Final = "•••• "
+
+
+def pseudonym_keys(identifiers: object) -> set[str]:
+    """The data-key names of the pseudonyms in a card's ``identifiers`` (kind -> values); anything else: none."""
+    if not isinstance(identifiers, Mapping):
+        return set()
+    return {parse(value).key for values in identifiers.values() if isinstance(values, (list, tuple))
+            for value in values if isinstance(value, str) and is_pseudonym(value)}
+
+
+def open_identifiers(identifiers: Mapping[str, Sequence[str]], data_keys: Mapping[str, bytes]) -> dict[str, list[str]]:
+    """A card's identifiers with their pseudonyms opened by ``data_keys``; :data:`ERASED` when a key is gone."""
+    opened: dict[str, list[str]] = {}
+    for kind, values in identifiers.items():
+        opened[kind] = []
+        for value in values:
+            if not is_pseudonym(value):
+                opened[kind].append(value)
+                continue
+            try:
+                opened[kind].append(reveal(value, data_keys.get(parse(value).key)))
+            except Unreadable:
+                opened[kind].append(ERASED)
+    return opened
+
+
+def mask_card(card: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a rendered card (identifiers opened) with its identifiers masked for the agent role."""
+    identifiers = card.get("identifiers")
+    if not isinstance(identifiers, dict):
+        return card
+    masked = {kind: [mask_identifier(kind, str(value)) for value in values] if isinstance(values, list) else values
+              for kind, values in identifiers.items()}
+    return {**card, "identifiers": masked}
+
+
+def mask_identifier(kind: str, display: str) -> str:
+    """One identifier as an agent sees it (``display`` as the card holds it)."""
+    if kind == "customer_no":
+        return display
+    if kind == "email":
+        local, at, domain = display.rpartition("@")
+        return f"{local[:1]}***@{domain}" if at else "***"
+    digits = "".join(c for c in display if c.isdigit()) if kind in ("phone", "card") else display
+    if kind == "card":  # the card holds "…" and the last four already
+        return MASK + digits[-4:]
+    # A value of four characters or fewer would be shown whole: show nothing of it.
+    return MASK + digits[-4:] if len(digits) > 4 else MASK.strip()
