@@ -186,6 +186,18 @@ class Settings(BaseSettings):
             **tls,
         )
 
+    def pg_url(self, database: str | None = None) -> str:
+        """The same connection as a ``postgresql://`` URL, for asyncpg (the password included: never log it)."""
+        from urllib.parse import quote, urlencode
+
+        tls = {name: str(value) for name, value in (("sslmode", self.pg_sslmode), ("sslrootcert", self.pg_sslrootcert),
+                                                    ("sslcert", self.pg_sslcert), ("sslkey", self.pg_sslkey))
+               if value is not None}
+        host = f"[{self.pg_host}]" if ":" in self.pg_host else self.pg_host
+        query = f"?{urlencode(tls)}" if tls else ""
+        return (f"postgresql://{quote(self.pg_user, safe='')}:{quote(self.pg_password.get_secret_value(), safe='')}"
+                f"@{host}:{self.pg_port}/{quote(database or self.pg_database, safe='')}{query}")
+
     def topic(self, name: str) -> str:
         """A Touchpoint topic name, e.g. ``topic("dlq")`` -> ``touchpoint.dlq``; ``resolved`` and the state
         tables carry the version of the rules they were derived with (:data:`DERIVED_VERSION`)."""

@@ -21,19 +21,19 @@ and is answered 503, without the card.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+import asyncpg
 
+from connectors.frontline.pg import UNAVAILABLE, HotPool
 from touchpoint.errors import TouchpointError
 
-__all__ = ["AuditRow", "AuditTrail", "AuditUnavailable"]
+__all__ = ["UNAVAILABLE", "AuditRow", "AuditTrail", "AuditUnavailable", "HotPool"]
 
 _INSERT = """
 INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int2[],
-                     %s::bool[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int2[],
+                     $8::bool[])
 """
 
 
@@ -57,7 +57,7 @@ class AuditUnavailable(TouchpointError):
 class AuditTrail:
     """Commits :class:`AuditRow` s in groups on connections of ``pool`` (autocommit)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: HotPool) -> None:
         self._pool = pool
         self._queued: list[tuple[AuditRow, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -79,10 +79,10 @@ class AuditTrail:
             while self._queued:
                 group, self._queued = self._queued, []
                 try:
-                    async with self._pool.connection() as conn:
-                        await conn.execute(_INSERT, [list(column) for column in zip(*(row for row, _ in group),
-                                                                                    strict=True)])
-                except (psycopg.Error, PoolTimeout) as exc:
+                    async with self._pool.acquire() as conn:
+                        await conn.execute(_INSERT, *(list(column) for column in zip(*(row for row, _ in group),
+                                                                                     strict=True)))
+                except (asyncpg.PostgresError, *UNAVAILABLE) as exc:
                     _settle(group, AuditUnavailable(f"the lookup audit cannot be written: {type(exc).__name__}: {exc}"))
                 else:
                     self.groups += 1

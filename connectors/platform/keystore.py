@@ -38,7 +38,7 @@ WHERE k.key IN (
     FROM json_each(CASE WHEN json_typeof(card.view -> 'identifiers') = 'object'
                         THEN card.view -> 'identifiers' ELSE '{}' END) AS i (kind, values),
          json_array_elements_text(CASE WHEN json_typeof(i.values) = 'array' THEN i.values ELSE '[]' END) AS v (value)
-    WHERE v.value LIKE 'tp1:%%'
+    WHERE left(v.value, 4) = 'tp1:'
 )"""
 """A lateral subquery over a row ``card`` with a ``view`` (a rendered card): one row of two arrays, the keys and
 wrapped data keys of its pseudonyms (``tp1:<kind>:<32 hex>:…``, key ``<kind>:<32 hex>``), for

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
@@ -589,3 +590,47 @@ def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_s
 
     assert asyncio.run(destroy()) == 1
     assert identifiers(unmasked_by=ADMIN_KEY) == {**opened, "email": [ERASED]}
+
+
+def test_a_card_stored_before_its_masked_form_is_masked_by_the_api(lookup_settings: Settings,
+                                                                    client: TestClient, ids: dict[str, str]) -> None:
+    """Rows from before migration 0013 have no masked_card: the API opens and masks the view itself."""
+    settings = lookup_settings
+    stored = client.get("/v1/customers/lookup", params={"phone": PHONE})
+    assert stored.status_code == 200, stored.text
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        masked_by_projection = conn.execute("SELECT masked_card FROM customers WHERE customer_id = %s",
+                                            (ids["ada"],)).fetchone()
+        assert masked_by_projection is not None and masked_by_projection[0] is not None
+        conn.execute("UPDATE customers SET masked_card = NULL WHERE customer_id = %s", (ids["ada"],))
+    try:
+        by_api = client.get("/v1/customers/lookup", params={"phone": PHONE})
+        assert by_api.status_code == 200, by_api.text
+        assert by_api.json() == stored.json()
+        assert by_api.json()["card"]["identifiers"]["email"] == ["a***@example.com"]
+    finally:
+        with psycopg.connect(settings.pg_conninfo()) as conn:
+            conn.execute("UPDATE customers SET masked_card = %s WHERE customer_id = %s",
+                         (masked_by_projection[0], ids["ada"]))
+
+
+def test_concurrent_lookups_each_have_their_audit_row(lookup_settings: Settings, client: TestClient,
+                                                       ids: dict[str, str]) -> None:
+    """Audit rows of lookups running together are committed in groups: still one row per lookup, all before
+    their answers."""
+    settings = lookup_settings
+    before = len(audit_rows(settings))
+    phones = [PHONE, OTHER_PHONE, "+447700900999"] * 10
+
+    async def many() -> list[int]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api",
+                                     headers={"X-API-Key": AGENT_KEY}) as http:
+            answers = await asyncio.gather(*(http.get("/v1/customers/lookup", params={"phone": p}) for p in phones))
+        return [answer.status_code for answer in answers]
+
+    statuses = client.portal.call(many)  # type: ignore[union-attr]
+    assert statuses == [200, 200, 404] * 10
+    rows = audit_rows(settings)[before:]
+    assert sorted((r["identifier_key"], r["status"]) for r in rows) == sorted(
+        (key(settings, "phone", p), status) for p, status in zip(phones, statuses, strict=True))
