@@ -18,17 +18,20 @@ cards are masked unless an ``operations`` or ``admin`` key asks
 ``admin`` only, and so is ``POST /v1/customers/{customer_id}/erasure``
 (:func:`connectors.operations.privacy.erase`, audited as endpoint ``erasure``).
 
-Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6); the
-API opens them with their data keys and then masks them by role. The
-wrapped keys come with the card in the lookup's one statement (the key
-store's table is in the same database: ``WRAPPED_OF_CARD``), unwrapped with
-the master key here. An erased identifier shows as ``(erased)``.
+Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6). The
+customers projection stores beside each card the card an agent sees
+(``masked_card``: pseudonyms opened with their data keys and masked,
+:mod:`touchpoint.core.masking`), and a masked lookup sends those bytes as
+they are. A clear read (``unmasked=true``), or a row from before that column,
+reads the view with the wrapped keys of its pseudonyms in the same statement
+(``WRAPPED_OF_CARD``) and opens them here. An erased identifier shows as
+``(erased)``.
 
 Audit. Every lookup (JSON or page, found or not, refused with 400 or 403)
 writes one ``lookup_audit`` row: key name, role, endpoint, identifier kind,
 the identifier's keyed hash (never the clear value), the customer answered,
-the status. The row is written in the transaction that read the card and the
-answer is sent only after it commits: what was not recorded was not shown.
+the status. The answer is sent only after the row is committed; rows of
+concurrent lookups share one commit (:mod:`connectors.frontline.audit`).
 
 Answers. ``200`` ``{"customer_id", "as_of", "card"}`` (``card`` is the JSONB
 card as the profile agent rendered it, identifiers masked unless asked);
@@ -43,26 +46,18 @@ is missing). ``/v1/lag``: per-partition projection lag and the newest card's
 instant (:mod:`connectors.frontline.freshness`, cached a second).
 
 Queries. Plain SQL with bound parameters: the alias chain is walked by a
-recursive CTE whose deepest row is the survivor. A lookup is *one*
-statement, sent on an autocommit connection: the card's read and the audit
-row's ``INSERT`` are two parts of one ``WITH`` query (so one transaction and
-one round trip), and psycopg returns its rows only once the server has
-committed it. A refusal (400, 403) writes its audit row alone.
+recursive CTE whose deepest row is the survivor. A lookup is two statements
+on asyncpg (:mod:`connectors.frontline.pg`): the card's read, then its audit
+row in a group insert.
 
-Cost. The lookup is the front line's hot path (issue 8: p99 of a few
-milliseconds at 200 lookups/s on two shared cores), and the framework, not
-PostgreSQL, was most of its cost. So: handlers are ``async`` over psycopg's
-:class:`~psycopg_pool.AsyncConnectionPool` (no hop to a worker thread and
-back per request); the security headers come from a plain ASGI middleware
-(:class:`_Headers`), not Starlette's ``BaseHTTPMiddleware``, which runs each
-request in a task of its own and streams the answer through a queue; a card
-is serialised once, by pydantic-core, into a prebuilt response
-(``response_model`` stays for the OpenAPI document only: FastAPI does not
-re-validate a :class:`~starlette.responses.Response`); the two lookup doors
-read their query parameters themselves instead of through FastAPI's
-per-parameter solving (the OpenAPI document declares them); JSONB is parsed
-with orjson. ``serve_lookup`` runs uvicorn on uvloop and httptools, one
-process per core.
+Cost. The lookup is the front line's hot path (issue 21), and the framework
+and the driver, not PostgreSQL, were most of its cost. So the common door
+(``GET /v1/customers/lookup`` with a key in a header, no ``unmasked``) is
+answered by :class:`_LookupDoor`, a plain ASGI layer in front of FastAPI,
+with the same :func:`resolve` and the same answers; every other request goes
+through FastAPI as before. The security headers come from a plain ASGI
+middleware (:class:`_Headers`). ``serve_lookup`` runs uvicorn on uvloop and
+httptools, one process per core.
 
 A NUL byte cannot be in PostgreSQL text: no customer id holds one (404
 without asking the database), and an identifier parameter or a filter of
