@@ -19,6 +19,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,23 @@ def out_of_order() -> list[dict[str, Any]]:
     ]
 
 
-def test_events_published_out_of_event_time_order_end_as_the_event_time_fold(own: Settings, tmp_path: Path) -> None:
+@contextmanager
+def folded_against_the_event_time_fold(own: Settings, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """A worker and the projection writers for the body to publish to; then the read model is checked against
+    the fold of its own log, and the caller compares it with the fold in event time (returned by ``oracle``)."""
     worker = spawn_touchpoint(own, "worker", log=tmp_path / "worker.log")
     writer = spawn_touchpoint(own, "project", log=tmp_path / "project.log")
     try:
+        yield worker, writer
+        time.sleep(1)
+    finally:
+        stop_process(worker)
+        stop_process(writer)
+    assert_equals_oracle(own, population_checks=False)
+
+
+def test_events_published_out_of_event_time_order_end_as_the_event_time_fold(own: Settings, tmp_path: Path) -> None:
+    with folded_against_the_event_time_fold(own, tmp_path) as (worker, writer):
         with EventProducer(own) as producer:
             for n, event in enumerate(out_of_order(), 1):
                 assert all(isinstance(r, Delivered) for r in producer.publish([event], datetime.now(UTC)))
@@ -92,11 +106,6 @@ def test_events_published_out_of_event_time_order_end_as_the_event_time_fold(own
                 wait_until(lambda n=n: end_offset(own, own.topic("accepted"))[0] >= n, 60,
                            f"event {n} on accepted", (worker, writer))
         wait_until(lambda: drained(own), 90, "the pipeline to drain", (worker, writer))
-        time.sleep(1)
-    finally:
-        stop_process(worker)
-        stop_process(writer)
-    assert_equals_oracle(own, population_checks=False)
 
     reference = oracle(own, in_event_time=True)
     with psycopg.connect(own.pg_conninfo()) as conn:
@@ -123,9 +132,7 @@ def test_a_backfill_channel_file_by_channel_file_ends_as_the_event_time_fold(own
         path = tmp_path / f"{channel}.jsonl"
         path.write_text("".join(orjson.dumps(e).decode() + "\n" for e in events if e["channel"] == channel))
         files.append(path)
-    worker = spawn_touchpoint(own, "worker", log=tmp_path / "worker.log")
-    writer = spawn_touchpoint(own, "project", log=tmp_path / "project.log")
-    try:
+    with folded_against_the_event_time_fold(own, tmp_path) as (worker, writer):
         sent = 0
         for n, path in enumerate(files, 1):
             imported = subprocess.run([sys.executable, "-m", "touchpoint", "ingest", str(path)],  # noqa: S603
@@ -137,11 +144,6 @@ def test_a_backfill_channel_file_by_channel_file_ends_as_the_event_time_fold(own
             # also says the ingest stage got past the import's last transaction marker.)
             wait_until(lambda sent=sent: end_offset(own, own.topic("accepted"))[0] >= sent and drained(own), 90,
                        f"file {n} ({path.name}) to be folded", (worker, writer))
-        time.sleep(1)
-    finally:
-        stop_process(worker)
-        stop_process(writer)
-    assert_equals_oracle(own, population_checks=False)
 
     reference = oracle(own, in_event_time=True)
     assert len(reference.views) > 20, "a population, not a handful"
