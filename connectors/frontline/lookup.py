@@ -366,7 +366,7 @@ async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
     set_json_loads(orjson.loads, conn)
 
 
-def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: float = 1.0) -> FastAPI:
+def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: float = 1.0) -> ASGIApp:
     """Build the lookup API over the read model in ``settings``' database.
 
     :param settings: the connection settings, phone region, identifier key and API keys.
@@ -576,9 +576,8 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         return answer
 
     _add_page_routes(app, keys, resolve)
-    # Outermost: the hot door answers before the framework's stack (it sets the security headers itself).
-    app.add_middleware(_LookupDoor, keys=keys, resolve=resolve)
-    return app
+    # In front of the framework: the hot door answers before FastAPI's stack (it sets the security headers itself).
+    return _LookupDoor(app, keys, resolve)
 
 def _html(body: str, status: int = 200, nonce: str | None = None) -> HTMLResponse:
     """An HTML answer with headers that keep it to this site and out of caches and referrers."""
@@ -708,8 +707,9 @@ def serve_lookup(settings: Settings, *, workers: int | None = None) -> None:
 
     configure_logging(settings.log_level, settings.log_json)
     app = create_lookup_app(settings)  # a key settings error stops here, before any fork
+    # No proxy-header rewriting: the API reads no client address (one middleware less per request).
     config = uvicorn.Config(app, host=settings.gateway_host, port=settings.api_port, log_config=None,
-                            access_log=False)
+                            access_log=False, proxy_headers=False)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     count = workers
