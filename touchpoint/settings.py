@@ -103,6 +103,15 @@ class Settings(BaseSettings):
     api_keys: dict[str, dict[str, str]] = Field(default_factory=dict)
     # A JSON file of more such entries, re-read when it changes: keys rotate without a restart.
     api_keys_file: Path | None = None
+    # Server processes; unset: one per core but one, at least one (the API shares its machine with
+    # PostgreSQL and the pipeline: on two cores one process answered 1,000 lookups/s at 0.41 ms of CPU each
+    # with a p99 of 5.8 ms, two processes 0.46 ms and 13-53 ms; bench.lookup, docs/read-model-and-lookup.md).
+    api_workers: int | None = Field(default=None, ge=1)
+    # synchronous_commit of the lookup's statement, i.e. when its audit row is durable (see
+    # docs/read-model-and-lookup.md): "off" (committed before the answer, on disk within ~0.6 s: a crash
+    # of PostgreSQL's machine may lose the rows of the lookups answered just before), "remote_write"
+    # (also on a synchronous standby's memory, with one configured), "on" (flushed before the answer).
+    api_audit_commit: Literal["off", "local", "remote_write", "remote_apply", "on"] = "off"
 
     # Phone numbers written nationally are read as numbers of this region (ISO 3166 code).
     phone_region: str = "GB"

@@ -47,6 +47,7 @@ class HotPool:
 
     def __init__(self, settings: Settings, *, max_size: int) -> None:
         self._url = settings.pg_url()
+        self._audit_commit = settings.api_audit_commit
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
@@ -54,7 +55,8 @@ class HotPool:
         # A statement's wait is bounded by command_timeout (a timer in asyncpg's protocol), so an acquire waits at
         # most for statements in flight: no timeout context per acquire (~15 µs a lookup in a profile).
         self._pool = await asyncpg.create_pool(self._url, min_size=2, max_size=self._max_size, init=_configure,
-                                                reset=_keep_session, command_timeout=_STATEMENT_TIMEOUT_S)
+                                                reset=_keep_session, command_timeout=_STATEMENT_TIMEOUT_S,
+                                                server_settings={"synchronous_commit": self._audit_commit})
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -616,8 +616,7 @@ def test_a_card_stored_before_its_masked_form_is_masked_by_the_api(lookup_settin
 
 def test_concurrent_lookups_each_have_their_audit_row(lookup_settings: Settings, client: TestClient,
                                                        ids: dict[str, str]) -> None:
-    """Audit rows of lookups running together are committed in groups: still one row per lookup, all before
-    their answers."""
+    """Lookups running together on the pool's connections: one audit row each, with its status."""
     settings = lookup_settings
     before = len(audit_rows(settings))
     phones = [PHONE, OTHER_PHONE, "+447700900999"] * 10
