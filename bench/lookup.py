@@ -25,7 +25,8 @@ Preparation (timed and printed, not part of the figures):
    a thread: in this process it would share the GIL with the load generator
    and its pauses would show up as lookup latency.
 
-Measured, while the ingest runs:
+Measured, with the pipeline idle (the worker and the projection writers
+running, nothing published):
 
 * **HTTP.** For each ``--rates`` value, an open-loop load generator
   (asyncio streams, a pool of ``--connections`` keep-alive HTTP/1.1 connections)
@@ -38,15 +39,23 @@ Measured, while the ingest runs:
   p50/p99/p99.9/max, the achieved rate, statuses, errors (anything else than
   200 for a hit and 404 for a miss; requests still unanswered ``--seconds``
   after the last send are cancelled and counted at their wait so far), and the CPU the API process and this
-  process spent per request. A short warm-up at the first rate comes first
-  and is not counted.
+  process spent per request. A short warm-up at the first rate and lookups one at a time come first.
 * **Raw PostgreSQL.** After each rate, the same kind of lookups
-  sequentially on one autocommit psycopg connection with the API's own SQL
-  (``connectors.frontline.lookup._CARD_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
-  copied): the card query alone and the API's whole transaction (the one
-  statement that reads the card and inserts the audit row, committed). Printed: p50/p99/p99.9, and the
-  ratios HTTP / raw (the API's
-  overhead: HTTP, auth, normalising, masking, JSON).
+  sequentially on one asyncpg connection with the API's own SQL
+  (``connectors.frontline.lookup._READ_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
+  copied): the card read alone and the API's statement (the card read and the audit row, committed).
+  Printed: p50/p99/p99.9, and the ratios HTTP / raw.
+* **Breakdown.** One lookup's CPU in the API at the first rate, in parts timed one by one in this
+  process: normalising the phone, the statement on the driver's side, the answer's bytes; the rest
+  is the HTTP server, routing, the key check and the event loop.
+* **Floor.** The same load generator against a bare ASGI app answering 10 kB (uvicorn, one process) at
+  the first rate: what HTTP costs here before any lookup work, to read the ratios against.
+
+Then, with ``--ingest-rate`` > 0, a publisher of generated events starts (the pipeline at
+``--pipeline-nice``) and the first rate is measured again while the pipeline works.
+``--json`` prints the figures as one JSON object on stdout (``api_cpu_ms``: the worst rate's,
+``p99_ms_at_<rate>``, ``p99_ms_at_<rate>_with_ingest``, ``achieved_at_<rate>``,
+``one_at_a_time_p99_ms``, ``cards``, ...) and the report on stderr.
 
 Every figure line carries the load average at that moment: two cores shared
 with other work make the wall clock measure the neighbours too.
@@ -428,6 +437,88 @@ def _raw(settings: Settings, secret: bytes, lookups: list[tuple[int, bool]]) -> 
     return asyncio.run(run())
 
 
+def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: float, rate: float,
+               say: Any) -> None:
+    """Print what one lookup's CPU in the API is made of: the parts of its work timed one by one in this process."""
+    import asyncpg
+
+    from connectors.frontline.lookup import _AUDITED_BY_KEY, _Outcome
+    from touchpoint.core.normalise import normalise
+
+    picked = random.Random(7).sample(range(customers), min(2_000, customers))
+    phones = [_national(n) if i % 2 else _phone(n) for i, n in enumerate(picked)]
+    began = time.process_time()
+    keys = [normalise("phone", phone, region=settings.phone_region, secret=secret).key for phone in phones]
+    normalising = (time.process_time() - began) / len(keys)
+
+    async def statements() -> tuple[list[Any], float]:
+        conn = await asyncpg.connect(settings.pg_url())
+        try:
+            rows = []
+            began = time.process_time()
+            for key in keys:
+                rows.append(await conn.fetchrow(_AUDITED_BY_KEY, key, False, "bench-breakdown", "agent", "lookup",
+                                                "phone", key))
+            return rows, (time.process_time() - began) / len(keys)
+        finally:
+            await conn.close()
+
+    rows, statement = asyncio.run(statements())
+    outcomes = [_Outcome(200, customer_id=row[0], as_of=row[1], masked=row[2]) for row in rows if row is not None]
+    began = time.process_time()
+    for outcome in outcomes:
+        outcome.body()
+    answering = (time.process_time() - began) / max(len(outcomes), 1)
+    rest = api_cpu_s - normalising - statement - answering
+    say(f"one lookup's CPU at {rate:g} req/s, {api_cpu_s * 1e3:.3f} ms in the API: normalising the phone "
+        f"{normalising * 1e6:.0f} us, the statement (card read, audit row, commit) on the driver's side "
+        f"{statement * 1e6:.0f} us, the answer's bytes {answering * 1e6:.0f} us, opening and masking 0 (the projection "
+        f"stores the masked card); HTTP server, routing, key check and event loop the rest, {rest * 1e6:.0f} us "
+        f"(parts timed in this process, {len(keys)} lookups each); {_load()}", flush=True)
+
+
+_BARE_BODY = b'{"card":"' + b"x" * 10_000 + b'"}'
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app that answers every request with 10 kB of JSON: the floor of the server and the load generator."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_BARE_BODY))]})
+    await send({"type": "http.response.body", "body": _BARE_BODY})
+
+
+def _bare_floor(host: str, rate: float, seconds: float, connections: int) -> tuple[float, float, float]:
+    """The load generator against :func:`bare_app` under uvicorn, one process: (p50 s, p99 s, CPU s per request)."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.lookup:bare_app", "--host", host,  # noqa: S603
+                               "--port", str(port), "--log-level", "warning", "--no-access-log",
+                               "--no-proxy-headers"], cwd=Path(__file__).resolve().parent.parent,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the bare ASGI app did not start") from None
+                time.sleep(0.2)
+        hits = [(n, True) for n in range(1_000)]
+        asyncio.run(_offer(host, port, "-", rate, 1.0, hits, connections))  # warm-up
+        cpu = _cpu_s(server.pid)
+        run = asyncio.run(_offer(host, port, "-", rate, seconds, hits, connections))
+        cpu = _cpu_s(server.pid) - cpu
+        return _pct(run.latencies, 0.5), _pct(run.latencies, 0.99), cpu / max(len(run.latencies), 1)
+    finally:
+        stop_child(server)
+
+
 # --- processes ---
 
 def _free_port() -> int:
@@ -507,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-nice", type=int, default=10,
                         help="CPU niceness of the worker, the projection writers and the publisher (0: as the API)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true",
+                        help="print the figures as one JSON object on stdout (the report goes to stderr)")
     parser.add_argument("--tiny", action="store_true",
                         help="a smoke run: 1,000 customers, 2 s at 20 then 50 requests/s, ingest at 50 events/s")
     args = parser.parse_args(argv)
@@ -516,10 +609,17 @@ def main(argv: list[str] | None = None) -> int:
     if (args.customers < 1 or args.template_customers < 1 or args.load_workers < 1 or args.seconds <= 0
             or min(args.rates) <= 0):
         parser.error("--customers, --template-customers, --load-workers, --seconds and --rates must be positive")
+    out = sys.stderr if args.json else sys.stdout
+
+    def say(*parts: object, **kwargs: Any) -> None:
+        kwargs.pop("file", None)
+        print(*parts, file=kwargs.pop("to", out), **kwargs)
+
+    figures: dict[str, Any] = {"cards": args.customers}
     # A SIGTERM (a timeout) still stops the children and drops the database and topics in the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    print(machine_line())
-    print(f"start: {_load()}", flush=True)
+    say(machine_line())
+    say(f"start: {_load()}", flush=True)
 
     import psycopg
     from kafka import KafkaAdminClient
@@ -539,8 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
     except psycopg.OperationalError as exc:
-        print(f"PostgreSQL at {settings.pg_host}:{settings.pg_port} is not reachable (touchpoint stack up?): {exc}",
-              file=sys.stderr)
+        say(f"PostgreSQL at {settings.pg_host}:{settings.pg_port} is not reachable (touchpoint stack up?): {exc}",
+              to=sys.stderr)
         return 2
     children: list[subprocess.Popen[bytes]] = []
     spawn_ctx = multiprocessing.get_context("spawn")
@@ -559,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         templates, folded = _templates(args.template_customers, args.template_days, args.seed, secret)
         sizes = sorted(len(t) for t, _, _ in templates)
-        print(f"templates: {folded} events of {args.template_customers} generated customers x {args.template_days} "
+        say(f"templates: {folded} events of {args.template_customers} generated customers x {args.template_days} "
               f"days folded into {len(templates)} cards (JSON p50 {sizes[len(sizes) // 2]:,} B, "
               f"max {sizes[-1]:,} B) in {time.perf_counter() - began:.1f}s; {_load()}", flush=True)
         began = time.perf_counter()
@@ -568,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(conninfo) as conn:
             size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('customers')), "
                                 "pg_size_pretty(pg_total_relation_size('customer_identifiers'))").fetchone()
-        print(f"read model: {args.customers:,} customers and {2 * args.customers:,} identifier keys loaded with COPY "
+        say(f"read model: {args.customers:,} customers and {2 * args.customers:,} identifier keys loaded with COPY "
               f"+ ANALYZE in {took:.1f}s ({args.customers / took:,.0f} customers/s); customers {size[0]}, "
               f"customer_identifiers {size[1]}; {_load()}", flush=True)  # type: ignore[index]
 
@@ -584,32 +684,20 @@ def main(argv: list[str] | None = None) -> int:
 
         published = spawn_ctx.Value("q", 0)
         ingest_began = 0.0
-        if args.ingest_rate > 0:
-            ready = spawn_ctx.Event()
-            needed = args.ingest_rate * (args.warmup + len(args.rates) * (args.seconds + 15) + 30)
-            publisher = spawn_ctx.Process(target=_publish_events, daemon=True, args=(
-                settings.topic_prefix, settings.pg_database, args.ingest_rate, max(20, int(needed / 30) + 1), 365,
-                ready, stop_ingest, published, args.pipeline_nice))
-            publisher.start()
-            if not ready.wait(120):
-                raise RuntimeError("the event publisher did not start in 120 s")
-            ingest_began = time.perf_counter()
-            print(f"ingest: publishing generated events at {args.ingest_rate:g}/s to {settings.topic_prefix}.* "
-                  "(worker and projection writers running)", flush=True)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            rows_before = conn.execute("SELECT count(*) FROM interactions").fetchone()[0]  # type: ignore[index]
-
         rng = random.Random(args.seed)
         if args.warmup > 0:
             warm = asyncio.run(_offer(host, port, api_key, args.rates[0], args.warmup,
                                       _lookups(rng, args.customers, 5_000, args.miss_share), args.connections))
-            print(f"warm-up: {warm.sent} requests at {args.rates[0]:g}/s, not counted; {_load()}", flush=True)
+            say(f"warm-up: {warm.sent} requests at {args.rates[0]:g}/s, not counted; {_load()}", flush=True)
         if args.one_at_a_time > 0:
             serial = asyncio.run(_one_at_a_time(host, port, api_key, _lookups(rng, args.customers, args.one_at_a_time,
                                                                               args.miss_share)))
-            print(f"HTTP lookup one at a time ({len(serial)} on one connection, no queue: the service time): "
-                  f"{_ms(serial)}; {_load()}", flush=True)
-        for rate in args.rates:
+            figures["one_at_a_time_p99_ms"] = round(_pct(serial, 0.99) * 1e3, 2)
+            say(f"HTTP lookup one at a time ({len(serial)} on one connection, no queue: the service time): "
+                f"{_ms(serial)}; {_load()}", flush=True)
+
+        def measure(rate: float, phase: str) -> tuple[_Run, float, list[float], list[float]]:
+            """One rate: the HTTP figures and the API's CPU per request, then the raw statement's figures."""
             _settle(api.pid)  # requests cancelled by an earlier phase may still be running in the API
             lookups = _lookups(rng, args.customers, int(rate * args.seconds), args.miss_share)
             api_cpu, own_cpu = _cpu_s(api.pid), time.process_time()
@@ -621,27 +709,69 @@ def main(argv: list[str] | None = None) -> int:
                               "counted at their wait so far)"] = result.unanswered
             done = len(result.latencies) - result.unanswered
             statuses = ", ".join(f"{s}: {c}" for s, c in sorted(result.statuses.items()))
-            print(f"HTTP lookup at {rate:g} req/s offered, {args.customers:,} customers: {_ms(result.latencies)}; "
-                  f"achieved {done / result.span_s:,.0f} req/s ({done} in {result.span_s:.1f}s; {statuses}); "
-                  f"errors {errors}{' ' + str(dict(result.errors)) if errors else ''}; "
-                  f"CPU per request: API {api_cpu / max(done, 1) * 1e3:.2f} ms, load generator "
-                  f"{own_cpu / max(done, 1) * 1e3:.2f} ms; {_load()}", flush=True)
+            per_request = api_cpu / max(done, 1)
+            say(f"HTTP lookup at {rate:g} req/s offered, {phase}, {args.customers:,} customers: "
+                f"{_ms(result.latencies)}; "
+                f"achieved {done / result.span_s:,.0f} req/s ({done} in {result.span_s:.1f}s; {statuses}); "
+                f"errors {errors}{' ' + str(dict(result.errors)) if errors else ''}; "
+                f"CPU per request: API {per_request * 1e3:.2f} ms, load generator "
+                f"{own_cpu / max(done, 1) * 1e3:.2f} ms; {_load()}", flush=True)
             query, whole = _raw(settings, secret, lookups[:args.raw])
-            print(f"raw PostgreSQL, {len(query)} sequential lookups after it: card query {_ms(query)}; "
-                  f"read + audit row + commit (the API's statement) {_ms(whole)}; {_load()}", flush=True)
+            say(f"raw PostgreSQL, {len(query)} sequential lookups after it: card query {_ms(query)}; "
+                f"read + audit row + commit (the API's statement) {_ms(whole)}; {_load()}", flush=True)
             http50, http99 = _pct(result.latencies, 0.5), _pct(result.latencies, 0.99)
-            print(f"ratio HTTP / raw transaction at {rate:g} req/s: p50 {http50 / _pct(whole, 0.5):.1f}x, "
-                  f"p99 {http99 / _pct(whole, 0.99):.1f}x (HTTP / card query: p50 {http50 / _pct(query, 0.5):.1f}x, "
-                  f"p99 {http99 / _pct(query, 0.99):.1f}x)", flush=True)
+            say(f"ratio HTTP / raw transaction at {rate:g} req/s: p50 {http50 / _pct(whole, 0.5):.1f}x, "
+                f"p99 {http99 / _pct(whole, 0.99):.1f}x (HTTP / card query: p50 {http50 / _pct(query, 0.5):.1f}x, "
+                f"p99 {http99 / _pct(query, 0.99):.1f}x)", flush=True)
+            return result, per_request, query, whole
+
+        cpu_per_request: dict[float, float] = {}
+        for rate in args.rates:
+            result, cpu_per_request[rate], _, whole = measure(rate, "pipeline idle")
+            done = len(result.latencies) - result.unanswered
+            key = f"{rate:g}"
+            figures[f"p99_ms_at_{key}"] = round(_pct(result.latencies, 0.99) * 1e3, 2)
+            figures[f"achieved_at_{key}"] = round(done / result.span_s, 1)
+            figures[f"http_p50_over_statement_p50_at_{key}"] = round(
+                _pct(result.latencies, 0.5) / _pct(whole, 0.5), 2)
+        # The worst rate's figure (CPU per request rises as the rate falls: fewer requests share each wake-up).
+        figures["api_cpu_ms"] = round(max(cpu_per_request.values()) * 1e3, 3)
+        figures["api_cpu_ms_by_rate"] = {f"{rate:g}": round(cpu * 1e3, 3) for rate, cpu in cpu_per_request.items()}
+        _breakdown(settings, secret, args.customers, cpu_per_request[args.rates[0]], args.rates[0], say)
+        floor = _bare_floor(host, args.rates[0], args.seconds, args.connections)
+        figures["bare_asgi_p50_ms"] = round(floor[0] * 1e3, 2)
+        say(f"floor of this load generator and server: a bare ASGI app (uvicorn, one process, a 10 kB answer) at "
+            f"{args.rates[0]:g} req/s: p50 {floor[0] * 1e3:.2f} ms, p99 {floor[1] * 1e3:.2f} ms, "
+            f"{floor[2] * 1e3:.2f} ms of CPU per request; {_load()}", flush=True)
+
+        if args.ingest_rate > 0:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                rows_before = conn.execute("SELECT count(*) FROM interactions").fetchone()[0]  # type: ignore[index]
+            ready = spawn_ctx.Event()
+            needed = args.ingest_rate * (args.seconds + 60)
+            publisher = spawn_ctx.Process(target=_publish_events, daemon=True, args=(
+                settings.topic_prefix, settings.pg_database, args.ingest_rate, max(20, int(needed / 30) + 1), 365,
+                ready, stop_ingest, published, args.pipeline_nice))
+            publisher.start()
+            if not ready.wait(120):
+                raise RuntimeError("the event publisher did not start in 120 s")
+            ingest_began = time.perf_counter()
+            say(f"ingest: publishing generated events at {args.ingest_rate:g}/s to {settings.topic_prefix}.* "
+                f"(worker and projection writers running at nice {args.pipeline_nice})", flush=True)
+            time.sleep(5)  # the pipeline under way
+            result, _, _, _ = measure(args.rates[0], f"ingest at {args.ingest_rate:g} events/s")
+            figures[f"p99_ms_at_{args.rates[0]:g}_with_ingest"] = round(_pct(result.latencies, 0.99) * 1e3, 2)
         if publisher is not None:
             stop_ingest.set()
             publisher.join(30)
             span = time.perf_counter() - ingest_began
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 rows_after = conn.execute("SELECT count(*) FROM interactions").fetchone()[0]  # type: ignore[index]
-            print(f"ingest meanwhile: {published.value} events published in {span:.1f}s "  # type: ignore[attr-defined]
+            say(f"ingest meanwhile: {published.value} events published in {span:.1f}s "  # type: ignore[attr-defined]
                   f"({published.value / span:,.0f}/s), {rows_after - rows_before} interaction rows "  # type: ignore[attr-defined]
                   f"projected during the measurement", flush=True)
+        if args.json:
+            print(json.dumps(figures, sort_keys=True), flush=True)
         return 0
     finally:
         stop_ingest.set()
