@@ -4,8 +4,11 @@ A CTI pop opens ``/agent?phone=…`` (or ``email``, ``card``, ``customer_no``,
 ``customer_id``); the search form at the top sends ``kind`` and ``value``.
 Top to bottom: who (segment, points balance and tier), why they may be
 calling (the card's ``likely_reasons`` with the opening line), active
-alerts, open cases, identifiers (masked for the agent role), the
-cross-channel timeline, newest first, and how fresh the data is (one small
+alerts, open cases, value as numbers (recency, frequency, spend) and the
+last contact per channel, identifiers (masked for the agent role), the
+cross-channel timeline, newest first, each entry with its facts (amounts,
+categories, the points it earned and why, call direction and IVR reason,
+web page, message state, case and consent changes), and how fresh the data is (one small
 script asks ``/v1/lag``; the page itself needs only PostgreSQL).
 
 Everything that comes from data goes through :func:`html.escape` (``_e``)
@@ -178,14 +181,80 @@ def _identifiers(card: dict[str, Any]) -> str:
     return f'<section id="identifiers"><h2>Identifiers</h2>{inner}</section>'
 
 
+def _money(minor: object, currency: object) -> str:
+    return f"{minor / 100:,.2f} {currency}" if isinstance(minor, int) else ""
+
+
+def _points(detail: dict[str, Any]) -> str:
+    points = detail.get("points")
+    if not isinstance(points, int):
+        return ""
+    why = "; ".join(str(reason) for reason in detail.get("points_why") or [])
+    return f"{points:+,} points" + (f" ({why})" if why else "")
+
+
+def describe(typ: str, detail: dict[str, Any]) -> str:
+    """One timeline entry's facts in words (``detail`` as the card holds it); empty when it has none."""
+    parts: list[str] = []
+    if typ == "purchase":
+        parts = [_money(detail.get("total_minor"), detail.get("currency")),
+                 ", ".join(str(c) for c in detail.get("categories") or []), _points(detail)]
+    elif typ == "refund":
+        parts = [_money(detail.get("amount_minor"), detail.get("currency")),
+                 f"of {detail['transaction_id']}" if detail.get("transaction_id") else "", _points(detail)]
+    elif typ == "call":
+        duration = detail.get("duration_s")
+        parts = [_title(f"{detail.get('direction', '')} call {detail.get('phase', '')}".strip()),
+                 f"IVR: {_title(detail['ivr_reason'])}" if detail.get("ivr_reason") else "",
+                 f"{duration // 60} min {duration % 60} s" if isinstance(duration, int) else "",
+                 _title(detail["outcome"]) if detail.get("outcome") else ""]
+    elif typ == "web":
+        parts = [_title(detail.get("action", "")), str(detail.get("page") or "")]
+    elif typ in ("email", "sms"):
+        parts = [_title(detail.get("action", "")),
+                 f"campaign {detail['campaign_id']}" if detail.get("campaign_id") else ""]
+    elif typ == "case":
+        parts = [f"{_title(detail.get('category', ''))} case {detail.get('action', '')}",
+                 f"severity {detail['severity']}" if detail.get("severity") else ""]
+    elif typ == "consent":
+        given = "granted" if detail.get("granted") else "withdrawn"
+        parts = [f"{_title(detail.get('purpose', ''))} consent on {detail.get('channel', '')} {given}"]
+    elif typ == "campaign":
+        parts = [f"{_title(detail.get('action', ''))} to {detail.get('campaign_id', '')}",
+                 f"×{detail['multiplier']} points" if detail.get("multiplier") else ""]
+    elif typ == "branch_visit":
+        parts = [_title(detail.get("purpose", "")), f"branch {detail['branch_id']}" if detail.get("branch_id") else ""]
+    return " · ".join(part for part in parts if part)
+
+
 def _timeline(card: dict[str, Any]) -> str:
     events = sorted(card.get("timeline") or [], key=lambda t: str(t.get("occurred_at", "")), reverse=True)
     if not events:
         return '<section id="timeline"><h2>Timeline</h2><p class="muted">no interactions</p></section>'
     rows = "".join(f'<tr><td>{_e(_when(t.get("occurred_at", "")))}</td><td>{_e(_title(t.get("channel", "")))}'
-                   f'</td><td>{_e(_title(t.get("type", "")))}</td></tr>' for t in events)
+                   f'</td><td>{_e(_title(t.get("type", "")))}</td>'
+                   f'<td class="detail">{_e(describe(str(t.get("type", "")), t.get("detail") or {}))}</td></tr>'
+                   for t in events)
     return (f'<section id="timeline"><h2>Timeline (newest first)</h2><table><tr><th>When</th><th>Channel</th>'
-            f'<th>What</th></tr>{rows}</table></section>')
+            f'<th>What</th><th>Details</th></tr>{rows}</table></section>')
+
+
+def _contact(card: dict[str, Any]) -> str:
+    """RFM as numbers and the last contact per channel."""
+    rfm = card.get("rfm") or {}
+    recency = rfm.get("recency_days")
+    monetary = rfm.get("monetary_minor")
+    figures = (
+        f'<div>Last purchase<b id="recency">{_e(f"{recency} days ago" if isinstance(recency, int) else "never")}</b>'
+        f'</div><div>Purchases, 12 months<b id="frequency">{_e(rfm.get("frequency", 0))}</b></div>'
+        f'<div>Spent, 12 months<b id="monetary">'
+        f'{_e(f"{monetary / 100:,.2f}" if isinstance(monetary, int) else "—")}</b></div>')
+    rows = "".join(f"<tr><th>{_e(_title(channel))}</th><td>{_e(_when(at))}</td></tr>"
+                   for channel, at in sorted((card.get("last_contact") or {}).items(), key=lambda c: str(c[1]),
+                                             reverse=True))
+    last = f'<table id="last-contact">{rows}</table>' if rows else '<p class="muted">no contact yet</p>'
+    return (f'<section id="contact"><h2>Value and last contact</h2><div class="facts">{figures}</div>'
+            f'<h2>Last contact by channel</h2>{last}</section>')
 
 
 def card_page(name: str, role: str, customer_id: str, as_of: str, card: dict[str, Any], *, nonce: str,
@@ -209,7 +278,8 @@ def card_page(name: str, role: str, customer_id: str, as_of: str, card: dict[str
         f'<p class="muted">Customer <span id="customer-id">{_e(customer_id)}</span> · card as of '
         f'{_e(_when(as_of))} · <span id="lag">checking freshness…</span></p>{merged}</section>'
     )
-    body = summary + _reasons(card) + _alerts(card) + _cases(card) + _identifiers(card) + _timeline(card)
+    body = (summary + _reasons(card) + _alerts(card) + _cases(card) + _contact(card) + _identifiers(card)
+            + _timeline(card))
     return _page(f"Touchpoint · {_title(card.get('value_segment', 'customer'))}", body,
                  search=_search_form(kind, value), who=_who(name, role),
                  script=_LAG_SCRIPT.substitute(nonce=_e(nonce)))

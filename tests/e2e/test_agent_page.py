@@ -80,7 +80,8 @@ def customer(page_settings: Settings) -> dict[str, Any]:
         write_batch(conn, CustomersProjection(settings), records)
     # Someone with one phone and one e-mail (so the lookup is theirs alone), points and a reason to call.
     fits = [c for c in cards if len(c["identifiers"].get("phone", [])) == 1
-            and len(c["identifiers"].get("email", [])) == 1 and c["likely_reasons"] and c["loyalty"]["balance"] > 0]
+            and len(c["identifiers"].get("email", [])) == 1 and c["likely_reasons"] and c["loyalty"]["balance"] > 0
+            and any(t["type"] == "purchase" and "points" in t["detail"] for t in c["timeline"])]
     assert fits, "the synthetic population has nobody with a phone, an e-mail, points and a likely reason"
     return fits[0]
 
@@ -151,6 +152,20 @@ def test_agent_page_in_chromium(base_url: str, customer: dict[str, Any], tmp_pat
             content = page.content()
             assert email not in content and phone not in content
             assert len(page.locator("#timeline tr").all()) == len(customer["timeline"]) + 1
+            # The timeline with what happened: a purchase's amount, categories and the points it earned, and why.
+            bought = next(t for t in reversed(customer["timeline"])
+                          if t["type"] == "purchase" and "points" in t["detail"])
+            detail = bought["detail"]
+            row = page.locator("#timeline tr", has_text=f"{detail['total_minor'] / 100:,.2f} {detail['currency']}")
+            expect(row.first).to_contain_text(", ".join(detail["categories"]))
+            expect(row.first).to_contain_text(f"{detail['points']:+,} points")
+            expect(row.first).to_contain_text(detail["points_why"][0])
+            # RFM as numbers and the last contact per channel.
+            rfm = customer["rfm"]
+            expect(page.locator("#frequency")).to_have_text(str(rfm["frequency"]))
+            expect(page.locator("#recency")).to_have_text(f"{rfm['recency_days']} days ago")
+            for channel in customer["last_contact"]:
+                expect(page.locator("#last-contact")).to_contain_text(channel.capitalize())
             (session,) = [c for c in context.cookies() if c["name"] == COOKIE]
             assert session["httpOnly"] and session["sameSite"] == "Lax"
             assert page.evaluate("document.cookie") == ""  # the key is out of the page's scripts' reach

@@ -622,3 +622,21 @@ def test_erasure_survives_a_snapshot_restore() -> None:
     restore(restored, {**records, "__checkpoint__": checkpoint_record(folder, 99)})
     restored.add_json(event("back", {"customer_no": "C1"}, minutes=120 * 1440))
     assert restored.last_customer_id not in (None, old)
+
+
+def test_timeline_shows_the_points_a_purchase_earned_and_why_and_those_its_refund_reversed() -> None:
+    ids = {"customer_no": "C1"}
+    (card,) = run([event("p1", ids, "purchase", 0, total_minor=6000, lines=[
+        {"sku": "F", "category": "fuel", "quantity": 1, "amount_minor": 4000},
+        {"sku": "S", "category": "shop", "quantity": 1, "amount_minor": 2000}]),
+        event("r1", ids, "refund", 60, amount_minor=3000)])["customers"]
+    purchase, refund = card["timeline"]
+    ledger = card["loyalty"]["entries"]
+    earned = [e for e in ledger if e["kind"] == "earn"]
+    reversed_ = [e for e in ledger if e["kind"] == "reversal"]
+    assert earned and reversed_
+    assert purchase["detail"]["points"] == sum(e["points"] for e in earned) > 0
+    assert purchase["detail"]["points_why"] == [e["reason"] for e in earned]
+    assert purchase["detail"]["categories"] == ["fuel", "shop"]
+    assert refund["detail"]["points"] == sum(e["points"] for e in reversed_) < 0
+    assert refund["detail"]["amount_minor"] == 3000

@@ -88,8 +88,40 @@ def test_timeline_keeps_the_last_50_in_time_order_and_counts_all() -> None:
     assert [t["event_id"] for t in card["timeline"]] == [f"e{n:03d}" for n in range(70, 120)]
     assert len(card["timeline"]) == TIMELINE
     assert card["timeline"][0] == {"event_id": "e070", "type": "call", "channel": "phone",
-                                   "occurred_at": iso_ms(int((T0 + timedelta(days=7)).timestamp() * 1000))}  # fmt: skip
+                                   "occurred_at": iso_ms(int((T0 + timedelta(days=7)).timestamp() * 1000)),
+                                   "detail": {"direction": "inbound", "phase": "started"}}  # fmt: skip
     assert card["counts"] == {"by_channel": {"phone": 60, "web": 60}, "by_type": {"call": 60, "web": 60}, "total": 120}
+
+
+@pytest.mark.parametrize(("typ", "payload", "detail"), [
+    ("purchase", {"total_minor": 4000, "lines": [
+        {"sku": "S", "category": "shop", "quantity": 1, "amount_minor": 1000},
+        {"sku": "F", "category": "fuel", "quantity": 1, "amount_minor": 2000},
+        {"sku": "G", "category": "shop", "quantity": 1, "amount_minor": 1000}]},
+     {"total_minor": 4000, "currency": "GBP", "categories": ["fuel", "shop"], "transaction_id": "T1"}),
+    ("refund", {}, {"amount_minor": 100, "currency": "GBP", "transaction_id": "T1"}),
+    ("call", {"phase": "ended", "ivr_reason": "billing", "duration_s": 185, "outcome": "resolved"},
+     {"direction": "inbound", "phase": "ended", "ivr_reason": "billing", "duration_s": 185, "outcome": "resolved"}),
+    ("web", {"action": "basket_add", "page": "/fuel-card"}, {"action": "basket_add", "page": "/fuel-card"}),
+    ("email", {"action": "bounced", "campaign_id": "CMP-9"}, {"action": "bounced", "campaign_id": "CMP-9"}),
+    ("sms", {"action": "opt_out"}, {"action": "opt_out"}),
+    ("case", {"action": "closed", "severity": "high"},
+     {"action": "closed", "category": "complaint", "severity": "high"}),
+    ("consent", {"granted": False}, {"purpose": "marketing", "channel": "email", "granted": False}),
+    ("campaign", {"multiplier": 3}, {"action": "invited", "campaign_id": "CMP-1", "multiplier": 3}),
+    ("branch_visit", {}, {"purpose": "enquiry", "branch_id": "FS-1"}),
+])
+def test_timeline_entries_carry_their_payloads_facts(typ: str, payload: dict[str, Any],
+                                                     detail: dict[str, Any]) -> None:
+    (entry,) = render(fold([ev("e1", typ, 1, **payload)]), AS_OF)["timeline"]
+    assert entry["detail"] == detail
+
+
+def test_a_timeline_entry_from_before_details_renders_without_them() -> None:
+    view = fold([ev("e1", "web", 1)])
+    view.timeline = [entry[:4] for entry in view.timeline]  # a view pickled before the timeline kept details
+    (entry,) = render(view, AS_OF)["timeline"]
+    assert "detail" not in entry and entry["event_id"] == "e1"
 
 
 def test_timeline_ties_broken_by_event_id() -> None:

@@ -71,7 +71,7 @@ from touchpoint.core.alerts import (
     Refund,
 )
 from touchpoint.core.instants import epoch_ms, iso_ms
-from touchpoint.core.loyalty import LoyaltyRules, LoyaltyState, default_rules, summary
+from touchpoint.core.loyalty import LedgerEntry, LoyaltyRules, LoyaltyState, default_rules, summary
 from touchpoint.core.loyalty import merge as merge_loyalty
 from touchpoint.core.normalise import Identifier
 from touchpoint.core.pickled import restore_slots
@@ -160,7 +160,9 @@ class CustomerView:
         # event_id -> (ms, channel, type, customer-initiated?): the newest events, for dedupe and dormancy
         self.seen: dict[str, tuple[int, str, str, bool]] = {}
         self.seen_heap: list[tuple[int, str]] = []  # (ms, event_id), min first
-        self.timeline: list[tuple[int, str, str, str]] = []  # (ms, event_id, type, channel), min first
+        # (ms, event_id, type, channel, detail), min first; detail: the payload's facts an agent reads
+        # (timeline_detail), a tuple (entries pickled before it have none)
+        self.timeline: list[tuple[Any, ...]] = []
         self.by_channel: dict[str, int] = {}
         self.by_type: dict[str, int] = {}
         self.last_contact: dict[str, int] = {}
@@ -235,9 +237,9 @@ def evolve(
         del seen[heapq.heappushpop(heap, (ms, event_id))[1]]
     timeline = view.timeline
     if len(timeline) < TIMELINE:
-        heapq.heappush(timeline, (ms, event_id, typ, channel))
+        heapq.heappush(timeline, (ms, event_id, typ, channel, timeline_detail(typ, payload)))
     elif (ms, event_id) > timeline[0][:2]:
-        heapq.heapreplace(timeline, (ms, event_id, typ, channel))
+        heapq.heapreplace(timeline, (ms, event_id, typ, channel, timeline_detail(typ, payload)))
     by_channel = view.by_channel
     by_channel[channel] = by_channel.get(channel, 0) + 1
     by_type = view.by_type
@@ -274,6 +276,46 @@ def evolve(
 
 
 _NO_REASONS = frozenset({"purchase", "branch_visit", "consent"})  # types reasons.evolve ignores
+
+# What the timeline keeps of each type's payload, in this order (rendered as a dict by these names).
+DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
+    "purchase": ("total_minor", "currency", "categories", "transaction_id"),
+    "refund": ("amount_minor", "currency", "transaction_id"),
+    "call": ("direction", "phase", "ivr_reason", "duration_s", "outcome"),
+    "web": ("action", "page"),
+    "email": ("action", "campaign_id"),
+    "sms": ("action", "campaign_id"),
+    "case": ("action", "category", "severity"),
+    "consent": ("purpose", "channel", "granted"),
+    "campaign": ("action", "campaign_id", "multiplier"),
+    "branch_visit": ("purpose", "branch_id"),
+}
+
+
+def timeline_detail(typ: str, payload: Any) -> tuple[Any, ...]:
+    """The facts of an event's payload the timeline keeps (:data:`DETAIL_FIELDS`): a tuple, small in the state."""
+    if typ == "purchase":
+        categories = tuple(sorted({line.category for line in payload.lines}))
+        return payload.total_minor, payload.currency, categories, payload.transaction_id
+    return tuple(getattr(payload, name) for name in DETAIL_FIELDS.get(typ, ()))
+
+
+def _timeline_entry(entry: tuple[Any, ...], points: dict[str, list[LedgerEntry]]) -> dict[str, Any]:
+    """A timeline entry as the card shows it; a purchase with the points it earned and why (its earn and
+    adjustments, ``points`` by transaction id), a refund with those it reversed (by its event id)."""
+    ms, event_id, typ, channel = entry[:4]
+    shown: dict[str, Any] = {"channel": channel, "event_id": event_id, "occurred_at": iso_ms(ms), "type": typ}
+    if len(entry) > 4:
+        detail = {name: value for name, value in zip(DETAIL_FIELDS.get(typ, ()), entry[4], strict=False)
+                  if value is not None}
+        if "categories" in detail:
+            detail["categories"] = list(detail["categories"])
+        caused = points.get(detail["transaction_id"] if typ == "purchase" else event_id)
+        if caused:
+            detail["points"] = sum(e.points for e in caused)
+            detail["points_why"] = [e.reason for e in sorted(caused, key=lambda e: (e.at_ms, e.id))]
+        shown["detail"] = detail
+    return shown
 
 
 _OUTBOUND = frozenset({"sent", "delivered", "bounced"})
@@ -436,6 +478,15 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
     consent: dict[str, dict[str, bool]] = {}
     for (purpose, channel), (_, _, granted) in sorted(view.consent.items()):
         consent.setdefault(purpose, {})[channel] = granted
+    # The ledger entries of the timeline's purchases (earned and adjusted, by transaction) and refunds (reversed).
+    shown_events = {entry[1] for entry in view.timeline}
+    shown_purchases = {entry[4][3] for entry in view.timeline if entry[2] == "purchase" and len(entry) > 4}
+    points: dict[str, list[LedgerEntry]] = {}
+    for ledger in view.loyalty.entries.values():
+        if ledger.kind == "reversal" and ledger.source_event_id in shown_events:
+            points.setdefault(ledger.source_event_id, []).append(ledger)
+        elif ledger.kind in ("earn", "adjustment") and ledger.transaction_id in shown_purchases:
+            points.setdefault(ledger.transaction_id, []).append(ledger)
     # Keys in sorted order at every level, so the card reads the same however it is dumped.
     return {
         "alerts": alerts,
@@ -457,9 +508,6 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
         "open_cases": sorted(cid for cid, (_, _, action, _) in view.cases.items() if action != "closed"),
         "pseudo": view.pseudo,
         "rfm": {"frequency": frequency, "monetary_minor": monetary, "recency_days": recency},
-        "timeline": [
-            {"channel": channel, "event_id": event_id, "occurred_at": iso_ms(ms), "type": typ}
-            for ms, event_id, typ, channel in sorted(view.timeline)
-        ],
+        "timeline": [_timeline_entry(entry, points) for entry in sorted(view.timeline)],
         "value_segment": segment_of(recency, frequency, monetary, config),
     }
