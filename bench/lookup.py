@@ -132,8 +132,8 @@ def _email(n: int) -> str:
 def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[list[tuple[str, str, str]], int]:
     """Cards of a folded generated population as ``(json template, as_of, value_segment)``, and events folded.
 
-    The template is the card's JSON (keys sorted) with ``@@CID@@`` for the customer id and ``"@@IDS@@"`` for
-    the identifiers.
+    The template is the card's JSON (keys sorted) up to where its identifiers go, last, with ``@@CID@@`` for
+    the customer id.
     """
     from touchpoint.contract.models import ContractViolation, validate_event
     from touchpoint.core.fold import FoldConfig, Folder
@@ -153,8 +153,10 @@ def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[lis
     out = []
     for customer_id in sorted(folder.views):
         card = render(folder.views[customer_id], as_of, folder.config.segment, folder.rules)
-        card = {**card, "customer_id": "@@CID@@", "identifiers": "@@IDS@@", "aliases": []}
-        out.append((json.dumps(card, sort_keys=True), stamp, str(card["value_segment"])))
+        card = {**card, "customer_id": "@@CID@@", "aliases": []}
+        card.pop("identifiers")
+        # As the customers projection stores a view: its identifiers last (projections.customers.view_text).
+        out.append((json.dumps(card, sort_keys=True)[:-1] + ",", stamp, str(card["value_segment"])))
     return out, folded
 
 
@@ -196,12 +198,13 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
                 assert normalise("email", email.upper(), secret=secret).key == email_key, email
             ids = json.dumps({"email": [pseudonym("email", email_key, email, data_keys[email_key])],
                               "phone": [pseudonym("phone", phone_key, phone, data_keys[phone_key])]})
-            card = template.replace("@@CID@@", customer_id, 1)
-            view = card.replace('"@@IDS@@"', ids, 1).replace("\\", "\\\\")  # COPY text: backslashes doubled
-            # The card an agent sees, as the customers projection stores it (COPY text of bytea: \\x and hex).
-            shown = mask_card({"identifiers": {"email": [email], "phone": [phone]}})["identifiers"]
-            masked = card.replace('"@@IDS@@"', json.dumps(shown), 1).encode().hex()
-            cards.append(f"{customer_id}\t{view}\t\\\\x{masked}\t{as_of}\t{segment}\t{source_topic}\t0\t0\n")
+            head = template.replace("@@CID@@", customer_id, 1)
+            view = f'{head}"identifiers":{ids}}}'.replace("\\", "\\\\")  # COPY text: backslashes doubled
+            # The identifiers an agent sees, as the customers projection stores them beside the view.
+            shown = json.dumps(mask_card({"identifiers": {"email": [email], "phone": [phone]}})["identifiers"],
+                               ensure_ascii=False).replace("\\", "\\\\")
+            cards.append(f"{customer_id}\t{view}\t{shown}\t{len(head.encode())}\t{as_of}\t{segment}\t"
+                         f"{source_topic}\t0\t0\n")
             keys.append(f"{phone_key}\tphone\t{customer_id}\t0\n{email_key}\temail\t{customer_id}\t0\n")
         return "".join(cards).encode(), "".join(keys).encode()
 
@@ -213,7 +216,8 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
             for start in range(first * _CHUNK, customers, workers * _CHUNK):
                 cards, keys = rows(start, loop, keystore)
                 with conn.cursor() as cur:
-                    with cur.copy("COPY customers (customer_id, view, masked_card, as_of, value_segment, source_topic, "
+                    with cur.copy("COPY customers (customer_id, view, masked_identifiers, identifiers_at, as_of, "
+                                  "value_segment, source_topic, "
                                   "source_partition, source_offset) FROM STDIN") as copy:
                         copy.write(cards)
                     with cur.copy("COPY customer_identifiers (key, kind, customer_id, source_offset) "
@@ -660,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         templates, folded = _templates(args.template_customers, args.template_days, args.seed, secret)
         sizes = sorted(len(t) for t, _, _ in templates)
         say(f"templates: {folded} events of {args.template_customers} generated customers x {args.template_days} "
-              f"days folded into {len(templates)} cards (JSON p50 {sizes[len(sizes) // 2]:,} B, "
+              f"days folded into {len(templates)} cards (JSON without identifiers p50 {sizes[len(sizes) // 2]:,} B, "
               f"max {sizes[-1]:,} B) in {time.perf_counter() - began:.1f}s; {_load()}", flush=True)
         began = time.perf_counter()
         _fill(settings, templates, args.customers, secret, settings.topic(_TOPIC), args.load_workers)

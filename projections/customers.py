@@ -54,8 +54,8 @@ _NEWER = (
     "OR {old}.source_offset < {new}.source_offset END"
 )
 _ON_CONFLICT = (
-    "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, masked_card = EXCLUDED.masked_card, "
-    "as_of = EXCLUDED.as_of, "
+    "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, masked_identifiers = EXCLUDED.masked_identifiers, "
+    "identifiers_at = EXCLUDED.identifiers_at, as_of = EXCLUDED.as_of, "
     "value_segment = EXCLUDED.value_segment, source_topic = EXCLUDED.source_topic, "
     "source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, "
     "source_position = EXCLUDED.source_position, updated_at = clock_timestamp() "
@@ -90,15 +90,16 @@ def newer(old: tuple[Record, datetime, int | None], new: tuple[Record, datetime,
 # segment and keys out of it cost ~140 µs a 12 KB card of its CPU; a binary COPY of the view's text into
 # json ~50 (bench.pipeline's half-rate phase: the customers projection was a sixth of the machine's CPU).
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_views (customer_id text, view json COMPRESSION lz4, "
-          "masked_card bytea COMPRESSION lz4, as_of timestamptz, value_segment text, source_topic text, "
+          "masked_identifiers json, identifiers_at integer, as_of timestamptz, value_segment text, source_topic text, "
           "source_partition integer, source_offset bigint, "
           "source_position bigint) "
           "ON COMMIT DELETE ROWS; "
           "CREATE TEMP TABLE IF NOT EXISTS _stage_keys (key text, kind text, customer_id text, source_offset bigint) "
           "ON COMMIT DELETE ROWS; DELETE FROM _stage_views; DELETE FROM _stage_keys")
-_STAGE_TYPES = ["text", "json", "bytea", "timestamptz", "text", "text", "int4", "int8", "int8"]
+_STAGE_TYPES = ["text", "json", "json", "int4", "timestamptz", "text", "text", "int4", "int8", "int8"]
 # A card older than the merge of its id (a partition replaying after a restart) is not written.
-_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, masked_card, as_of, value_segment, source_topic, "
+_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, masked_identifiers, identifiers_at, as_of, "
+           "value_segment, source_topic, "
            "source_partition, source_offset, source_position) SELECT * FROM _stage_views s "
            "WHERE NOT EXISTS (SELECT FROM customer_aliases a WHERE a.alias = s.customer_id AND "
            + _LATER.format(a="a", b="s") + ") " + _ON_CONFLICT)
@@ -149,7 +150,8 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
               data_keys: Mapping[str, bytes]) -> tuple[tuple[object, ...], list[tuple[str, str, str, int]]]:
     """A card record's row of ``_stage_views`` and its rows of ``_stage_keys``.
 
-    The row holds the view as it came and the view an agent sees (:func:`masked_view`), both serialised here.
+    The view is serialised with its identifiers last (:func:`view_text`), and beside it the identifiers an agent
+    sees (:func:`masked_identifiers`), so a lookup sends the one text with the masked identifiers in place.
     """
     customer_id = str(doc["customer_id"])
     view = doc.get("view")
@@ -159,19 +161,31 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
              for kind, listed in (keys.items() if isinstance(keys, dict) else ())
              if isinstance(listed, list) for key in listed]
     # No view: NULL, which the table refuses with PostgreSQL's reason (not a JSON null it would keep).
-    stored = masked = None
+    stored = masked = at = None
     if view is not None:
-        stored = Json(orjson.dumps(view), dumps=_as_is)
-        masked = orjson.dumps(masked_view(view, data_keys))
-    return (customer_id, stored, masked, as_of, segment, record.topic, record.partition, record.offset, position), found
+        text, at = view_text(view)
+        stored = Json(text, dumps=_as_is)
+        if at is not None:
+            masked = Json(orjson.dumps(masked_identifiers(view["identifiers"], data_keys)), dumps=_as_is)
+    return (customer_id, stored, masked, at, as_of, segment, record.topic, record.partition, record.offset,
+            position), found
 
 
-def masked_view(view: Any, data_keys: Mapping[str, bytes]) -> Any:
-    """The card an agent sees: its pseudonyms opened with ``data_keys``, then masked (a view without identifiers as
-    it is)."""
+def view_text(view: Any) -> tuple[bytes, int | None]:
+    """A view's JSON text with ``identifiers`` last, and where that key begins (None: the view has no identifiers
+    object): ``text[:at] + b'"identifiers":' + other + b"}"`` is the view with ``other`` identifiers."""
     if not isinstance(view, dict) or not isinstance(view.get("identifiers"), dict):
-        return view
-    return mask_card({**view, "identifiers": open_identifiers(view["identifiers"], data_keys)})
+        return orjson.dumps(view), None
+    head = orjson.dumps({k: v for k, v in view.items() if k != "identifiers"})[:-1]  # without its closing brace
+    if head != b"{":
+        head += b","
+    return head + b'"identifiers":' + orjson.dumps(view["identifiers"]) + b"}", len(head)
+
+
+def masked_identifiers(identifiers: Mapping[str, Any], data_keys: Mapping[str, bytes]) -> dict[str, Any]:
+    """A card's identifiers as an agent sees them: pseudonyms opened with ``data_keys``, then masked."""
+    masked: dict[str, Any] = mask_card({"identifiers": open_identifiers(identifiers, data_keys)})["identifiers"]
+    return masked
 
 
 class CustomersProjection:

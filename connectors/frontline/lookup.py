@@ -19,11 +19,12 @@ cards are masked unless an ``operations`` or ``admin`` key asks
 (:func:`connectors.operations.privacy.erase`, audited as endpoint ``erasure``).
 
 Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6). The
-customers projection stores beside each card the card an agent sees
-(``masked_card``: pseudonyms opened with their data keys and masked,
-:mod:`touchpoint.core.masking`), and a masked lookup sends those bytes as
-they are. A clear read (``unmasked=true``), or a row from before that column,
-reads the view with the wrapped keys of its pseudonyms in the same statement
+customers projection stores each card with its identifiers last and beside
+it the identifiers an agent sees (``masked_identifiers``: pseudonyms opened
+with their data keys and masked, :mod:`touchpoint.core.masking`), and a
+masked lookup sends the card's text with those in place, as bytes. A clear
+read (``unmasked=true``), or a row from before those columns, reads the
+view with the wrapped keys of its pseudonyms in the same statement
 (``WRAPPED_OF_CARD``) and opens them here. An erased identifier shows as
 ``(erased)``.
 
@@ -137,12 +138,14 @@ WITH RECURSIVE chain (id, depth) AS (
 # the view with its pseudonyms and their wrapped data keys, from the key store's table in the same database.
 _READ = """,
 card AS (
-    SELECT c.customer_id, c.as_of, c.view, c.masked_card FROM chain JOIN customers c ON c.customer_id = chain.id
+    SELECT c.customer_id, c.as_of, c.view, c.masked_identifiers, c.identifiers_at
+    FROM chain JOIN customers c ON c.customer_id = chain.id
     ORDER BY chain.depth DESC LIMIT 1
 ),
 shown AS (
-    SELECT customer_id, as_of, CASE WHEN NOT $2::boolean THEN masked_card END AS masked,
-           CASE WHEN $2::boolean OR masked_card IS NULL THEN view END AS view
+    SELECT customer_id, as_of, view AS text, identifiers_at,
+           CASE WHEN NOT $2::boolean THEN masked_identifiers END AS masked,
+           CASE WHEN $2::boolean OR masked_identifiers IS NULL THEN view END AS view
     FROM card
 )
 """
@@ -158,7 +161,7 @@ audit AS (
     FROM (SELECT) AS one LEFT JOIN card ON true
 )"""
 _SHOWN = """
-SELECT card.customer_id, card.as_of, card.masked, card.view, k.keys, k.wrapped
+SELECT card.customer_id, card.as_of, card.text, card.masked, card.identifiers_at, k.keys, k.wrapped
 FROM shown AS card LEFT JOIN LATERAL (""" + WRAPPED_OF_CARD + """) AS k (keys, wrapped) ON true
 """
 
@@ -465,12 +468,12 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if row is None:
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
-        found = row[0]
-        outcome = _Outcome(200, customer_id=found, as_of=row[1], masked=row[2],
+        found, as_of, text, masked, at, data_key_names, wrapped = row
+        outcome = _Outcome(200, customer_id=found, as_of=as_of,
                            resolved_from=value if kind == "customer_id" and found != value else None)
-        if outcome.masked is not None:
-            return outcome
-        view, data_key_names, wrapped = row[3], row[4], row[5]
+        if masked is not None and at is not None:  # the stored view with the masked identifiers in place
+            return replace(outcome, masked=text[:at] + b'"identifiers":' + masked + b"}")
+        view = orjson.loads(text)
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
             data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])
             view = {**view, "identifiers": open_identifiers(view["identifiers"], data_keys)}

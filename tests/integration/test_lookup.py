@@ -594,15 +594,16 @@ def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_s
 
 def test_a_card_stored_before_its_masked_form_is_masked_by_the_api(lookup_settings: Settings,
                                                                     client: TestClient, ids: dict[str, str]) -> None:
-    """Rows from before migration 0013 have no masked_card: the API opens and masks the view itself."""
+    """Rows from before migration 0014 have no masked identifiers: the API opens and masks the view itself."""
     settings = lookup_settings
     stored = client.get("/v1/customers/lookup", params={"phone": PHONE})
     assert stored.status_code == 200, stored.text
     with psycopg.connect(settings.pg_conninfo()) as conn:
-        masked_by_projection = conn.execute("SELECT masked_card FROM customers WHERE customer_id = %s",
-                                            (ids["ada"],)).fetchone()
-        assert masked_by_projection is not None and masked_by_projection[0] is not None
-        conn.execute("UPDATE customers SET masked_card = NULL WHERE customer_id = %s", (ids["ada"],))
+        before = conn.execute("SELECT masked_identifiers::text, identifiers_at FROM customers WHERE customer_id = %s",
+                              (ids["ada"],)).fetchone()
+        assert before is not None and before[0] is not None and before[1] is not None
+        conn.execute("UPDATE customers SET masked_identifiers = NULL, identifiers_at = NULL WHERE customer_id = %s",
+                     (ids["ada"],))
     try:
         by_api = client.get("/v1/customers/lookup", params={"phone": PHONE})
         assert by_api.status_code == 200, by_api.text
@@ -610,8 +611,8 @@ def test_a_card_stored_before_its_masked_form_is_masked_by_the_api(lookup_settin
         assert by_api.json()["card"]["identifiers"]["email"] == ["a***@example.com"]
     finally:
         with psycopg.connect(settings.pg_conninfo()) as conn:
-            conn.execute("UPDATE customers SET masked_card = %s WHERE customer_id = %s",
-                         (masked_by_projection[0], ids["ada"]))
+            conn.execute("UPDATE customers SET masked_identifiers = %s::json, identifiers_at = %s "
+                         "WHERE customer_id = %s", (*before, ids["ada"]))
 
 
 def test_concurrent_lookups_each_have_their_audit_row(lookup_settings: Settings, client: TestClient,
