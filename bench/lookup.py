@@ -419,11 +419,13 @@ def _raw(settings: Settings, secret: bytes, lookups: list[tuple[int, bool]]) -> 
     import asyncpg
 
     from connectors.frontline.lookup import _AUDITED_BY_KEY, _READ_BY_KEY
+    from connectors.frontline.pg import configure
     from touchpoint.core.normalise import normalise
 
     async def run() -> tuple[list[float], list[float]]:
         query, whole = [], []
         conn = await asyncpg.connect(settings.pg_url())  # autocommit, as the API's connections
+        await configure(conn)
         try:
             for i, (index, _) in enumerate(lookups):
                 key = normalise("phone", _national(index) if i % 2 else _phone(index), secret=secret).key
@@ -446,7 +448,8 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
     """Print what one lookup's CPU in the API is made of: the parts of its work timed one by one in this process."""
     import asyncpg
 
-    from connectors.frontline.lookup import _AUDITED_BY_KEY, _Outcome
+    from connectors.frontline.lookup import _AUDITED_BY_KEY, _Outcome, agent_card
+    from connectors.frontline.pg import configure
     from touchpoint.core.normalise import normalise
 
     picked = random.Random(7).sample(range(customers), min(2_000, customers))
@@ -457,6 +460,7 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
 
     async def statements() -> tuple[list[Any], float]:
         conn = await asyncpg.connect(settings.pg_url())
+        await configure(conn)  # as the API's connections
         try:
             rows = []
             began = time.process_time()
@@ -468,16 +472,16 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
             await conn.close()
 
     rows, statement = asyncio.run(statements())
-    outcomes = [_Outcome(200, customer_id=row[0], as_of=row[1], masked=row[2]) for row in rows if row is not None]
+    found = [row for row in rows if row is not None]
     began = time.process_time()
-    for outcome in outcomes:
-        outcome.body()
-    answering = (time.process_time() - began) / max(len(outcomes), 1)
+    for customer_id, as_of, text, masked, at, *_ in found:
+        _Outcome(200, customer_id=customer_id, as_of=as_of, masked=agent_card(text, masked, at)).body()
+    answering = (time.process_time() - began) / max(len(found), 1)
     rest = api_cpu_s - normalising - statement - answering
     say(f"one lookup's CPU at {rate:g} req/s, {api_cpu_s * 1e3:.3f} ms in the API: normalising the phone "
         f"{normalising * 1e6:.0f} us, the statement (card read, audit row, commit) on the driver's side "
         f"{statement * 1e6:.0f} us, the answer's bytes {answering * 1e6:.0f} us, opening and masking 0 (the projection "
-        f"stores the masked card); HTTP server, routing, key check and event loop the rest, {rest * 1e6:.0f} us "
+        f"stores the masked identifiers); HTTP server, routing, key check and event loop the rest, {rest * 1e6:.0f} us "
         f"(parts timed in this process, {len(keys)} lookups each); {_load()}", flush=True)
 
 

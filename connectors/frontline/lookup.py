@@ -255,6 +255,12 @@ class _Outcome:
         return Response(self.body(), media_type="application/json")
 
 
+def agent_card(text: bytes, masked: bytes, at: int) -> bytes:
+    """The card an agent sees: a stored view's text (identifiers last, beginning at ``at``) with the stored masked
+    identifiers in their place (:func:`projections.customers.view_text`)."""
+    return text[:at] + b'"identifiers":' + masked + b"}"
+
+
 class _Headers:
     """Adds the security headers to every answer that does not set them itself.
 
@@ -472,7 +478,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         outcome = _Outcome(200, customer_id=found, as_of=as_of,
                            resolved_from=value if kind == "customer_id" and found != value else None)
         if masked is not None and at is not None:  # the stored view with the masked identifiers in place
-            return replace(outcome, masked=text[:at] + b'"identifiers":' + masked + b"}")
+            return replace(outcome, masked=agent_card(text, masked, at))
         view = orjson.loads(text)
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
             data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])

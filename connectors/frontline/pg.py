@@ -19,7 +19,7 @@ import asyncpg
 
 from touchpoint.settings import Settings
 
-__all__ = ["UNAVAILABLE", "HotPool"]
+__all__ = ["UNAVAILABLE", "HotPool", "configure"]
 
 UNAVAILABLE: tuple[type[Exception], ...] = (
     asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError, OSError,
@@ -29,7 +29,8 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 _STATEMENT_TIMEOUT_S = 5.0
 
 
-async def _configure(conn: asyncpg.Connection) -> None:
+async def configure(conn: asyncpg.Connection) -> None:
+    """A connection as the pool makes them: json as its bytes."""
     # json comes back as its bytes, unparsed: a lookup copies the card's text into its answer.
     await conn.set_type_codec("json", encoder=bytes, decoder=bytes, schema="pg_catalog", format="binary")
 
@@ -52,7 +53,7 @@ class HotPool:
     async def open(self) -> None:
         # A statement's wait is bounded by command_timeout (a timer in asyncpg's protocol), so an acquire waits at
         # most for statements in flight: no timeout context per acquire (~15 µs a lookup in a profile).
-        self._pool = await asyncpg.create_pool(self._url, min_size=2, max_size=self._max_size, init=_configure,
+        self._pool = await asyncpg.create_pool(self._url, min_size=2, max_size=self._max_size, init=configure,
                                                 reset=_keep_session, command_timeout=_STATEMENT_TIMEOUT_S,
                                                 server_settings={"synchronous_commit": self._audit_commit})
 
