@@ -41,7 +41,7 @@ from psycopg.types.json import Json
 from connectors.platform.keystore import PostgresKeyStore
 from projections.writer import Record
 from touchpoint.contract.cards import Kind, read_card
-from touchpoint.core.masking import mask_card, open_identifiers, pseudonym_keys
+from touchpoint.core.masking import agent_identifiers, pseudonym_keys
 from touchpoint.settings import Settings
 
 # Which of two records about one id is newer, in SQL (``old``, ``new``: the rows' table names) as in newer().
@@ -151,7 +151,7 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
     """A card record's row of ``_stage_views`` and its rows of ``_stage_keys``.
 
     The view is serialised with its identifiers last (:func:`view_text`), and beside it the identifiers an agent
-    sees (:func:`masked_identifiers`), so a lookup sends the one text with the masked identifiers in place.
+    sees (:func:`~touchpoint.core.masking.agent_identifiers`), so a lookup sends the one text with those in place.
     """
     customer_id = str(doc["customer_id"])
     view = doc.get("view")
@@ -166,7 +166,7 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
         text, at = view_text(view)
         stored = Json(text, dumps=_as_is)
         if at is not None:
-            masked = Json(orjson.dumps(masked_identifiers(view["identifiers"], data_keys)), dumps=_as_is)
+            masked = Json(orjson.dumps(agent_identifiers(view["identifiers"], data_keys)), dumps=_as_is)
     return (customer_id, stored, masked, at, as_of, segment, record.topic, record.partition, record.offset,
             position), found
 
@@ -180,12 +180,6 @@ def view_text(view: Any) -> tuple[bytes, int | None]:
     if head != b"{":
         head += b","
     return head + b'"identifiers":' + orjson.dumps(view["identifiers"]) + b"}", len(head)
-
-
-def masked_identifiers(identifiers: Mapping[str, Any], data_keys: Mapping[str, bytes]) -> dict[str, Any]:
-    """A card's identifiers as an agent sees them: pseudonyms opened with ``data_keys``, then masked."""
-    masked: dict[str, Any] = mask_card({"identifiers": open_identifiers(identifiers, data_keys)})["identifiers"]
-    return masked
 
 
 class CustomersProjection:

@@ -145,7 +145,10 @@ card AS (
 shown AS (
     SELECT customer_id, as_of, view AS text, identifiers_at,
            CASE WHEN NOT $2::boolean THEN masked_identifiers END AS masked,
-           CASE WHEN $2::boolean OR masked_identifiers IS NULL THEN view END AS view
+           -- whose pseudonyms the statement brings the wrapped keys of: the view's, or the stored masked
+           -- identifiers' (the customer number stays sealed there)
+           CASE WHEN $2::boolean OR masked_identifiers IS NULL THEN view
+                ELSE json_build_object('identifiers', masked_identifiers) END AS view
     FROM card
 )
 """
@@ -478,6 +481,9 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         outcome = _Outcome(200, customer_id=found, as_of=as_of,
                            resolved_from=value if kind == "customer_id" and found != value else None)
         if masked is not None and at is not None:  # the stored view with the masked identifiers in place
+            if data_key_names:  # what an agent sees whole is sealed at rest: opened here (a customer number)
+                data_keys = keystore.open_wrapped(data_key_names, wrapped)
+                masked = orjson.dumps(open_identifiers(orjson.loads(masked), data_keys))
             return replace(outcome, masked=agent_card(text, masked, at))
         view = orjson.loads(text)
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role

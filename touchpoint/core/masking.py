@@ -5,8 +5,9 @@ opens them with data keys the caller fetched (:data:`ERASED` where the key
 was destroyed: crypto-shredding); :func:`mask_card` masks the opened values
 for the agent role (``j***@example.com``, ``•••• 0123``). The customers
 projection runs both once per card change and stores the result beside the
-card, so a lookup serves those bytes as they are; the lookup API runs them
-per request only for clear (unmasked) reads.
+card (:func:`agent_identifiers`: what an agent sees whole, the customer
+number, stays sealed there and is opened per lookup); the lookup API masks
+whole cards per request only for clear (unmasked) reads and older rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any, Final
 
 from touchpoint.core.pseudonym import Unreadable, is_pseudonym, parse, reveal
 
-__all__ = ["ERASED", "MASK", "mask_card", "mask_identifier", "open_identifiers", "pseudonym_keys"]
+__all__ = ["ERASED", "MASK", "SHOWN_WHOLE", "agent_identifiers", "mask_card", "mask_identifier", "open_identifiers",
+           "pseudonym_keys"]
 
 ERASED: Final = "(erased)"
 """What a reader sees of an identifier whose data key was destroyed."""
@@ -45,6 +47,20 @@ def open_identifiers(identifiers: Mapping[str, Sequence[str]], data_keys: Mappin
             except Unreadable:
                 opened[kind].append(ERASED)
     return opened
+
+
+SHOWN_WHOLE: Final = frozenset({"customer_no"})
+"""Kinds an agent sees whole (:func:`mask_identifier`): at rest they stay sealed, opened per read."""
+
+
+def agent_identifiers(identifiers: Mapping[str, Sequence[str]], data_keys: Mapping[str, bytes]) -> dict[str, Any]:
+    """A card's identifiers as the customers projection stores them for agents: masked, except the kinds an agent
+    sees whole (:data:`SHOWN_WHOLE`), which stay as they are (sealed: nothing identifies a person in clear at
+    rest) for the lookup to open with :func:`open_identifiers` and nothing else."""
+    opened = open_identifiers({kind: values for kind, values in identifiers.items() if kind not in SHOWN_WHOLE},
+                              data_keys)
+    shown: dict[str, Any] = mask_card({"identifiers": opened})["identifiers"]
+    return {kind: list(values) if kind in SHOWN_WHOLE else shown[kind] for kind, values in identifiers.items()}
 
 
 def mask_card(card: dict[str, Any]) -> dict[str, Any]:
