@@ -30,7 +30,8 @@ running, nothing published):
 
 * **HTTP.** For each ``--rates`` value, an open-loop load generator
   (asyncio streams, a pool of ``--connections`` keep-alive HTTP/1.1 connections)
-  sends ``GET /v1/customers/lookup?phone=…`` on a fixed timetable for
+  sends ``GET /v1/customers/lookup?phone=…`` on a fixed timetable (kept by a
+  thread: asyncio's timers fire on whole milliseconds) for
   ``--seconds``; latency is measured from each request's *scheduled* send
   time, so a stall delays the requests behind it and is counted for all of
   them (no coordinated omission). Phones are drawn at random among the
@@ -40,13 +41,17 @@ running, nothing published):
   200 for a hit and 404 for a miss; requests still unanswered ``--seconds``
   after the last send are cancelled and counted at their wait so far), and the CPU the API process and this
   process spent per request. A short warm-up at the first rate and lookups one at a time come first.
-* **Raw PostgreSQL.** After each rate, the same kind of lookups
-  sequentially on one asyncpg connection with the API's own SQL
+* **Raw PostgreSQL.** After each rate, the same kind of lookups with the API's own SQL
   (``connectors.frontline.lookup._READ_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
-  copied): the card read alone and the API's statement (the card read and the audit row, committed).
-  Printed: p50/p99/p99.9, and the ratios HTTP / raw.
+  copied) on the API's kind of connections (:class:`~connectors.frontline.pg.HotPool`):
+  one after another, the card read alone and the API's statement (the card read and the audit row,
+  committed); then the API's statement on the same timetable as the HTTP lookups (at most 10 s).
+  Printed: p50/p99/p99.9, and the ratios HTTP / raw: ``http_p50_over_statement_p50_at_<rate>`` divides
+  by the statement on the same timetable (both sides wake the same way), the ratio against the
+  statements one after another is printed beside it. The timetable's own lateness is printed too.
 * **Breakdown.** One lookup's CPU in the API at the first rate, in parts timed one by one in this
-  process: normalising the phone, the statement on the driver's side, the answer's bytes; the rest
+  process: normalising the phone, the statement on the driver's side, opening the customer numbers, the
+  answer's bytes; the rest
   is the HTTP server, routing, the key check and the event loop.
 * **Floor.** The same load generator against a bare ASGI app answering 10 kB (uvicorn, one process) at
   the first rate: what HTTP costs here before any lookup work, to read the ratios against.
@@ -79,9 +84,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -275,6 +282,7 @@ class _Run:
     span_s: float = 0.0
     unanswered: int = 0
     in_flight: dict[int, float] = field(default_factory=dict)  # request number -> scheduled time
+    late: list[float] = field(default_factory=list)  # how long after its scheduled time each request started
 
 
 def _lookups(rng: random.Random, customers: int, n: int, miss_share: float) -> list[tuple[int, bool]]:
@@ -342,45 +350,51 @@ class _Connections:
                 slot[1].close()
 
 
-async def _offer(host: str, port: int, api_key: str, rate: float, seconds: float, lookups: list[tuple[int, bool]],
-                 connections: int) -> _Run:
-    """Send ``rate`` requests/s for ``seconds`` on a fixed timetable; latency from each scheduled time."""
-    run = _Run()
-    pool = _Connections(host, port, connections)
-    head = f"Host: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\nAccept: application/json\r\n\r\n"
+async def _paced(rate: float, seconds: float, one: Callable[[int], Awaitable[None]], run: _Run) -> None:
+    """Start ``one(i)`` for the ``rate * seconds`` requests on a fixed timetable; each one's latency from its
+    scheduled time into ``run``. What is unanswered a grace period after the last scheduled start is cancelled and
+    counted at its wait so far (a lower bound of its latency): an overloaded server is not waited for without end."""
+    total = int(rate * seconds)
+    tasks: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter() + 0.01
+    all_sent = asyncio.Event()
+    stop = threading.Event()
 
-    async def one(i: int, scheduled: float) -> None:
-        index, hit = lookups[i % len(lookups)]
-        phone = _national(index) if i % 2 else _phone(index)
-        request = f"GET /v1/customers/lookup?phone={quote(phone)} HTTP/1.1\r\n{head}".encode()
+    async def timed(i: int) -> None:
+        scheduled = start + i / rate
         run.in_flight[i] = scheduled
         try:
-            status = await pool.get(request, 10.0)
-        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
-            run.errors[type(exc).__name__] += 1
-            return
+            await one(i)
         finally:
             if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 del run.in_flight[i]
                 run.latencies.append(time.perf_counter() - scheduled)
-        run.statuses[status] += 1
-        if status != (200 if hit else 404):
-            run.errors[f"status {status} for a {'hit' if hit else 'miss'}"] += 1
 
-    total = int(rate * seconds)
-    tasks = []
-    start = time.perf_counter() + 0.01
-    i = 0
+    def send(i: int) -> None:
+        run.late.append(time.perf_counter() - start - i / rate)
+        tasks.append(asyncio.create_task(timed(i)))
+        if i == total - 1:
+            all_sent.set()
+
+    def clock() -> None:
+        # The timetable is kept by a thread, not by asyncio.sleep: the event loop's timers fire on whole
+        # milliseconds (epoll's timeout), ~0.6 ms late at the median here, and that lateness of the client would
+        # count as the server's latency. A sleeping thread wakes ~0.1 ms after its time and wakes the loop at once.
+        for i in range(total):
+            wait = start + i / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            if stop.is_set():
+                return
+            loop.call_soon_threadsafe(send, i)
+
+    if total == 0:
+        all_sent.set()
+    clock_thread = threading.Thread(target=clock, name="timetable", daemon=True)
+    clock_thread.start()
     try:
-        while i < total:
-            now = time.perf_counter()
-            while i < total and start + i / rate <= now:
-                tasks.append(asyncio.create_task(one(i, start + i / rate)))
-                i += 1
-            if i < total:
-                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        # An overloaded API is not waited for without end: what is unanswered a grace period after the last
-        # scheduled send is cancelled and counted at its wait so far (a lower bound of its latency).
+        await all_sent.wait()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(5.0, seconds))
             cut = time.perf_counter()
@@ -390,10 +404,69 @@ async def _offer(host: str, port: int, api_key: str, rate: float, seconds: float
             run.unanswered = len(pending)
             run.latencies += [cut - scheduled for scheduled in run.in_flight.values()]
     finally:
-        await pool.close()
+        stop.set()
+        clock_thread.join()
     run.sent = total
     run.span_s = time.perf_counter() - start
+
+
+async def _offer(host: str, port: int, api_key: str, rate: float, seconds: float, lookups: list[tuple[int, bool]],
+                 connections: int) -> _Run:
+    """Send ``rate`` requests/s for ``seconds`` on a fixed timetable; latency from each scheduled time."""
+    run = _Run()
+    pool = _Connections(host, port, connections)
+    head = f"Host: {host}:{port}\r\nAuthorization: Bearer {api_key}\r\nAccept: application/json\r\n\r\n"
+
+    async def one(i: int) -> None:
+        index, hit = lookups[i % len(lookups)]
+        phone = _national(index) if i % 2 else _phone(index)
+        request = f"GET /v1/customers/lookup?phone={quote(phone)} HTTP/1.1\r\n{head}".encode()
+        try:
+            status = await pool.get(request, 10.0)
+        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            run.errors[type(exc).__name__] += 1
+            return
+        run.statuses[status] += 1
+        if status != (200 if hit else 404):
+            run.errors[f"status {status} for a {'hit' if hit else 'miss'}"] += 1
+
+    try:
+        await _paced(rate, seconds, one, run)
+    finally:
+        await pool.close()
     return run
+
+
+def _statement_paced(settings: Settings, secret: bytes, rate: float, seconds: float, lookups: list[tuple[int, bool]],
+                     connections: int) -> _Run:
+    """The API's statement alone on the API's own connections (:class:`~connectors.frontline.pg.HotPool`), on the
+    same timetable as the HTTP lookups: the denominator of the HTTP / statement ratio, measured as its numerator."""
+    from connectors.frontline.lookup import _AUDITED_BY_KEY
+    from connectors.frontline.pg import HotPool
+    from touchpoint.core.normalise import normalise
+
+    keys = [normalise("phone", _national(index) if i % 2 else _phone(index), region=settings.phone_region,
+                      secret=secret).key for i, (index, _) in enumerate(lookups)]
+
+    async def main() -> _Run:
+        run = _Run()
+        hot = HotPool(settings, max_size=connections)
+        await hot.open()
+        # Connections opened before the timetable starts, as the HTTP side's warm-up opened the API's.
+        await asyncio.gather(*(hot.fetchrow("SELECT pg_sleep(0.05)") for _ in range(connections)))
+
+        async def one(i: int) -> None:
+            key = keys[i % len(keys)]
+            row = await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-paced", "agent", "lookup", "phone", key)
+            run.statuses[200 if row is not None else 404] += 1
+
+        try:
+            await _paced(rate, seconds, one, run)
+        finally:
+            await hot.close()
+        return run
+
+    return asyncio.run(main())
 
 
 async def _one_at_a_time(host: str, port: int, api_key: str, lookups: list[tuple[int, bool]]) -> list[float]:
@@ -414,30 +487,28 @@ async def _one_at_a_time(host: str, port: int, api_key: str, lookups: list[tuple
 
 
 def _raw(settings: Settings, secret: bytes, lookups: list[tuple[int, bool]]) -> tuple[list[float], list[float]]:
-    """The API's SQL on its driver for each lookup, one after another: (card read times, the API's statement:
-    read + audit row, committed)."""
-    import asyncpg
-
+    """The API's SQL on the API's own connection kind for each lookup, one after another: (card read times, the
+    API's statement: read + audit row, committed)."""
     from connectors.frontline.lookup import _AUDITED_BY_KEY, _READ_BY_KEY
-    from connectors.frontline.pg import configure
+    from connectors.frontline.pg import HotPool
     from touchpoint.core.normalise import normalise
 
     async def run() -> tuple[list[float], list[float]]:
         query, whole = [], []
-        conn = await asyncpg.connect(settings.pg_url())  # autocommit, as the API's connections
-        await configure(conn)
+        hot = HotPool(settings, max_size=1)
+        await hot.open()
         try:
             for i, (index, _) in enumerate(lookups):
                 key = normalise("phone", _national(index) if i % 2 else _phone(index), secret=secret).key
                 began = time.perf_counter()
-                await conn.fetchrow(_READ_BY_KEY, key, False)
+                await hot.fetchrow(_READ_BY_KEY, key, False)
                 queried = time.perf_counter()
-                await conn.fetchrow(_AUDITED_BY_KEY, key, False, "bench-raw", "agent", "lookup", "phone", key)
+                await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-raw", "agent", "lookup", "phone", key)
                 done = time.perf_counter()
                 query.append(queried - began)
                 whole.append(done - queried)
         finally:
-            await conn.close()
+            await hot.close()
         return query, whole
 
     return asyncio.run(run())
@@ -446,10 +517,9 @@ def _raw(settings: Settings, secret: bytes, lookups: list[tuple[int, bool]]) -> 
 def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: float, rate: float,
                say: Any) -> None:
     """Print what one lookup's CPU in the API is made of: the parts of its work timed one by one in this process."""
-    import asyncpg
-
     from connectors.frontline.lookup import _AUDITED_BY_KEY, _Outcome, agent_card
-    from connectors.frontline.pg import configure
+    from connectors.frontline.pg import HotPool
+    from connectors.platform.keystore import PostgresKeyStore
     from touchpoint.core.normalise import normalise
 
     picked = random.Random(7).sample(range(customers), min(2_000, customers))
@@ -459,30 +529,35 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
     normalising = (time.process_time() - began) / len(keys)
 
     async def statements() -> tuple[list[Any], float]:
-        conn = await asyncpg.connect(settings.pg_url())
-        await configure(conn)  # as the API's connections
+        hot = HotPool(settings, max_size=1)  # the API's own connections
+        await hot.open()
         try:
             rows = []
             began = time.process_time()
             for key in keys:
-                rows.append(await conn.fetchrow(_AUDITED_BY_KEY, key, False, "bench-breakdown", "agent", "lookup",
-                                                "phone", key))
+                rows.append(await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-breakdown", "agent", "lookup",
+                                               "phone", key))
             return rows, (time.process_time() - began) / len(keys)
         finally:
-            await conn.close()
+            await hot.close()
 
     rows, statement = asyncio.run(statements())
     found = [row for row in rows if row is not None]
+    keystore = PostgresKeyStore(settings)  # unwraps data keys with the master key; no connection for that
     began = time.process_time()
-    for customer_id, as_of, text, masked, at, *_ in found:
-        _Outcome(200, customer_id=customer_id, as_of=as_of, masked=agent_card(text, masked, at)).body()
+    cards = [agent_card(text, masked, at, names, wrapped, keystore) for _, _, text, masked, at, names, wrapped in found]
+    opening = (time.process_time() - began) / max(len(found), 1)
+    began = time.process_time()
+    for (customer_id, as_of, *_), card in zip(found, cards, strict=True):
+        _Outcome(200, customer_id=customer_id, as_of=as_of, masked=card).body()
     answering = (time.process_time() - began) / max(len(found), 1)
-    rest = api_cpu_s - normalising - statement - answering
+    rest = api_cpu_s - normalising - statement - opening - answering
     say(f"one lookup's CPU at {rate:g} req/s, {api_cpu_s * 1e3:.3f} ms in the API: normalising the phone "
         f"{normalising * 1e6:.0f} us, the statement (card read, audit row, commit) on the driver's side "
-        f"{statement * 1e6:.0f} us, the answer's bytes {answering * 1e6:.0f} us, opening and masking 0 (the projection "
-        f"stores the masked identifiers); HTTP server, routing, key check and event loop the rest, {rest * 1e6:.0f} us "
-        f"(parts timed in this process, {len(keys)} lookups each); {_load()}", flush=True)
+        f"{statement * 1e6:.0f} us, opening the customer numbers (the projection stores the rest masked) "
+        f"{opening * 1e6:.0f} us, the answer's bytes {answering * 1e6:.0f} us; HTTP server, routing, key check and "
+        f"event loop the rest, {rest * 1e6:.0f} us (parts timed in this process, {len(keys)} lookups each); "
+        f"{_load()}", flush=True)
 
 
 _BARE_BODY = b'{"card":"' + b"x" * 10_000 + b'"}'
@@ -727,20 +802,27 @@ def main(argv: list[str] | None = None) -> int:
             query, whole = _raw(settings, secret, lookups[:args.raw])
             say(f"raw PostgreSQL, {len(query)} sequential lookups after it: card query {_ms(query)}; "
                 f"read + audit row + commit (the API's statement) {_ms(whole)}; {_load()}", flush=True)
+            paced = _statement_paced(settings, secret, rate, min(args.seconds, 10.0), lookups, args.connections)
+            say(f"raw PostgreSQL, the API's statement at {rate:g}/s on the same timetable ({len(paced.latencies)} "
+                f"on the API's kind of connections): {_ms(paced.latencies)}; {_load()}", flush=True)
             http50, http99 = _pct(result.latencies, 0.5), _pct(result.latencies, 0.99)
-            say(f"ratio HTTP / raw transaction at {rate:g} req/s: p50 {http50 / _pct(whole, 0.5):.1f}x, "
-                f"p99 {http99 / _pct(whole, 0.99):.1f}x (HTTP / card query: p50 {http50 / _pct(query, 0.5):.1f}x, "
-                f"p99 {http99 / _pct(query, 0.99):.1f}x)", flush=True)
-            return result, per_request, query, whole
+            say(f"ratio HTTP / the API's statement at {rate:g} req/s: p50 {http50 / _pct(paced.latencies, 0.5):.1f}x, "
+                f"p99 {http99 / _pct(paced.latencies, 0.99):.1f}x (against the statements one after another: p50 "
+                f"{http50 / _pct(whole, 0.5):.1f}x, p99 {http99 / _pct(whole, 0.99):.1f}x; HTTP / card query: p50 "
+                f"{http50 / _pct(query, 0.5):.1f}x); the timetable kept to p50 {_pct(result.late, 0.5) * 1e3:.2f} ms, "
+                f"p99 {_pct(result.late, 0.99) * 1e3:.2f} ms late", flush=True)
+            return result, per_request, paced.latencies, whole
 
         cpu_per_request: dict[float, float] = {}
         for rate in args.rates:
-            result, cpu_per_request[rate], _, whole = measure(rate, "pipeline idle")
+            result, cpu_per_request[rate], paced, whole = measure(rate, "pipeline idle")
             done = len(result.latencies) - result.unanswered
             key = f"{rate:g}"
             figures[f"p99_ms_at_{key}"] = round(_pct(result.latencies, 0.99) * 1e3, 2)
             figures[f"achieved_at_{key}"] = round(done / result.span_s, 1)
             figures[f"http_p50_over_statement_p50_at_{key}"] = round(
+                _pct(result.latencies, 0.5) / _pct(paced, 0.5), 2)
+            figures[f"http_p50_over_sequential_statement_p50_at_{key}"] = round(
                 _pct(result.latencies, 0.5) / _pct(whole, 0.5), 2)
         # The worst rate's figure (CPU per request rises as the rate falls: fewer requests share each wake-up).
         figures["api_cpu_ms"] = round(max(cpu_per_request.values()) * 1e3, 3)

@@ -71,9 +71,10 @@ without asking the database), and an identifier parameter or a filter of
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -88,7 +89,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,7 +101,7 @@ from connectors.operations.privacy import Erasure, UnknownCustomer, erase
 from connectors.platform.keystore import WRAPPED_OF_CARD, PostgresKeyStore
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
-from touchpoint.core.masking import mask_card, open_identifiers
+from touchpoint.core.masking import mask_card, open_identifiers, open_in_text
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise
 from touchpoint.settings import Settings
 
@@ -246,10 +246,11 @@ class _Outcome:
     def body(self) -> bytes:
         """A 200's JSON body, ``{"customer_id", "as_of", "card"[, "resolved_from"]}``: the stored card's bytes
         copied in, not parsed and serialised again."""
-        card = self.masked if self.masked is not None else to_json(self.card)
-        tail = b"}" if self.resolved_from is None else b',"resolved_from":' + to_json(self.resolved_from) + b"}"
-        return b"".join((b'{"customer_id":', to_json(self.customer_id), b',"as_of":', to_json(self.as_of),
-                         b',"card":', card, tail))
+        # orjson: pydantic_core's to_json took ~10 µs a value here; UTC written "Z" as pydantic writes it.
+        card = self.masked if self.masked is not None else orjson.dumps(self.card, option=orjson.OPT_UTC_Z)
+        tail = b"}" if self.resolved_from is None else b',"resolved_from":' + orjson.dumps(self.resolved_from) + b"}"
+        return b"".join((b'{"customer_id":', orjson.dumps(self.customer_id), b',"as_of":',
+                         orjson.dumps(self.as_of, option=orjson.OPT_UTC_Z), b',"card":', card, tail))
 
     def response(self) -> Response:
         """The JSON answer (an error as FastAPI answers an HTTPException)."""
@@ -258,9 +259,13 @@ class _Outcome:
         return Response(self.body(), media_type="application/json")
 
 
-def agent_card(text: bytes, masked: bytes, at: int) -> bytes:
+def agent_card(text: bytes, masked: bytes, at: int, data_key_names: Sequence[str] | None,
+               wrapped: Sequence[bytes] | None, keystore: PostgresKeyStore) -> bytes:
     """The card an agent sees: a stored view's text (identifiers last, beginning at ``at``) with the stored masked
-    identifiers in their place (:func:`projections.customers.view_text`)."""
+    identifiers in their place (:func:`projections.customers.view_text`), what an agent sees whole (a customer
+    number, sealed at rest) opened with the data keys the lookup's statement brought wrapped."""
+    if data_key_names:
+        masked = open_in_text(masked, keystore.open_wrapped(data_key_names, wrapped or ()))
     return text[:at] + b'"identifiers":' + masked + b"}"
 
 
@@ -407,6 +412,9 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True)
         await hot.open()
+        # What is alive once started (modules, the app, ~90,000 objects) is left out of every later collection:
+        # API CPU per lookup at 200/s 0.48-0.49 -> 0.45 ms, p99 3.0-4.9 -> 2.2 ms (bench.lookup, 100,000 cards).
+        gc.freeze()
         try:
             yield
         finally:
@@ -465,15 +473,14 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if outcome is None and kind == "customer_id" and "\x00" in str(value):
             # No customer id holds NUL (PostgreSQL text cannot): nobody, without asking.
             outcome = _Outcome(404, f"no customer {_shown(str(value))}")
-        async with hot.acquire() as conn:
-            # The answer leaves only once its audit row is committed: the statement that writes it has returned.
-            if outcome is not None:
-                await conn.execute(_AUDIT, principal.name, principal.role, endpoint, kind, key, None, outcome.status,
-                                   unmasked)
-                return outcome
-            row = await conn.fetchrow(_AUDITED_BY_ID if kind == "customer_id" else _AUDITED_BY_KEY,
-                                      value if kind == "customer_id" else key, unmasked, principal.name,
-                                      principal.role, endpoint, kind, key)
+        # The answer leaves only once its audit row is committed: the statement that writes it has returned.
+        if outcome is not None:
+            await hot.execute(_AUDIT, principal.name, principal.role, endpoint, kind, key, None, outcome.status,
+                              unmasked)
+            return outcome
+        row = await hot.fetchrow(_AUDITED_BY_ID if kind == "customer_id" else _AUDITED_BY_KEY,
+                                 value if kind == "customer_id" else key, unmasked, principal.name,
+                                 principal.role, endpoint, kind, key)
         if row is None:
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
@@ -481,10 +488,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         outcome = _Outcome(200, customer_id=found, as_of=as_of,
                            resolved_from=value if kind == "customer_id" and found != value else None)
         if masked is not None and at is not None:  # the stored view with the masked identifiers in place
-            if data_key_names:  # what an agent sees whole is sealed at rest: opened here (a customer number)
-                data_keys = keystore.open_wrapped(data_key_names, wrapped)
-                masked = orjson.dumps(open_identifiers(orjson.loads(masked), data_keys))
-            return replace(outcome, masked=agent_card(text, masked, at))
+            return replace(outcome, masked=agent_card(text, masked, at, data_key_names, wrapped, keystore))
         view = orjson.loads(text)
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
             data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])
@@ -589,9 +593,8 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             else:
                 erased = done.customer_id
                 answer = SafeJSONResponse(asdict(done))
-        async with hot.acquire() as conn:
-            await conn.execute(_AUDIT, principal.name, principal.role, "erasure", "customer_id", None, erased,
-                               answer.status_code, False)
+        await hot.execute(_AUDIT, principal.name, principal.role, "erasure", "customer_id", None, erased,
+                          answer.status_code, False)
         return answer
 
     _add_page_routes(app, keys, resolve)
