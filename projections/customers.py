@@ -42,6 +42,7 @@ from connectors.platform.keystore import PostgresKeyStore
 from projections.writer import Record
 from touchpoint.contract.cards import Kind, read_card
 from touchpoint.core.masking import agent_identifiers, pseudonym_keys
+from touchpoint.core.pseudonym import is_sealed_text, text_key
 from touchpoint.settings import Settings
 
 # Which of two records about one id is newer, in SQL (``old``, ``new``: the rows' table names) as in newer().
@@ -55,7 +56,7 @@ _NEWER = (
 )
 _ON_CONFLICT = (
     "ON CONFLICT (customer_id) DO UPDATE SET view = EXCLUDED.view, masked_identifiers = EXCLUDED.masked_identifiers, "
-    "identifiers_at = EXCLUDED.identifiers_at, as_of = EXCLUDED.as_of, "
+    "identifiers_at = EXCLUDED.identifiers_at, agent_keys = EXCLUDED.agent_keys, as_of = EXCLUDED.as_of, "
     "value_segment = EXCLUDED.value_segment, source_topic = EXCLUDED.source_topic, "
     "source_partition = EXCLUDED.source_partition, source_offset = EXCLUDED.source_offset, "
     "source_position = EXCLUDED.source_position, updated_at = clock_timestamp() "
@@ -90,15 +91,17 @@ def newer(old: tuple[Record, datetime, int | None], new: tuple[Record, datetime,
 # segment and keys out of it cost ~140 µs a 12 KB card of its CPU; a binary COPY of the view's text into
 # json ~50 (bench.pipeline's half-rate phase: the customers projection was a sixth of the machine's CPU).
 _STAGE = ("CREATE TEMP TABLE IF NOT EXISTS _stage_views (customer_id text, view json COMPRESSION lz4, "
-          "masked_identifiers json, identifiers_at integer, as_of timestamptz, value_segment text, source_topic text, "
+          "masked_identifiers json, identifiers_at integer, agent_keys text[], as_of timestamptz, value_segment text, "
+          "source_topic text, "
           "source_partition integer, source_offset bigint, "
           "source_position bigint) "
           "ON COMMIT DELETE ROWS; "
           "CREATE TEMP TABLE IF NOT EXISTS _stage_keys (key text, kind text, customer_id text, source_offset bigint) "
           "ON COMMIT DELETE ROWS; DELETE FROM _stage_views; DELETE FROM _stage_keys")
-_STAGE_TYPES = ["text", "json", "json", "int4", "timestamptz", "text", "text", "int4", "int8", "int8"]
+_STAGE_TYPES = ["text", "json", "json", "int4", "text[]", "timestamptz", "text", "text", "int4", "int8", "int8"]
 # A card older than the merge of its id (a partition replaying after a restart) is not written.
-_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, masked_identifiers, identifiers_at, as_of, "
+_UPSERT = ("INSERT INTO customers AS customers (customer_id, view, masked_identifiers, identifiers_at, agent_keys, "
+           "as_of, "
            "value_segment, source_topic, "
            "source_partition, source_offset, source_position) SELECT * FROM _stage_views s "
            "WHERE NOT EXISTS (SELECT FROM customer_aliases a WHERE a.alias = s.customer_id AND "
@@ -151,7 +154,9 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
     """A card record's row of ``_stage_views`` and its rows of ``_stage_keys``.
 
     The view is serialised with its identifiers last (:func:`view_text`), and beside it the identifiers an agent
-    sees (:func:`~touchpoint.core.masking.agent_identifiers`), so a lookup sends the one text with those in place.
+    sees (:func:`~touchpoint.core.masking.agent_identifiers`), so a lookup sends the one text with those in place,
+    and the names of the data keys that open what an agent sees whole (the customer numbers left sealed there,
+    the person's sealed name).
     """
     customer_id = str(doc["customer_id"])
     view = doc.get("view")
@@ -161,25 +166,45 @@ def card_rows(record: Record, as_of: datetime, position: int | None, doc: dict[s
              for kind, listed in (keys.items() if isinstance(keys, dict) else ())
              if isinstance(listed, list) for key in listed]
     # No view: NULL, which the table refuses with PostgreSQL's reason (not a JSON null it would keep).
-    stored = masked = at = None
+    stored = masked = at = agent_keys = None
     if view is not None:
         text, at = view_text(view)
         stored = Json(text, dumps=_as_is)
         if at is not None:
-            masked = Json(orjson.dumps(agent_identifiers(view["identifiers"], data_keys)), dumps=_as_is)
-    return (customer_id, stored, masked, at, as_of, segment, record.topic, record.partition, record.offset,
-            position), found
+            shown = agent_identifiers(view["identifiers"], data_keys)
+            masked = Json(orjson.dumps(shown), dumps=_as_is)
+            agent_keys = sorted(pseudonym_keys(shown) | _name_keys(view))
+    return (customer_id, stored, masked, at, agent_keys, as_of, segment, record.topic, record.partition,
+            record.offset, position), found
+
+
+def _name_keys(view: dict[str, Any]) -> set[str]:
+    """The data-key name of the view's sealed name, if it has one."""
+    person = view.get("person")
+    name = person.get("name") if isinstance(person, dict) else None
+    if isinstance(name, str) and is_sealed_text(name):
+        try:
+            return {text_key(name)}
+        except ValueError:  # not well formed: nothing opens it (the card shows it as it is)
+            return set()
+    return set()
 
 
 def view_text(view: Any) -> tuple[bytes, int | None]:
-    """A view's JSON text with ``identifiers`` last, and where that key begins (None: the view has no identifiers
-    object): ``text[:at] + b'"identifiers":' + other + b"}"`` is the view with ``other`` identifiers."""
+    """A view's JSON text with ``person`` then ``identifiers`` last, and where ``identifiers`` begins (None: the view
+    has no identifiers object): ``text[:at] + b'"identifiers":' + other + b"}"`` is the view with ``other``
+    identifiers, and the person (what else an agent sees whole: a sealed name) is just before ``at``."""
     if not isinstance(view, dict) or not isinstance(view.get("identifiers"), dict):
         return orjson.dumps(view), None
-    head = orjson.dumps({k: v for k, v in view.items() if k != "identifiers"})[:-1]  # without its closing brace
+    head = orjson.dumps({k: v for k, v in view.items() if k not in _LAST})[:-1]  # without its closing brace
     if head != b"{":
         head += b","
+    if "person" in view:
+        head += b'"person":' + orjson.dumps(view["person"]) + b","
     return head + b'"identifiers":' + orjson.dumps(view["identifiers"]) + b"}", len(head)
+
+
+_LAST = frozenset({"person", "identifiers"})
 
 
 class CustomersProjection:

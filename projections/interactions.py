@@ -37,7 +37,7 @@ _ON_CONFLICT = (
 
 def payload_json(doc: dict[str, Any]) -> dict[str, Any]:
     """An event's payload as JSON values, from its decoded Avro record: what the payload model dumps."""
-    if doc["type"] == "campaign":  # instants, written as the model writes them
+    if doc["type"] in ("campaign", "profile"):  # instants, a named symbol in a union: as the model writes them
         return from_checked_record(doc).payload.model_dump(mode="json")
     return doc["payload"][1]
 
@@ -46,8 +46,9 @@ def interaction_row(serde: EventSerde, record: Record) -> tuple[object, ...]:
     """One row of ``interactions`` from one customer-events record (already validated upstream).
 
     Read from the Avro record as decoded: building the event's models and dumping the payload again
-    was most of the projection's CPU. A campaign's payload holds instants, written as the model writes
-    them; every other payload is the record's own fields (equal to the model's dump, tested).
+    was most of the projection's CPU. A campaign's payload holds instants and a profile's an optional channel
+    (read back as its type's name and symbol), written as the model writes them; every other payload is the
+    record's own fields (equal to the model's dump, tested).
     """
     doc = serde.read_record(record.value)  # customer-events: checked by ingest, once
     return (

@@ -48,7 +48,7 @@ import faust
 import orjson
 from opentelemetry import trace
 
-from connectors.intake.producer import keys_to_seal, normalised, partition_key, pseudonymised
+from connectors.intake.producer import has_clear_name, keys_to_seal, normalised, partition_key, pseudonymised
 from connectors.platform.keystore import KeyStore, KeyStoreError, PostgresKeyStore
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
@@ -108,12 +108,13 @@ def judge(serde: EventSerde, raw: bytes | None, now: datetime) -> Accepted | Rej
         return Rejected(f"contract: {exc}")
 
 
-def has_clear_identifiers(event: Event) -> bool:
-    """Whether any identifier arrived in clear: not a pseudonym, so not written by the producer library."""
+def has_clear_values(event: Event) -> bool:
+    """Whether any identifier (or a profile's name) arrived in clear: not sealed, so not written by the producer
+    library."""
     for value in identifier_values(event.identifiers).values():  # a loop, not all(...): this runs for every event
         if not is_pseudonym(value):
             return True
-    return False
+    return event.type == "profile" and has_clear_name(event)
 
 
 def to_seal(verdict: Accepted, secret: bytes, region: str) -> Accepted | Rejected:
@@ -218,7 +219,7 @@ class IngestLoop:
                     trace_headers = kafka_headers() or None
             else:
                 verdict = await _judge_patiently(serde, message.value, now)
-            if isinstance(verdict, Accepted) and has_clear_identifiers(verdict.event):
+            if isinstance(verdict, Accepted) and has_clear_values(verdict.event):
                 arrived_clear[message.topic] += 1
                 verdict = to_seal(verdict, secret, region)
             if isinstance(verdict, Accepted):

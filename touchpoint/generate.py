@@ -82,6 +82,17 @@ Contacts (share of contact occasions)
     get no campaign invitations until they grant again. A channel the person
     cannot be reached on falls back to a web session.
 
+Profiles (a preference centre of its own: its own seeded random stream and
+event ids ``pf-<seed>-<customer:08d>-<n>``, so adding it left every other
+event as it was)
+    At a customer's first activity, a ``profile`` event on ``web`` (``branch``
+    without an e-mail) with the customer number (and e-mail): the name 90 %
+    of the time (``First Last`` from the same names as the e-mail), language
+    ``en-GB`` 80 %, else ``cy``, ``pl``, ``ur``, ``pa`` or ``gd``, and a
+    preferred channel 70 % (one the person can be reached on). 20 % change
+    their preferred channel or language in a second one 30-200 days later.
+    They do not count towards ``bad_share``.
+
 Bad events (``bad_share``, default 2 % of all events)
     Injected right after a good event (same time and identifiers where it
     makes sense), kinds in turn: missing_identifiers, unknown_type,
@@ -105,7 +116,7 @@ from typing import Any, TextIO
 __all__ = ["BAD_KINDS", "DEFAULT_START", "TYPES", "Population", "generate", "population", "write_jsonl"]
 
 DEFAULT_START = datetime(2025, 1, 1, tzinfo=UTC)
-TYPES = ("purchase", "refund", "branch_visit", "call", "email", "web", "sms", "case", "consent", "campaign")
+TYPES = ("purchase", "refund", "branch_visit", "call", "email", "web", "sms", "case", "consent", "campaign", "profile")
 BAD_KINDS = (
     "missing_identifiers",
     "unknown_type",
@@ -149,6 +160,7 @@ _IVR = ("balance", "card_lost", "payment_declined", "fuel_price", "account", "co
 _OUTCOMES = ("resolved", "resolved", "resolved", "transferred", "callback", "abandoned")
 _PURPOSES = ("enquiry", "card_replacement", "account_update", "complaint", "collection", "rewards")
 _CONSENT_CHANNELS = ("web", "email", "sms", "branch")
+_LANGUAGES = ("cy", "pl", "ur", "pa", "gd")  # besides en-GB
 
 _CARD_SHARE = 0.78
 _EMAIL_SHARE = 0.85
@@ -222,6 +234,7 @@ class Population:
 
     start_ms: int
     customer_no: list[str]
+    name: list[str]
     card: list[str | None]
     email: list[str | None]
     mobile: list[str | None]
@@ -248,6 +261,7 @@ def _build_population(rng: random.Random, customers: int, days: int, start_ms: i
     off_c = rr(100_000_000)
     off_k = rr(1_000_000_000)
     customer_no: list[str] = []
+    name: list[str] = []
     card: list[str | None] = []
     email: list[str | None] = []
     mobile: list[str | None] = []
@@ -273,6 +287,7 @@ def _build_population(rng: random.Random, customers: int, days: int, start_ms: i
             card.append(None)
         first = _FIRST[rr(len(_FIRST))]
         last = _LAST[rr(len(_LAST))]
+        name.append(f"{first.title()} {last.title()}")
         if hh_left == 0 and i + 1 < customers and r() < _HOUSEHOLD_START:
             hh_left = min(2 + rr(3), customers - i)
             households += 1
@@ -327,6 +342,7 @@ def _build_population(rng: random.Random, customers: int, days: int, start_ms: i
     return Population(
         start_ms=start_ms,
         customer_no=customer_no,
+        name=name,
         card=card,
         email=email,
         mobile=mobile,
@@ -432,6 +448,10 @@ class _Generator:
         self.invited: dict[int, tuple[str, int, int]] = {}
         self.prefixes: dict[int, str] = {}
         self.hhmm, self.ssmmm = _time_tables()
+        # Profiles come from a stream of their own (the module docstring): the rest is as it was without them.
+        self.profile_rng = random.Random(f"profiles-{seed}")
+        self.profiled = bytearray(customers)
+        self.own_ids: dict[int, str] = {}  # creation sequence -> event id, for events outside the ev-<n> series
         self._schedule_first()
 
     # -- scheduling ---------------------------------------------------------
@@ -520,6 +540,9 @@ class _Generator:
                     self.limit = self.start_ms + lapse * _DAY
                 else:
                     self.limit = end_ms
+                if not self.profiled[i]:
+                    self.profiled[i] = 1
+                    self._profiles(i, d)
                 if proc == 0:
                     self._purchase(i, day_ms, campaign_only=False)
                     gap = pop.purchase_gap[i]
@@ -541,7 +564,11 @@ class _Generator:
             events = self.current
             self.current = []
             events.sort()
-            for ms, _, typ, channel, ids, payload in events:
+            for ms, seq, typ, channel, ids, payload in events:
+                if typ == "profile":  # outside the ev-<n> series and the bad events (the module docstring)
+                    yield {"event_id": self.own_ids.pop(seq), "type": typ, "channel": channel,
+                           "occurred_at": self._iso(ms), "identifiers": ids, "payload": payload}
+                    continue
                 n += 1
                 day, rem = divmod(ms, _DAY)
                 if day != last_day:
@@ -865,6 +892,34 @@ class _Generator:
         if self._emit(t, "consent", channel, ids, {"purpose": purpose, "channel": channel, "granted": granted}):
             if purpose == "marketing":
                 self.no_marketing[i] = 0 if granted else 1
+
+    def _profiles(self, i: int, d: int) -> None:
+        """Customer ``i``'s profile at their first activity (day ``d``), and for some a change later."""
+        r = self.profile_rng.random
+        pop = self.pop
+        reachable = ["branch", "web", *(["email"] if pop.email[i] else []),
+                     *(["sms", "phone"] if pop.mobile[i] else []), *(["phone"] if pop.landline[i] else [])]
+        ids = {"customer_no": pop.customer_no[i]}
+        if pop.email[i] is not None:
+            ids["email"] = pop.email[i]  # type: ignore[assignment]
+        channel = "web" if pop.email[i] is not None else "branch"
+        payload: dict[str, Any] = {
+            "name": pop.name[i] if r() < 0.90 else None,
+            "language": "en-GB" if r() < 0.80 else _LANGUAGES[int(r() * len(_LANGUAGES))],
+            "preferred_channel": reachable[int(r() * len(reachable))] if r() < 0.70 else None,
+        }
+        ms = self.start_ms + d * _DAY + 7 * _HOUR + int(r() * 15 * _HOUR)
+        if self._emit(ms, "profile", channel, ids, payload):
+            self.own_ids[self.seq - 1] = f"pf-{self.seed}-{i:08d}-1"
+        if r() < 0.20:
+            change: dict[str, Any] = {"name": None, "language": None, "preferred_channel": None}
+            if r() < 0.5:
+                change["preferred_channel"] = reachable[int(r() * len(reachable))]
+            else:
+                change["language"] = _LANGUAGES[int(r() * len(_LANGUAGES))]
+            later = ms + (30 + int(r() * 171)) * _DAY
+            if later < self.end_ms and self._emit(later, "profile", channel, ids, change):
+                self.own_ids[self.seq - 1] = f"pf-{self.seed}-{i:08d}-2"
 
     def _farewell(self, i: int, day_ms: int) -> None:
         """A lapsing customer's last word: a call and a cancel request."""

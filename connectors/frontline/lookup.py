@@ -101,7 +101,7 @@ from connectors.operations.privacy import Erasure, UnknownCustomer, erase
 from connectors.platform.keystore import WRAPPED_OF_CARD, PostgresKeyStore
 from projections.migrate import migration_files
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
-from touchpoint.core.masking import mask_card, open_identifiers, open_in_text
+from touchpoint.core.masking import mask_card, open_identifiers, open_in_text, open_sealed
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise
 from touchpoint.settings import Settings
 
@@ -138,17 +138,19 @@ WITH RECURSIVE chain (id, depth) AS (
 # the view with its pseudonyms and their wrapped data keys, from the key store's table in the same database.
 _READ = """,
 card AS (
-    SELECT c.customer_id, c.as_of, c.view, c.masked_identifiers, c.identifiers_at
+    SELECT c.customer_id, c.as_of, c.view, c.masked_identifiers, c.identifiers_at, c.agent_keys
     FROM chain JOIN customers c ON c.customer_id = chain.id
     ORDER BY chain.depth DESC LIMIT 1
 ),
 shown AS (
     SELECT customer_id, as_of, view AS text, identifiers_at,
            CASE WHEN NOT $2::boolean THEN masked_identifiers END AS masked,
-           -- whose pseudonyms the statement brings the wrapped keys of: the view's, or the stored masked
-           -- identifiers' (the customer number stays sealed there)
+           -- whose sealed values the statement brings the wrapped keys of: the view's, or what an agent's card
+           -- opens (agent_keys: the customer numbers left sealed in the masked identifiers, the name; rows from
+           -- before agent_keys: the masked identifiers' pseudonyms)
            CASE WHEN $2::boolean OR masked_identifiers IS NULL THEN view
-                ELSE json_build_object('identifiers', masked_identifiers) END AS view
+                ELSE json_build_object('identifiers', masked_identifiers) END AS view,
+           CASE WHEN NOT $2::boolean AND masked_identifiers IS NOT NULL THEN agent_keys END AS agent_keys
     FROM card
 )
 """
@@ -259,14 +261,19 @@ class _Outcome:
         return Response(self.body(), media_type="application/json")
 
 
+_PERSON_MAX = 2048  # bytes of the person block at most (a name of 200 characters sealed, a language, a channel)
+
+
 def agent_card(text: bytes, masked: bytes, at: int, data_key_names: Sequence[str] | None,
                wrapped: Sequence[bytes] | None, keystore: PostgresKeyStore) -> bytes:
     """The card an agent sees: a stored view's text (identifiers last, beginning at ``at``) with the stored masked
     identifiers in their place (:func:`projections.customers.view_text`), what an agent sees whole (a customer
-    number, sealed at rest) opened with the data keys the lookup's statement brought wrapped."""
-    if data_key_names:
-        masked = open_in_text(masked, keystore.open_wrapped(data_key_names, wrapped or ()))
-    return text[:at] + b'"identifiers":' + masked + b"}"
+    number, sealed at rest, and the person's name, just before the identifiers) opened with the data keys the
+    lookup's statement brought wrapped (:data:`~touchpoint.core.masking.ERASED` where they are gone)."""
+    data_keys = keystore.open_wrapped(data_key_names, wrapped or ()) if data_key_names else {}
+    person = text.rfind(b'"person":', max(0, at - _PERSON_MAX), at)
+    head = text[:at] if person < 0 else text[:person] + open_in_text(text[person:at], data_keys)
+    return head + b'"identifiers":' + open_in_text(masked, data_keys) + b"}"
 
 
 class _Headers:
@@ -490,9 +497,11 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if masked is not None and at is not None:  # the stored view with the masked identifiers in place
             return replace(outcome, masked=agent_card(text, masked, at, data_key_names, wrapped, keystore))
         view = orjson.loads(text)
+        data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
-            data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])
             view = {**view, "identifiers": open_identifiers(view["identifiers"], data_keys)}
+        if isinstance(view.get("person"), dict):  # the name, sealed: shown whole to every role
+            view = {**view, "person": {**view["person"], "name": open_sealed(view["person"].get("name"), data_keys)}}
         return replace(outcome, card=view if unmasked else mask_card(view))
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the process answers")

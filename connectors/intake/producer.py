@@ -34,11 +34,12 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, OutOfOrderSequenceNumber
@@ -50,10 +51,17 @@ from connectors.platform.keystore import KeyStore, KeyStoreError, PostgresKeySto
 from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from connectors.platform.topics import event_topic
-from touchpoint.contract.models import ContractViolation, Event, identifier_values, validate_event
+from touchpoint.contract.models import (
+    ContractViolation,
+    Event,
+    ProfileEvent,
+    ProfilePayload,
+    identifier_values,
+    validate_event,
+)
 from touchpoint.core.identifiers import strongest_identifier
 from touchpoint.core.normalise import Identifier, InvalidIdentifier, normalise
-from touchpoint.core.pseudonym import SHOWN_AS_IS, is_pseudonym, pseudonym
+from touchpoint.core.pseudonym import SHOWN_AS_IS, is_pseudonym, is_sealed_text, pseudonym, seal_text
 from touchpoint.errors import PublishError
 from touchpoint.kafka_security import aiokafka_options, describe_connection
 from touchpoint.settings import Settings
@@ -105,15 +113,34 @@ def normalised(event: Event, secret: bytes, region: str) -> dict[str, Identifier
     return found
 
 
+def has_clear_name(event: Event) -> bool:
+    """Whether ``event`` is a profile event whose name is not sealed yet."""
+    return isinstance(event, ProfileEvent) and event.payload.name is not None \
+        and not is_sealed_text(event.payload.name)
+
+
+def name_key(event: Event, identifiers: Mapping[str, Identifier]) -> str:
+    """The identifier key a profile event's name is sealed under: its strongest identifier's, so erasing the
+    person (their identifiers' data keys) erases the name."""
+    kind, _ = strongest_identifier(identifier_values(event.identifiers))
+    return identifiers[kind].key
+
+
 def keys_to_seal(checked: Iterable[tuple[Event, dict[str, Identifier]]]) -> set[str]:
-    """The identifier keys whose data keys sealing these events needs."""
-    return {ident.key for event, identifiers in checked for kind, ident in identifiers.items()
-            if kind not in SHOWN_AS_IS and not is_pseudonym(identifier_values(event.identifiers)[kind])}
+    """The identifier keys whose data keys sealing these events needs (their clear identifiers and names)."""
+    keys: set[str] = set()
+    for event, identifiers in checked:
+        keys.update(ident.key for kind, ident in identifiers.items()
+                    if kind not in SHOWN_AS_IS and not is_pseudonym(identifier_values(event.identifiers)[kind]))
+        if has_clear_name(event):
+            keys.add(name_key(event, identifiers))
+    return keys
 
 
 def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: dict[str, bytes],
                   sealed: dict[str, str]) -> Event:
-    """``event`` with each identifier replaced by its pseudonym (``data_keys``: by identifier key).
+    """``event`` with each identifier replaced by its pseudonym and a profile's name sealed (``data_keys``: by
+    identifier key).
 
     :param sealed: pseudonyms by identifier key made so far in this batch, added to: a person's
         identifiers recur across a batch, and a pseudonym is the same every time it is made.
@@ -127,6 +154,11 @@ def pseudonymised(event: Event, identifiers: dict[str, Identifier], data_keys: d
             tokens[kind] = token
         else:
             tokens[kind] = sealed[ident.key] = pseudonym(kind, ident.key, ident.display, data_keys.get(ident.key))
+    if has_clear_name(event):
+        payload = cast(ProfilePayload, event.payload)
+        key = name_key(event, identifiers)
+        name = seal_text(key, cast(str, payload.name), data_keys[key], os.urandom(12))
+        return event.model_copy(update={"identifiers": tokens, "payload": payload.model_copy(update={"name": name})})
     return event.model_copy(update={"identifiers": tokens})
 
 

@@ -34,16 +34,24 @@ WRAPPED_OF_CARD = """
 SELECT array_agg(k.key ORDER BY k.key), array_agg(k.wrapped ORDER BY k.key)
 FROM identifier_keys k
 WHERE k.key IN (
+    SELECT unnest(card.agent_keys)
+    UNION ALL
     SELECT split_part(v.value, ':', 2) || ':' || split_part(v.value, ':', 3)
-    FROM json_each(CASE WHEN json_typeof(card.view -> 'identifiers') = 'object'
+    FROM json_each(CASE WHEN card.agent_keys IS NULL AND json_typeof(card.view -> 'identifiers') = 'object'
                         THEN card.view -> 'identifiers' ELSE '{}' END) AS i (kind, values),
          json_array_elements_text(CASE WHEN json_typeof(i.values) = 'array' THEN i.values ELSE '[]' END) AS v (value)
     WHERE left(v.value, 4) = 'tp1:'
+    UNION ALL
+    SELECT split_part(n.name, ':', 2) || ':' || split_part(n.name, ':', 3)
+    FROM (SELECT CASE WHEN card.agent_keys IS NULL AND json_typeof(card.view -> 'person') = 'object'
+                      THEN card.view -> 'person' ->> 'name' END) AS n (name)
+    WHERE left(n.name, 5) = 'tp1t:'
 )"""
-"""A lateral subquery over a row ``card`` with a ``view`` (a rendered card): one row of two arrays, the keys and
-wrapped data keys of its pseudonyms (``tp1:<kind>:<32 hex>:…``, key ``<kind>:<32 hex>``), for
-:meth:`PostgresKeyStore.open_wrapped`; NULLs when there are none. Keys destroyed (an erased person) are absent.
-``%%`` because the statements it joins take named parameters."""
+"""A lateral subquery over a row ``card`` with a ``view`` (a rendered card) and ``agent_keys``: one row of two
+arrays, the keys and wrapped data keys that open what the card shows, for :meth:`PostgresKeyStore.open_wrapped`;
+NULLs when there are none. Those are ``agent_keys`` when given (stored with the card by the customers
+projection); otherwise the view's pseudonyms' (``tp1:<kind>:<32 hex>:…``, key ``<kind>:<32 hex>``) and its
+person's sealed name's (``tp1t:<kind>:<32 hex>:~…``). Keys destroyed (an erased person) are absent."""
 
 T = TypeVar("T")
 

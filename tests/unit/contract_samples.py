@@ -117,6 +117,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "ends_at": "2025-03-31T23:59:59Z",
         },
     },
+    "profile": {
+        "event_id": "pref-centre-0913",
+        "type": "profile",
+        "channel": "web",
+        "occurred_at": "2025-03-01T07:01:00Z",
+        "identifiers": {"customer_no": "C-100234", "email": "jane.doe@example.com"},
+        "payload": {"name": "Jane Doe", "language": "en-GB", "preferred_channel": "email"},
+    },
 }
 
 

@@ -142,6 +142,14 @@ BAD = [
     ("campaign ends first", "campaign", _set("payload.ends_at", "2025-02-01T00:00:00Z"), "payload.ends_at"),
     ("zero multiplier", "campaign", _set("payload.multiplier", 0), "payload.multiplier"),
     ("negative duration", "call", _set("payload.duration_s", -5), "payload.duration_s"),
+    ("empty profile", "profile", _set("payload", {}), "payload"),
+    ("profile of nulls", "profile", _set("payload", {"name": None, "language": None, "preferred_channel": None}),
+     "payload"),
+    ("not a language tag", "profile", _set("payload.language", "English"), "payload.language"),
+    ("language with a space", "profile", _set("payload.language", "en GB"), "payload.language"),
+    ("empty name", "profile", _set("payload.name", ""), "payload.name"),
+    ("name too long", "profile", _set("payload.name", "A" * 201), "payload.name"),
+    ("preferred channel", "profile", _set("payload.preferred_channel", "post"), "payload.preferred_channel"),
 ]
 
 

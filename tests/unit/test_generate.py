@@ -112,7 +112,7 @@ def test_envelope_shape(events: list[dict[str, Any]], good: list[dict[str, Any]]
         assert set(e) == {"event_id", "type", "channel", "occurred_at", "identifiers", "payload"}
         assert ISO_MS.match(e["occurred_at"]), e
     for e in good:
-        assert e["event_id"].startswith(f"ev-{SEED}-")
+        assert e["event_id"].startswith((f"ev-{SEED}-", f"pf-{SEED}-"))
         assert e["type"] in TYPES and e["channel"] in CHANNELS
         assert e["identifiers"] and set(e["identifiers"]) <= ID_KINDS
         assert all(isinstance(v, str) and v for v in e["identifiers"].values())
@@ -152,11 +152,27 @@ def test_every_type_appears(good: list[dict[str, Any]]) -> None:
         ("call", "phase", {"started", "ended"}),
         ("consent", "purpose", {"marketing", "profiling"}),
         ("consent", "granted", {True, False}),
+        ("profile", "language", {"en-GB", "cy", "pl"}),
+        ("profile", "preferred_channel", {"email", "web", "branch", None}),
     ],
 )
 def test_payload_variety(good: list[dict[str, Any]], type_: str, field: str, values: set[Any]) -> None:
     seen = {e["payload"][field] for e in good if e["type"] == type_}
     assert values <= seen
+
+
+def test_profiles_give_names_and_leave_every_other_event_as_it_was(good: list[dict[str, Any]]) -> None:
+    """A profile per active customer from the first activity, the name mostly given; the other events are the
+    ones generated without profiles (their own random stream and ids)."""
+    profiles = [e for e in good if e["type"] == "profile"]
+    people = {e["identifiers"]["customer_no"] for e in profiles}
+    numbers = {e["identifiers"]["customer_no"] for e in good if e["type"] != "profile" and "customer_no" in
+               e["identifiers"]}
+    assert numbers <= people
+    assert sum(e["payload"]["name"] is not None for e in profiles if e["event_id"].endswith("-1")) > 0.8 * len(people)
+    first = {e["identifiers"]["customer_no"]: e for e in profiles if e["event_id"].endswith("-1")}
+    assert all(first[e["identifiers"]["customer_no"]]["occurred_at"][:10] <= e["occurred_at"][:10]
+               for e in good if e["type"] != "profile" and "customer_no" in e["identifiers"])
 
 
 def test_calls_carry_reason_and_duration(good: list[dict[str, Any]]) -> None:

@@ -18,10 +18,18 @@ import pytest
 from connectors.intake.producer import keys_to_seal, normalised, pseudonymised
 from connectors.platform.keystore import KeyStoreError
 from streams import ingest
-from streams.ingest import Accepted, Rejected, has_clear_identifiers, judge, sealed, to_seal
+from streams.ingest import Accepted, Rejected, has_clear_values, judge, sealed, to_seal
 from tests.unit.contract_samples import NOW, sample
 from tests.unit.test_ingest_judge import avro_of, serde
-from touchpoint.core.pseudonym import DATA_KEY_BYTES, is_pseudonym, reveal
+from touchpoint.core.pseudonym import (
+    DATA_KEY_BYTES,
+    Unreadable,
+    is_pseudonym,
+    is_sealed_text,
+    open_text,
+    reveal,
+    text_key,
+)
 
 SECRET = b"test-identifier-key"
 
@@ -83,11 +91,11 @@ def library_sealed(identifiers: dict[str, str], keys: dict[str, bytes]) -> dict[
 def test_pseudonymised_events_need_no_sealing_and_clear_ones_do() -> None:
     keys = {key: os.urandom(DATA_KEY_BYTES) for key in
             keys_to_seal([(accepted(CLEAR).event, normalised(accepted(CLEAR).event, SECRET, "GB"))])}
-    assert not has_clear_identifiers(accepted(library_sealed(CLEAR, keys)).event)
-    assert has_clear_identifiers(accepted(CLEAR).event)
+    assert not has_clear_values(accepted(library_sealed(CLEAR, keys)).event)
+    assert has_clear_values(accepted(CLEAR).event)
     # One clear value beside pseudonyms is enough.
     mixed = {**library_sealed(CLEAR, keys), "cookie": "ck-new-one"}
-    assert has_clear_identifiers(accepted(mixed).event)
+    assert has_clear_values(accepted(mixed).event)
 
 
 def test_sealed_events_hold_only_pseudonyms_the_library_would_have_written() -> None:
@@ -108,7 +116,7 @@ def test_sealed_events_hold_only_pseudonyms_the_library_would_have_written() -> 
                       "customer_no": "C-100234", "cookie": "ck-5f2a9c", "device": "dev-77aa01"}
     # Re-read as ingest's output is read downstream: accepted, nothing left in clear, everything else kept.
     again = judge(serde(), raw, NOW)
-    assert isinstance(again, Accepted) and not has_clear_identifiers(again.event)
+    assert isinstance(again, Accepted) and not has_clear_values(again.event)
     assert again.event.model_dump(exclude={"identifiers"}) == clear.event.model_dump(exclude={"identifiers"})
 
 
@@ -154,5 +162,30 @@ def test_one_key_store_call_per_batch_and_outages_waited_out(monkeypatch: pytest
         event = judge(serde(), raw, NOW)
         assert isinstance(event, Accepted) and event.event.event_id == f"ev-{n}"
         assert event.event == sealed_event, "the sealed event is what its bytes say"
-        assert not has_clear_identifiers(event.event)
+        assert not has_clear_values(event.event)
         assert f"person{n % 10}@example.com".encode() not in raw
+
+
+def test_a_profile_name_is_sealed_under_the_strongest_identifier_even_beside_pseudonyms() -> None:
+    """A profile event's name is personal data like an identifier: sealed before ``accepted``, under the data
+    key of the event's strongest identifier (erasing the person erases it), also when the identifiers
+    themselves arrived sealed."""
+    store = MemoryKeyStore()
+    keys = asyncio.run(store.data_keys(
+        keys_to_seal([(accepted(CLEAR).event, normalised(accepted(CLEAR).event, SECRET, "GB"))]), create=True))
+    given = library_sealed({"customer_no": CLEAR["customer_no"], "email": CLEAR["email"]}, keys)
+    verdict = accepted(given, "profile")
+    assert has_clear_values(verdict.event), "pseudonymised identifiers, but the name in clear"
+    clear = to_seal(verdict, SECRET, "GB")
+    assert isinstance(clear, Accepted) and clear.clear is not None
+    number_key = clear.clear["customer_no"].key
+    assert keys_to_seal([(clear.event, clear.clear)]) == {number_key}
+    [event] = sealed([clear], asyncio.run(store.data_keys({number_key}, create=True)))
+    name = event.payload.name  # type: ignore[union-attr]
+    assert name is not None and is_sealed_text(name) and text_key(name) == number_key
+    assert open_text(name, store.keys[number_key]) == "Jane Doe"
+    assert dict(event.identifiers) == given and b"Jane" not in serde().serialize(event)
+    again = judge(serde(), serde().serialize(event), NOW)
+    assert isinstance(again, Accepted) and not has_clear_values(again.event)
+    with pytest.raises(Unreadable):  # the person erased: their data key destroyed
+        open_text(name, os.urandom(DATA_KEY_BYTES))

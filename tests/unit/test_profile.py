@@ -39,6 +39,7 @@ _PAYLOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "case": ("phone", {"case_id": "X1", "action": "opened", "category": "complaint"}),
     "consent": ("web", {"purpose": "marketing", "channel": "email", "granted": True}),
     "campaign": ("email", {"campaign_id": "CMP-1", "action": "invited"}),
+    "profile": ("web", {"name": "Ada"}),
 }  # fmt: skip
 
 
@@ -346,3 +347,26 @@ def test_merged_views_keep_both_customers_reason_facts() -> None:
     ann, bob = fold([ev("c1", "case", 398)]), fold([ev("r1", "refund", 399)], "cus_2")
     merge_views(ann, bob)
     assert {r["code"] for r in render(ann, AS_OF)["likely_reasons"]} == {"open_case", "refund_in_progress"}
+
+
+# -- the person ---------------------------------------------------------------------
+
+
+def test_the_person_keeps_each_fields_latest_value_in_any_order_and_across_a_merge() -> None:
+    events = [ev("pr1", "profile", 1, name="Ada", language="en", preferred_channel="email"),
+              ev("pr2", "profile", 5, name=None, language="cy"),  # only the language changes
+              ev("pr3", "profile", 3, name="Ada L.", preferred_channel=None, language=None)]
+    expected = {"language": "cy", "name": "Ada L.", "preferred_channel": "email"}
+    for order in (events, events[::-1], [events[1], events[0], events[2]]):
+        assert render(fold(order), AS_OF)["person"] == expected
+    split = fold(events[:1], "cus_a")
+    merge_views(split, fold(events[1:], "cus_b"))
+    assert render(split, AS_OF)["person"] == expected
+    assert render(fold([]), AS_OF)["person"] == {"language": None, "name": None, "preferred_channel": None}
+
+
+def test_the_timeline_says_a_name_was_given_but_not_the_name() -> None:
+    card = render(fold([ev("pr1", "profile", 1, name="Ada", language="en-GB")]), AS_OF)
+    [entry] = card["timeline"]
+    assert entry["detail"] == {"language": "en-GB", "name_given": True}
+    assert "Ada" not in str(card["timeline"])

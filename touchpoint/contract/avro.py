@@ -67,7 +67,16 @@ def from_avro_record(record: dict[str, Any], now: datetime | None = None, *, pse
         model = PAYLOAD_MODELS.get(doc.get("type"))  # type: ignore[arg-type]
         if model is not None and name != f"{NAMESPACE}.{model.__name__}":
             raise ContractViolation([("payload", f"record {name} does not match type {doc['type']!r}")])
+        if doc.get("type") == "profile" and isinstance(doc["payload"], dict):
+            doc["payload"] = _named_symbols(doc["payload"])
     return validate_event(doc, now, pseudonymised=pseudonymised)
+
+
+def _named_symbols(payload: dict[str, Any]) -> dict[str, Any]:
+    """A profile payload with its optional channel as the symbol: ``["null", "Channel"]`` names a type defined
+    elsewhere, so ``return_record_name`` reads it back as ``(type name, symbol)``."""
+    channel = payload.get("preferred_channel")
+    return {**payload, "preferred_channel": channel[1]} if isinstance(channel, tuple) else payload
 
 
 def from_checked_record(record: dict[str, Any]) -> Event:
@@ -84,6 +93,8 @@ def from_checked_record(record: dict[str, Any]) -> Event:
     payload = record["payload"][1]
     if kind == "purchase":
         payload = {**payload, "lines": [PurchaseLine.model_construct(**line) for line in payload["lines"]]}
+    elif kind == "profile":
+        payload = _named_symbols(payload)
     return EVENT_MODELS[kind].model_construct(
         event_id=record["event_id"], type=kind, channel=record["channel"], occurred_at=record["occurred_at"],
         identifiers=record["identifiers"], payload=cast(Any, PAYLOAD_MODELS[kind].model_construct(**payload)))

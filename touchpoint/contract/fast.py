@@ -46,6 +46,7 @@ from touchpoint.contract.models import (
     ConsentEvent,
     EmailEvent,
     Event,
+    ProfileEvent,
     PurchaseEvent,
     PurchaseLine,
     PurchasePayload,
@@ -149,6 +150,11 @@ class _CampaignEvent(CampaignEvent):
     identifiers: _Identifiers
 
 
+class _ProfileEvent(ProfileEvent):
+    occurred_at: _Instant
+    identifiers: _Identifiers
+
+
 FAST_EVENT: TypeAdapter[Event] = TypeAdapter(
     Annotated[
         _PurchaseEvent
@@ -160,7 +166,8 @@ FAST_EVENT: TypeAdapter[Event] = TypeAdapter(
         | _SmsEvent
         | _CaseEvent
         | _ConsentEvent
-        | _CampaignEvent,
+        | _CampaignEvent
+        | _ProfileEvent,
         Field(discriminator="type"),
     ]
 )

@@ -51,13 +51,15 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
     with_config,
 )
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from touchpoint.errors import TouchpointError
 
-EventType = Literal["purchase", "refund", "branch_visit", "call", "email", "web", "sms", "case", "consent", "campaign"]
+EventType = Literal["purchase", "refund", "branch_visit", "call", "email", "web", "sms", "case", "consent", "campaign",
+                    "profile"]
 Channel = Literal["branch", "phone", "email", "web", "sms"]
 MAX_AHEAD = timedelta(hours=24)
 """How far after ``now`` an event time may be (producer clocks drift; beyond that it is a bug)."""
@@ -66,6 +68,8 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE = re.compile(r"\+?\d{7,15}")
 _PHONE_SEPARATORS = str.maketrans("", "", " -().")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")  # a BCP 47 tag's shape: en, en-GB, zh-Hant-TW
+NAME_MAX = 200
 
 
 class ContractViolation(TouchpointError):
@@ -250,6 +254,24 @@ class CampaignPayload(_Frozen):
         return value
 
 
+def _language(value: str) -> str:
+    if not _LANGUAGE.fullmatch(value):
+        raise ValueError("not a language tag (BCP 47, such as en, en-GB or pt-BR)")
+    return value
+
+
+class ProfilePayload(_Frozen):
+    name: Annotated[Text, Field(max_length=NAME_MAX)] | None = None
+    language: Annotated[Text, AfterValidator(_language)] | None = None
+    preferred_channel: Channel | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if self.name is None and self.language is None and self.preferred_channel is None:
+            raise ValueError("a profile event sets at least one of name, language and preferred_channel")
+        return self
+
+
 Payload = (
     PurchasePayload
     | RefundPayload
@@ -261,6 +283,7 @@ Payload = (
     | CasePayload
     | ConsentPayload
     | CampaignPayload
+    | ProfilePayload
 )
 
 
@@ -355,6 +378,11 @@ class CampaignEvent(Event):
     payload: CampaignPayload
 
 
+class ProfileEvent(Event):
+    type: Literal["profile"] = "profile"
+    payload: ProfilePayload
+
+
 AnyEvent = Annotated[
     PurchaseEvent
     | RefundEvent
@@ -365,7 +393,8 @@ AnyEvent = Annotated[
     | SmsEvent
     | CaseEvent
     | ConsentEvent
-    | CampaignEvent,
+    | CampaignEvent
+    | ProfileEvent,
     Field(discriminator="type"),
 ]
 _ANY_EVENT: TypeAdapter[Event] = TypeAdapter(AnyEvent)

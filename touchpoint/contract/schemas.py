@@ -44,6 +44,7 @@ SCHEMA_FILES = (
     "case.avsc",
     "consent.avsc",
     "campaign.avsc",
+    "profile.avsc",
     "event.avsc",
 )
 

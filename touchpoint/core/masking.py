@@ -8,6 +8,9 @@ projection runs both once per card change and stores the result beside the
 card (:func:`agent_identifiers`: what an agent sees whole, the customer
 number, stays sealed there and is opened per lookup); the lookup API masks
 whole cards per request only for clear (unmasked) reads and older rows.
+The person's name (a ``profile`` event's, a sealed text) is shown whole to
+every role that reads cards, so an agent can greet the caller: it stays
+sealed at rest and is opened per lookup like the customer number.
 """
 
 from __future__ import annotations
@@ -17,10 +20,20 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from touchpoint.core.pseudonym import PREFIX, Unreadable, is_pseudonym, parse, reveal
+from touchpoint.core.pseudonym import (
+    PREFIX,
+    TEXT_PREFIX,
+    Unreadable,
+    is_pseudonym,
+    is_sealed_text,
+    open_text,
+    parse,
+    reveal,
+    text_key,
+)
 
 __all__ = ["ERASED", "MASK", "SHOWN_WHOLE", "agent_identifiers", "mask_card", "mask_identifier", "open_identifiers",
-           "open_in_text", "pseudonym_keys"]
+           "open_in_text", "open_sealed", "pseudonym_keys"]
 
 ERASED: Final = "(erased)"
 """What a reader sees of an identifier whose data key was destroyed."""
@@ -51,21 +64,36 @@ def open_identifiers(identifiers: Mapping[str, Sequence[str]], data_keys: Mappin
     return opened
 
 
-# A pseudonym as a JSON string: "tp1:<kind>:<32 hex>:<shown>" (its data key's name is "<kind>:<32 hex>").
-_PSEUDONYM_STRING = re.compile(rb'"(' + re.escape(PREFIX.encode()) + rb'([a-z_]+:[0-9a-f]{32}):[^"\\]+)"')
+# A pseudonym ("tp1:<kind>:<32 hex>:<shown>") or a sealed text ("tp1t:<kind>:<32 hex>:~<sealed>") as a JSON
+# string; its data key's name is "<kind>:<32 hex>".
+_SEALED_STRING = re.compile(rb'"((' + re.escape(PREFIX.encode()) + rb"|" + re.escape(TEXT_PREFIX.encode())
+                            + rb')([a-z_]+:[0-9a-f]{32}):[^"\\]+)"')
+_TEXT_PREFIX = TEXT_PREFIX.encode()
 
 
 def open_in_text(text: bytes, data_keys: Mapping[str, bytes]) -> bytes:
-    """JSON text with each pseudonym string in it opened as :func:`open_identifiers` opens it, in place: the
-    lookup opens the stored masked identifiers' customer numbers without parsing and writing the JSON again."""
+    """JSON text with each pseudonym and sealed text in it opened in place (:data:`ERASED` where its key is
+    gone), as :func:`open_identifiers` and :func:`open_sealed` open them: the lookup opens what an agent sees
+    whole (customer numbers, the name) in the stored card without parsing and writing the JSON again."""
     def opened(match: re.Match[bytes]) -> bytes:
+        value, key = match[1].decode(), data_keys.get(match[3].decode())
         try:
-            shown = reveal(match[1].decode(), data_keys.get(match[2].decode()))
+            shown = open_text(value, key) if match[2] == _TEXT_PREFIX else reveal(value, key)
         except Unreadable:
             shown = ERASED
         return json.dumps(shown, ensure_ascii=False).encode()
 
-    return _PSEUDONYM_STRING.sub(opened, text)
+    return _SEALED_STRING.sub(opened, text)
+
+
+def open_sealed(value: str | None, data_keys: Mapping[str, bytes]) -> str | None:
+    """A sealed text opened (a name); :data:`ERASED` when its key is gone; anything else as it is."""
+    if value is None or not is_sealed_text(value):
+        return value
+    try:
+        return open_text(value, data_keys.get(text_key(value)))
+    except Unreadable:
+        return ERASED
 
 
 SHOWN_WHOLE: Final = frozenset({"customer_no"})

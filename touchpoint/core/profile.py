@@ -33,6 +33,12 @@ ignores an event it remembers. Keyed facts are idempotent anyway; only the
 counts could be inflated, by a copy of an event older than the customer's 512
 newest, which redelivery does not produce.
 
+Person. A ``profile`` event sets any of ``name``, ``language`` and
+``preferred_channel`` (:data:`PERSON_FIELDS`); each field keeps its latest
+value. The name stays as the event carries it: sealed on the topics
+(:func:`touchpoint.core.pseudonym.seal_text`), opened by whoever reads the
+card with the data key; the timeline says only that a name was given.
+
 Consent. A ``consent`` event sets ``(purpose, channel)``; an SMS ``opt_out``
 withdraws marketing consent on ``sms`` and an e-mail ``unsubscribed`` on
 ``email``, as of that event.
@@ -141,6 +147,7 @@ class CustomerView:
         "keys",
         "last_contact",
         "loyalty",
+        "person",
         "pseudo",
         "purchases",
         "reasons",
@@ -170,6 +177,7 @@ class CustomerView:
         self.refunds: dict[str, tuple[int, int, str]] = {}
         self.cases: dict[str, tuple[int, str, str, str]] = {}  # case_id -> (ms, event_id, action, category)
         self.consent: dict[tuple[str, str], tuple[int, str, bool]] = {}
+        self.person: dict[str, tuple[int, str, str]] = {}  # profile field -> (ms, event_id, latest value)
         self.reasons = ReasonFacts()  # what likely call reasons are judged from
         self.loyalty = LoyaltyState()  # ledger, purchase lots, campaign invitations (the Folder scores)
         # kind -> (episode state, its latest transition); the Folder decides them on ticks
@@ -179,7 +187,8 @@ class CustomerView:
         self.held: dict[str, tuple[int, str, Event, tuple[Identifier, ...], int, int]] = {}
 
     def __setstate__(self, state: Any) -> None:
-        restore_slots(self, state, {"held": dict})  # a view pickled before held refunds (a hand-in on the log)
+        # a view pickled before held refunds or profile events (a hand-in on the log)
+        restore_slots(self, state, {"held": dict, "person": dict})
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
@@ -266,6 +275,11 @@ def evolve(
         _latest(view.cases, payload.case_id, (ms, event_id, payload.action, payload.category))
     elif typ == "consent":
         _latest(view.consent, (payload.purpose, payload.channel), (ms, event_id, payload.granted))
+    elif typ == "profile":
+        for name in PERSON_FIELDS:
+            value = getattr(payload, name)
+            if value is not None:
+                _latest(view.person, name, (ms, event_id, value))
     elif typ == "sms" and payload.action == "opt_out":
         _latest(view.consent, ("marketing", "sms"), (ms, event_id, False))
     elif typ == "email" and payload.action == "unsubscribed":
@@ -275,7 +289,10 @@ def evolve(
     return True
 
 
-_NO_REASONS = frozenset({"purchase", "branch_visit", "consent"})  # types reasons.evolve ignores
+_NO_REASONS = frozenset({"purchase", "branch_visit", "consent", "profile"})  # types reasons.evolve ignores
+
+PERSON_FIELDS = ("language", "name", "preferred_channel")
+"""What a ``profile`` event may set, as the card's ``person`` shows it (null until an event sets it)."""
 
 # What the timeline keeps of each type's payload, in this order (rendered as a dict by these names).
 DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
@@ -289,6 +306,7 @@ DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
     "consent": ("purpose", "channel", "granted"),
     "campaign": ("action", "campaign_id", "multiplier"),
     "branch_visit": ("purpose", "branch_id"),
+    "profile": ("language", "preferred_channel", "name_given"),  # the name itself only in the card's person
 }
 
 
@@ -297,6 +315,8 @@ def timeline_detail(typ: str, payload: Any) -> tuple[Any, ...]:
     if typ == "purchase":
         categories = tuple(sorted({line.category for line in payload.lines}))
         return payload.total_minor, payload.currency, categories, payload.transaction_id
+    if typ == "profile":
+        return payload.language, payload.preferred_channel, payload.name is not None
     return tuple(getattr(payload, name) for name in DETAIL_FIELDS.get(typ, ()))
 
 
@@ -373,7 +393,7 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
         last = survivor.last_contact.get(channel)
         if last is None or ms > last:
             survivor.last_contact[channel] = ms
-    for name in ("purchases", "refunds", "cases", "consent"):
+    for name in ("purchases", "refunds", "cases", "consent", "person"):
         into_facts = getattr(survivor, name)
         for key, value in getattr(merged, name).items():
             _latest(into_facts, key, value)
@@ -506,6 +526,7 @@ def render(view: CustomerView, as_of: datetime, config: SegmentConfig | None = N
         "loyalty": summary(view.loyalty, as_of_ms, rules or default_rules(),
                            len(view.loyalty.entries) + len(view.loyalty.lots) if entries is None else entries),
         "open_cases": sorted(cid for cid, (_, _, action, _) in view.cases.items() if action != "closed"),
+        "person": {name: view.person[name][2] if name in view.person else None for name in PERSON_FIELDS},
         "pseudo": view.pseudo,
         "rfm": {"frequency": frequency, "monetary_minor": monetary, "recency_days": recency},
         "timeline": [_timeline_entry(entry, points) for entry in sorted(view.timeline)],
