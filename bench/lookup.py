@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -136,11 +137,13 @@ def _email(n: int) -> str:
 
 # --- the read model: a folded population, replicated ---
 
-def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[list[tuple[str, str, str]], int]:
-    """Cards of a folded generated population as ``(json template, as_of, value_segment)``, and events folded.
+def _templates(customers: int, days: int, seed: int,
+               secret: bytes) -> tuple[list[tuple[str, str, str, dict[str, Any]]], int]:
+    """Cards of a folded generated population as ``(json template, as_of, value_segment, person)``, and events
+    folded.
 
-    The template is the card's JSON (keys sorted) up to where its identifiers go, last, with ``@@CID@@`` for
-    the customer id.
+    The template is the card's JSON (keys sorted) up to where its person and identifiers go, last, with
+    ``@@CID@@`` for the customer id; the person with the name in clear (sealed per replica).
     """
     from touchpoint.contract.models import ContractViolation, validate_event
     from touchpoint.core.fold import FoldConfig, Folder
@@ -162,17 +165,19 @@ def _templates(customers: int, days: int, seed: int, secret: bytes) -> tuple[lis
         card = render(folder.views[customer_id], as_of, folder.config.segment, folder.rules)
         card = {**card, "customer_id": "@@CID@@", "aliases": []}
         card.pop("identifiers")
-        # As the customers projection stores a view: its identifiers last (projections.customers.view_text).
-        out.append((json.dumps(card, sort_keys=True)[:-1] + ",", stamp, str(card["value_segment"])))
+        person = card.pop("person")
+        # As the customers projection stores a view: its person and identifiers last (view_text).
+        out.append((json.dumps(card, sort_keys=True)[:-1] + ",", stamp, str(card["value_segment"]), person))
     return out, folded
 
 
-def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: int, secret: bytes,
+def _fill(settings: Settings, templates: list[tuple[str, str, str, dict[str, Any]]], customers: int, secret: bytes,
           source_topic: str, workers: int) -> None:
     """COPY ``customers`` rows (cards from ``templates``, round robin) and their phone and e-mail keys.
 
     The cards hold their phone and e-mail as pseudonyms sealed under data keys made in the key store, as
-    ingestion writes them, so every lookup opens them as in production (their wrapped keys come with the card).
+    ingestion writes them, and the person's name (when the template has one) sealed under the e-mail's data
+    key, so every lookup opens it as in production (its wrapped key comes with the card, by ``agent_keys``).
     ``workers`` threads, each with its own connection, take chunks in turn: PostgreSQL's side (parsing each card
     into jsonb and compressing it) is most of the work, and each connection has a backend of its own.
     """
@@ -184,7 +189,7 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
     from connectors.platform.keystore import PostgresKeyStore
     from touchpoint.core.masking import mask_card
     from touchpoint.core.normalise import identifier_key, normalise
-    from touchpoint.core.pseudonym import pseudonym
+    from touchpoint.core.pseudonym import pseudonym, seal_text
 
     conninfo = settings.pg_conninfo()
 
@@ -198,20 +203,23 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
         data_keys = loop.run_until_complete(keystore.data_keys(
             [key for *_, phone_key, email_key in people for key in (phone_key, email_key)], create=True))
         for n, phone, email, phone_key, email_key in people:
-            template, as_of, segment = templates[n % len(templates)]
+            template, as_of, segment, person = templates[n % len(templates)]
             customer_id = f"cus_{n:016x}"
             if n % 997 == 0:  # the keys are what ingestion and the API compute
                 assert normalise("phone", _national(n), secret=secret).key == phone_key, phone
                 assert normalise("email", email.upper(), secret=secret).key == email_key, email
             ids = json.dumps({"email": [pseudonym("email", email_key, email, data_keys[email_key])],
                               "phone": [pseudonym("phone", phone_key, phone, data_keys[phone_key])]})
-            head = template.replace("@@CID@@", customer_id, 1)
+            if person["name"] is not None:
+                person = {**person, "name": seal_text(email_key, person["name"], data_keys[email_key], os.urandom(12))}
+            agent_keys = "{" + email_key + "}" if person["name"] is not None else "{}"
+            head = template.replace("@@CID@@", customer_id, 1) + f'"person":{json.dumps(person)},'
             view = f'{head}"identifiers":{ids}}}'.replace("\\", "\\\\")  # COPY text: backslashes doubled
             # The identifiers an agent sees, as the customers projection stores them beside the view.
             shown = json.dumps(mask_card({"identifiers": {"email": [email], "phone": [phone]}})["identifiers"],
                                ensure_ascii=False).replace("\\", "\\\\")
-            cards.append(f"{customer_id}\t{view}\t{shown}\t{len(head.encode())}\t{as_of}\t{segment}\t"
-                         f"{source_topic}\t0\t0\n")
+            cards.append(f"{customer_id}\t{view}\t{shown}\t{len(head.encode())}\t{agent_keys}\t{as_of}\t"
+                         f"{segment}\t{source_topic}\t0\t0\n")
             keys.append(f"{phone_key}\tphone\t{customer_id}\t0\n{email_key}\temail\t{customer_id}\t0\n")
         return "".join(cards).encode(), "".join(keys).encode()
 
@@ -223,8 +231,8 @@ def _fill(settings: Settings, templates: list[tuple[str, str, str]], customers: 
             for start in range(first * _CHUNK, customers, workers * _CHUNK):
                 cards, keys = rows(start, loop, keystore)
                 with conn.cursor() as cur:
-                    with cur.copy("COPY customers (customer_id, view, masked_identifiers, identifiers_at, as_of, "
-                                  "value_segment, source_topic, "
+                    with cur.copy("COPY customers (customer_id, view, masked_identifiers, identifiers_at, "
+                                  "agent_keys, as_of, value_segment, source_topic, "
                                   "source_partition, source_offset) FROM STDIN") as copy:
                         copy.write(cards)
                     with cur.copy("COPY customer_identifiers (key, kind, customer_id, source_offset) "
@@ -741,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
 
         began = time.perf_counter()
         templates, folded = _templates(args.template_customers, args.template_days, args.seed, secret)
-        sizes = sorted(len(t) for t, _, _ in templates)
+        sizes = sorted(len(t) for t, *_ in templates)
         say(f"templates: {folded} events of {args.template_customers} generated customers x {args.template_days} "
               f"days folded into {len(templates)} cards (JSON without identifiers p50 {sizes[len(sizes) // 2]:,} B, "
               f"max {sizes[-1]:,} B) in {time.perf_counter() - began:.1f}s; {_load()}", flush=True)
@@ -768,6 +776,10 @@ def main(argv: list[str] | None = None) -> int:
         published = spawn_ctx.Value("q", 0)
         ingest_began = 0.0
         rng = random.Random(args.seed)
+        # The preparation's objects (templates, rows) out of the load generator's collections: a full collection
+        # of them paused it for tens of milliseconds, counted as the API's latency.
+        gc.collect()
+        gc.freeze()
         if args.warmup > 0:
             warm = asyncio.run(_offer(host, port, api_key, args.rates[0], args.warmup,
                                       _lookups(rng, args.customers, 5_000, args.miss_share), args.connections))

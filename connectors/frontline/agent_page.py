@@ -2,7 +2,8 @@
 
 A CTI pop opens ``/agent?phone=…`` (or ``email``, ``card``, ``customer_no``,
 ``customer_id``); the search form at the top sends ``kind`` and ``value``.
-Top to bottom: who (segment, points balance and tier), why they may be
+Top to bottom: who (the name to greet them with, else the segment as the
+heading; language and preferred channel, points balance and tier), why they may be
 calling (the card's ``likely_reasons`` with the opening line), active
 alerts, open cases, value as numbers (recency, frequency, spend) and the
 last contact per channel, identifiers (masked for the agent role), the
@@ -27,6 +28,8 @@ import html
 from string import Template
 from typing import Any
 from urllib.parse import urlsplit
+
+from touchpoint.core.masking import ERASED
 
 __all__ = ["SEARCH_KINDS", "login_page", "message_page", "card_page", "safe_next"]
 
@@ -224,7 +227,20 @@ def describe(typ: str, detail: dict[str, Any]) -> str:
                  f"×{detail['multiplier']} points" if detail.get("multiplier") else ""]
     elif typ == "branch_visit":
         parts = [_title(detail.get("purpose", "")), f"branch {detail['branch_id']}" if detail.get("branch_id") else ""]
+    elif typ == "profile":
+        parts = ["Name given" if detail.get("name_given") else "",
+                 f"language {_language(detail['language'])}" if detail.get("language") else "",
+                 f"prefers {detail['preferred_channel']}" if detail.get("preferred_channel") else ""]
     return " · ".join(part for part in parts if part)
+
+
+# The languages the generator and our channels speak, named for an agent; any other tag is shown as it is.
+_LANGUAGE_NAMES = {"en": "English", "en-GB": "English (UK)", "cy": "Welsh", "gd": "Scottish Gaelic", "pl": "Polish",
+                   "ur": "Urdu", "pa": "Punjabi", "fr": "French", "de": "German", "es": "Spanish"}
+
+
+def _language(tag: object) -> str:
+    return _LANGUAGE_NAMES.get(str(tag), str(tag))
 
 
 def _timeline(card: dict[str, Any]) -> str:
@@ -267,10 +283,21 @@ def card_page(name: str, role: str, customer_id: str, as_of: str, card: dict[str
     merged = (f'<p class="muted">{_e(resolved_from)} was merged into this customer.</p>'
               if resolved_from else "")
     balance = loyalty.get("balance")
+    person = card.get("person") or {}
+    # The name to greet the caller with; none given yet (or erased): the segment is the heading, as before.
+    called = person.get("name") if isinstance(person.get("name"), str) and person.get("name") != ERASED else None
+    segment = _title(card.get("value_segment", "unknown"))
+    heading = (f'<h1 id="name">{_e(called)}</h1><span class="muted">Value segment</span> <b id="segment">'
+               f'{_e(segment)}</b>' if called else
+               f'<span class="muted">Value segment</span><h1 id="segment">{_e(segment)}</h1>'
+               f'<span class="muted" id="name">{_e("name erased" if person.get("name") == ERASED else "no name given")}'
+               '</span>')
+    prefers = person.get("preferred_channel")
     summary = (
-        '<section id="summary"><span class="muted">Value segment</span>'
-        f'<h1 id="segment">{_e(_title(card.get("value_segment", "unknown")))}</h1>'
+        f'<section id="summary">{heading}'
         '<div class="facts">'
+        f'<div>Language<b id="language">{_e(_language(person["language"]) if person.get("language") else "—")}</b>'
+        f'</div><div>Prefers<b id="preferred-channel">{_e(_title(prefers) if prefers else "—")}</b></div>'
         f'<div>Points balance<b id="balance">{_e(f"{balance:,}" if isinstance(balance, int) else "—")}</b></div>'
         f'<div>Tier<b id="tier">{_e(_title(loyalty.get("tier", "—")))}</b></div>'
         f'<div>Contacts<b>{_e((card.get("counts") or {}).get("total", 0))}</b></div>'
@@ -280,6 +307,6 @@ def card_page(name: str, role: str, customer_id: str, as_of: str, card: dict[str
     )
     body = (summary + _reasons(card) + _alerts(card) + _cases(card) + _contact(card) + _identifiers(card)
             + _timeline(card))
-    return _page(f"Touchpoint · {_title(card.get('value_segment', 'customer'))}", body,
+    return _page(f"Touchpoint · {called or _title(card.get('value_segment', 'customer'))}", body,
                  search=_search_form(kind, value), who=_who(name, role),
                  script=_LAG_SCRIPT.substitute(nonce=_e(nonce)))

@@ -149,7 +149,8 @@ shown AS (
            -- opens (agent_keys: the customer numbers left sealed in the masked identifiers, the name; rows from
            -- before agent_keys: the masked identifiers' pseudonyms)
            CASE WHEN $2::boolean OR masked_identifiers IS NULL THEN view
-                ELSE json_build_object('identifiers', masked_identifiers) END AS view,
+                WHEN agent_keys IS NULL THEN json_build_object('identifiers', masked_identifiers,
+                                                               'person', view -> 'person') END AS view,
            CASE WHEN NOT $2::boolean AND masked_identifiers IS NOT NULL THEN agent_keys END AS agent_keys
     FROM card
 )

@@ -6,7 +6,8 @@ and its identifier keys written as the agent's customer-views record through
 ``CustomersProjection`` into a database of this module's own. The lookup API
 runs in uvicorn on a free port. The browser opens the CTI pop-up link (a
 phone number in national format), signs in with an agent's key, and the test
-reads what the agent sees: segment, points balance and tier, the top likely
+reads what the agent sees: the name (sealed in the read model, as the pipeline
+seals it), language and preferred channel, segment, points balance and tier, the top likely
 reason, the masked e-mail and phone, the data's freshness; then searches by
 e-mail with the form. A screenshot goes to pytest's ``tmp_path``.
 
@@ -16,7 +17,9 @@ Chromium is Debian's (``./run test`` installs it); Playwright only drives it
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import socket
 import threading
@@ -33,12 +36,15 @@ import uvicorn
 
 from connectors.frontline.access import digest
 from connectors.frontline.lookup import COOKIE, create_lookup_app
+from connectors.platform.keystore import PostgresKeyStore
 from projections.customers import CustomersProjection
 from projections.writer import Record, write_batch
 from tests.fix_stack import scoped
 from touchpoint.core.fold import Folder
 from touchpoint.core.masking import mask_identifier
+from touchpoint.core.normalise import identifier_key
 from touchpoint.core.profile import render
+from touchpoint.core.pseudonym import seal_text
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 
@@ -67,10 +73,30 @@ def customer(page_settings: Settings) -> dict[str, Any]:
     as_of = datetime.fromtimestamp(0, UTC) + timedelta(milliseconds=folder.latest_ms or 0)
     stamp = as_of.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     records, cards = [], []
-    for offset, (customer_id, view) in enumerate(sorted(folder.views.items())):
-        if customer_id in folder.merged_into:
-            continue
-        card = render(view, as_of, folder.config.segment, folder.rules)
+    names: dict[str, str] = {}  # customer id -> the name sealed in their card
+    secret = settings.identifier_key.get_secret_value().encode()
+    live = {customer_id: render(view, as_of, folder.config.segment, folder.rules)
+            for customer_id, view in sorted(folder.views.items()) if customer_id not in folder.merged_into}
+    # Names sealed as the pipeline seals a profile's (under the customer number's data key): at rest the card
+    # holds no name in clear, and the API opens it for the agent.
+    number_keys = {customer_id: identifier_key("customer_no", card["identifiers"]["customer_no"][0], secret)
+                   for customer_id, card in live.items()
+                   if card["person"]["name"] and card["identifiers"].get("customer_no")}
+
+    async def data_keys() -> dict[str, bytes]:
+        keystore = PostgresKeyStore(settings)
+        try:
+            return await keystore.data_keys(set(number_keys.values()), create=True)
+        finally:
+            await keystore.close()
+
+    sealing = asyncio.run(data_keys())
+    for offset, (customer_id, card) in enumerate(live.items()):
+        if customer_id in number_keys:
+            key = number_keys[customer_id]
+            names[customer_id] = card["person"]["name"]
+            card = {**card, "person": {**card["person"], "name": seal_text(key, card["person"]["name"], sealing[key],
+                                                                          os.urandom(12))}}
         keys = {kind: sorted(found) for kind, found in folder.views[customer_id].keys.items()}
         doc = {"customer_id": customer_id, "as_of": stamp, "view": card, "keys": keys}
         records.append(Record(settings.topic("customer-views"), 0, offset, customer_id.encode(),
@@ -78,8 +104,11 @@ def customer(page_settings: Settings) -> dict[str, Any]:
         cards.append(card)
     with psycopg.connect(settings.pg_conninfo()) as conn:
         write_batch(conn, CustomersProjection(settings), records)
-    # Someone with one phone and one e-mail (so the lookup is theirs alone), points and a reason to call.
-    fits = [c for c in cards if len(c["identifiers"].get("phone", [])) == 1
+        stored = "".join(row[0] for row in conn.execute("SELECT view::text || masked_identifiers::text FROM customers"))
+    assert names and not [name for name in names.values() if name in stored], "a name in clear at rest"
+    # Someone with a name, one phone and one e-mail (so the lookup is theirs alone), points and a reason to call.
+    fits = [{**c, "name": names[c["customer_id"]]} for c in cards if c["customer_id"] in names
+            and len(c["identifiers"].get("phone", [])) == 1
             and len(c["identifiers"].get("email", [])) == 1 and c["likely_reasons"] and c["loyalty"]["balance"] > 0
             and any(t["type"] == "purchase" and "points" in t["detail"] for t in c["timeline"])]
     assert fits, "the synthetic population has nobody with a phone, an e-mail, points and a likely reason"
@@ -139,6 +168,14 @@ def test_agent_page_in_chromium(base_url: str, customer: dict[str, Any], tmp_pat
                 page.click("#login button[type=submit]")
             # Back on the pop-up's link, signed in.
             assert page.url.startswith(f"{base_url}/agent?phone="), page.url
+            # The name to greet the caller with (sealed at rest, opened for the agent), language and channel.
+            expect(page.locator("#name")).to_have_text(customer["name"])
+            assert customer["name"] in page.title()
+            person = customer["person"]
+            if person["language"] == "en-GB":
+                expect(page.locator("#language")).to_have_text("English (UK)")
+            if person["preferred_channel"]:
+                expect(page.locator("#preferred-channel")).to_have_text(person["preferred_channel"].capitalize())
             expect(page.locator("#segment")).to_have_text(segment)
             expect(page.locator("#balance")).to_have_text(balance)
             expect(page.locator("#tier")).to_have_text(customer["loyalty"]["tier"].capitalize())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,7 @@ from projections.writer import Record, write_batch
 from tests.fix_stack import scoped
 from touchpoint.core.masking import ERASED
 from touchpoint.core.normalise import identifier_key, normalise
-from touchpoint.core.pseudonym import pseudonym
+from touchpoint.core.pseudonym import pseudonym, seal_text
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -590,6 +591,64 @@ def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_s
 
     assert asyncio.run(destroy()) == 1
     assert identifiers(unmasked_by=ADMIN_KEY) == {**opened, "email": [ERASED]}
+
+
+def test_the_sealed_name_opens_for_every_role_and_shows_erased_once_its_key_is_gone(lookup_settings: Settings,
+                                                                                     client: TestClient) -> None:
+    """A profile's name is sealed under the data key of one of the person's identifiers (here the e-mail, which
+    an agent sees masked): the card stores it sealed, with that key among the ones an agent's card opens; the
+    lookup opens it for an agent and for a clear read alike, also from a row stored before agent_keys."""
+    settings = lookup_settings
+    phone, email = "+447700900777", "zoe@example.com"
+    phone_key, email_key = key(settings, "phone", phone), key(settings, "email", email)
+    store = PostgresKeyStore(settings)
+
+    async def keys() -> dict[str, bytes]:
+        try:
+            return await store.data_keys([phone_key, email_key], create=True)
+        finally:
+            await store.close()
+
+    data = asyncio.run(keys())
+    name = 'Zoë "Z" Ó Briain'
+    sealed = seal_text(email_key, name, data[email_key], os.urandom(12))
+    shown = {"email": [pseudonym("email", email_key, email, data[email_key])],
+             "phone": [pseudonym("phone", phone_key, phone, data[phone_key])]}
+    person = {"language": "ga", "name": sealed, "preferred_channel": "sms"}
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        write_batch(conn, CustomersProjection(settings), [record(settings, 310, card_doc(
+            "lk-zoe", "gold", {"phone": [phone_key], "email": [email_key]}, "2026-03-01T00:00:00.000Z",
+            identifiers=shown, person=person, timeline=[]))])
+        stored = conn.execute("SELECT view::text, agent_keys FROM customers WHERE customer_id = 'lk-zoe'").fetchone()
+    assert stored is not None and name not in stored[0] and stored[1] == [email_key]
+
+    def card(unmasked_by: str | None = None) -> dict[str, Any]:
+        params, headers = {"phone": phone}, None
+        if unmasked_by is not None:
+            params["unmasked"], headers = "true", {"Authorization": f"Bearer {unmasked_by}"}
+        answer = client.get("/v1/customers/lookup", params=params, headers=headers)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["card"]  # type: ignore[no-any-return]
+
+    assert card()["person"] == {**person, "name": name}
+    assert card()["identifiers"] == {"email": ["z***@example.com"], "phone": ["•••• 0777"]}
+    assert card(unmasked_by=OPS_KEY)["person"] == {**person, "name": name}
+    with psycopg.connect(settings.pg_conninfo()) as conn:  # a row from before migration 0015
+        conn.execute("UPDATE customers SET agent_keys = NULL WHERE customer_id = 'lk-zoe'")
+    assert card()["person"]["name"] == name
+    assert card(unmasked_by=OPS_KEY)["person"]["name"] == name
+
+    async def destroy() -> int:
+        try:
+            return await store.destroy([email_key])
+        finally:
+            await store.close()
+
+    assert asyncio.run(destroy()) == 1
+    assert card(unmasked_by=OPS_KEY)["person"]["name"] == ERASED
+    with psycopg.connect(settings.pg_conninfo()) as conn:
+        conn.execute("UPDATE customers SET agent_keys = %s WHERE customer_id = 'lk-zoe'", ([email_key],))
+    assert card()["person"]["name"] == ERASED
 
 
 def test_a_card_stored_before_its_masked_form_is_masked_by_the_api(lookup_settings: Settings,
