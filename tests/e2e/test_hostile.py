@@ -9,7 +9,7 @@ read model, and the worker process stays alive. Every garbage record carries
 a ``hostile.case`` header, which the dead-letter topic keeps, so each one is
 found by name.
 
-Clear identifiers. A generated population goes through the real pipeline
+Clear identifiers (and names). A generated population goes through the real pipeline
 (worker and projection writer); then ``pg_dump`` of the database and every
 record (key, value, headers) of every topic of the prefix are searched for
 each identifier the delivered events carried (card numbers, e-mail
@@ -269,14 +269,27 @@ def _topics_raw(settings: Settings) -> dict[str, bytes]:
 
 
 def _clear_forms(events: list[dict[str, Any]], secret: bytes) -> dict[tuple[str, str], set[str]]:
-    """(kind, normalised display) -> every form of it the events wrote (a card's number only, never its display)."""
+    """(kind, normalised display) -> every form of it the events wrote (a card's number only, never its display);
+    a profile's name as kind ``name``: personal data sealed like an identifier."""
     clear: dict[tuple[str, str], set[str]] = {}
     for event in events:
+        if event.get("type") == "profile" and (event.get("payload") or {}).get("name"):
+            clear.setdefault(("name", event["payload"]["name"]), set()).add(event["payload"]["name"])
         for kind, value in event["identifiers"].items():
             display = normalise(kind, value, secret=secret).display
             forms = {value.strip(), re.sub(r"[\s-]", "", value)} | ({display} if kind != "card" else set())
             clear.setdefault((kind, display), set()).update(forms)
     return clear
+
+
+def _other_name(event: dict[str, Any]) -> Any:
+    """An event's payload, a profile's name written "Last, First": no name of the other population (all "First
+    Last") is in it, nor it in them."""
+    payload = event["payload"]
+    if event.get("type") != "profile" or not payload.get("name"):
+        return payload
+    first, _, last = payload["name"].partition(" ")
+    return {**payload, "name": f"{last}, {first}"}
 
 
 def _other_person(identifiers: dict[str, str]) -> dict[str, str]:
@@ -353,7 +366,7 @@ def scan(pipeline: Pipeline) -> Scan:
     sent = {r.event_id for r in delivered}
     clear = _clear_forms([event for event in events if event.get("event_id") in sent], secret)
 
-    direct_events = [{**event, "identifiers": _other_person(event["identifiers"])}
+    direct_events = [{**event, "identifiers": _other_person(event["identifiers"]), "payload": _other_name(event)}
                      for event in generate(customers=40, days=45, seed=78, bad_share=0.0)]
     _publish_directly(settings, direct_events)
     direct = _clear_forms(direct_events, secret)
@@ -387,6 +400,7 @@ def test_the_population_has_identifiers_and_the_places_hold_its_data(scan: Scan)
     """The scan is not vacuous: identifiers of every kind were sent and the dump and topics hold the population."""
     kinds = Counter(kind for kind, _ in scan.clear)
     assert kinds["card"] >= 20 and kinds["email"] >= 20 and kinds["phone"] >= 20 and kinds["customer_no"] >= 20
+    assert kinds["name"] >= 20
     assert b"INSERT INTO" in scan.places["pg_dump"] or b"COPY public.customers" in scan.places["pg_dump"]
     assert any(len(blob) > 10_000 for place, blob in scan.places.items() if place.startswith("topic "))
 
@@ -438,6 +452,7 @@ def test_a_direct_producer_s_clear_identifiers_go_no_further_than_the_channel_to
     channels = {f"topic {event_topic(pipeline.settings, ch)}" for ch in CHANNELS}
     kinds = Counter(kind for kind, _ in scan.direct)
     assert kinds["card"] >= 10 and kinds["email"] >= 10 and kinds["phone"] >= 10 and kinds["customer_no"] >= 10
+    assert kinds["name"] >= 10
     on_channels = set().union(*(_found(scan, place, scan.direct) for place in channels))
     assert on_channels == {_name(kind, display) for kind, display in scan.direct}, \
         "the direct producer wrote every identifier in clear to the channel topics (the scan is not vacuous)"

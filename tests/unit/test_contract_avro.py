@@ -17,7 +17,14 @@ from typing_extensions import is_typeddict
 from tests.unit.contract_samples import NOW, SAMPLES, sample
 from touchpoint.contract.avro import decode, encode, from_avro_record, to_avro_record
 from touchpoint.contract.models import PAYLOAD_MODELS, ContractViolation, Event, validate_event
-from touchpoint.contract.schemas import SCHEMA_FILES, event_schema, event_schema_text, expand, schema_files, schemas_dir
+from touchpoint.contract.schemas import (
+    SCHEMA_FILES,
+    event_schema,
+    event_schema_text,
+    expand,
+    schema_files,
+    schemas_dir,
+)
 from touchpoint.errors import RegistryError, SerializationError
 
 SCHEMA_ID = 7
@@ -97,6 +104,26 @@ def test_data_written_with_v1_reads_with_v2(event_type: str) -> None:
         assert payload.pop("referrer") is None  # the new field takes its default
         as_read["payload"] = (name, payload)
     assert as_read == as_written
+
+
+def _before_profile() -> Any:
+    """The Event schema as it was before the profile type: without its enum symbol and union branch."""
+    schema = expand(schema_files())
+    for field in schema["fields"]:
+        if field["name"] == "type":
+            field["type"]["symbols"].remove("profile")
+        elif field["name"] == "payload":
+            field["type"] = [branch for branch in field["type"] if branch.get("name") != "ProfilePayload"]
+    return parse_schema(schema)
+
+
+@pytest.mark.parametrize("event_type", [t for t in SAMPLES if t != "profile"])
+def test_data_written_before_the_profile_type_reads_with_the_current_schema(event_type: str) -> None:
+    """Adding ``profile`` was a backward-compatible change: every event written before reads the same."""
+    record = to_avro_record(validate_event(sample(event_type), NOW))
+    old = encode(SCHEMA_ID, record, _before_profile())
+    _, as_read = decode(old, lambda _: _before_profile(), reader_schema=event_schema())
+    assert from_avro_record(as_read, NOW) == validate_event(sample(event_type), NOW)
 
 
 # --- the models and the .avsc files cannot drift ----------------------------
