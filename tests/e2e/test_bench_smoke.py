@@ -47,7 +47,7 @@ def test_lookup_benchmark_runs_at_a_tiny_size(settings: Settings) -> None:
                             capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for text in ("machine: ", "read model: 1,000 customers", "HTTP lookup at 20 req/s", "HTTP lookup at 50 req/s",
-                 "raw PostgreSQL", "ratio HTTP / raw transaction", "ingest meanwhile: "):
+                 "raw PostgreSQL", "ratio HTTP / the API's statement", "ingest meanwhile: "):
         assert text in result.stdout, result.stdout[-3000:]
     assert "errors 0;" in result.stdout, result.stdout[-3000:]
 

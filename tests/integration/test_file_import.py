@@ -34,8 +34,9 @@ pytestmark = pytest.mark.integration
 NEEDS_HISTORY = "bad-unknown_refund-"
 
 
-def committed_event_ids(settings: Settings, prefix: str) -> Counter[str]:
-    """Every event id starting with ``prefix`` on the channel topics, read_committed, with its count."""
+def committed_event_ids(settings: Settings, prefix: str | tuple[str, ...]) -> Counter[str]:
+    """Every event id starting with ``prefix`` (or one of them) on the channel topics, read_committed, with its
+    count."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
                              isolation_level="read_committed")
     found: Counter[str] = Counter()
@@ -147,7 +148,7 @@ def test_not_json_lines_and_blank_lines(settings: Settings, tmp_path: Path) -> N
     entries = report_entries(report)
     assert [(e["line"], e["raw"]) for e in entries] == [(3, "{not json"), (5, "[1, 2]")]
     assert entries[0]["problems"][0]["message"].startswith("not JSON")
-    assert set(committed_event_ids(settings, "ev-71-")) == {e["event_id"] for e in events}
+    assert set(committed_event_ids(settings, ("ev-71-", "pf-71-"))) == {e["event_id"] for e in events}
 
 
 def test_a_line_whose_event_id_is_not_unicode_goes_to_the_report(settings: Settings, tmp_path: Path) -> None:
@@ -163,7 +164,7 @@ def test_a_line_whose_event_id_is_not_unicode_goes_to_the_report(settings: Setti
     (entry,) = report_entries(summary.report_path)
     assert (entry["line"], entry["event_id"]) == (2, "ev-72-\ud800")
     assert [p["field"] for p in entry["problems"]] == ["event_id"]
-    assert set(committed_event_ids(settings, "ev-72-")) == {e["event_id"] for e in events}
+    assert set(committed_event_ids(settings, ("ev-72-", "pf-72-"))) == {e["event_id"] for e in events}
 
 
 def csv_row(event: dict[str, Any]) -> dict[str, str]:
@@ -201,7 +202,7 @@ def test_csv_import_with_a_bad_row(settings: Settings, tmp_path: Path) -> None:
     assert {p["field"] for p in entries[0]["problems"]} >= {"payload.total_minor"}
     assert entries[1]["problems"][0]["field"] == "payload"
     assert entries[1]["raw"].startswith("csv-11-nopayload,web,web,")
-    assert set(committed_event_ids(settings, "ev-11-")) == {e["event_id"] for e in events}
+    assert set(committed_event_ids(settings, ("ev-11-", "pf-11-"))) == {e["event_id"] for e in events}
     assert import_file(settings, path, progress=False).already_imported
 
 
