@@ -76,7 +76,8 @@ Contacts (share of contact occasions)
     clicked, unsubscribed 1 %), call 12 % (started with ``ivr_reason``, ended
     with ``duration_s``, ``outcome``, ``agent_id``; 85 % inbound), SMS 10 %
     (sent, delivered, opt-out 3 %), branch visit 10 %, case 8 % (complaint
-    45 %, query 35 %, cancel_request 12 %, fraud 8 %; closed 85 %, updated
+    45 %, query 35 %, cancel_request 12 %, fraud 8 %; a subject line from a
+    short list per category, by case number; closed 85 %, updated
     30 %), consent 10 % (marketing 65 % / profiling; granted 70 %). Opt-outs
     and unsubscribes are followed by a consent withdrawal; withdrawn customers
     get no campaign invitations until they grant again. A channel the person
@@ -161,6 +162,12 @@ _OUTCOMES = ("resolved", "resolved", "resolved", "transferred", "callback", "aba
 _PURPOSES = ("enquiry", "card_replacement", "account_update", "complaint", "collection", "rewards")
 _CONSENT_CHANNELS = ("web", "email", "sms", "branch")
 _LANGUAGES = ("cy", "pl", "ur", "pa", "gd")  # besides en-GB
+_SUBJECTS = {
+    "complaint": ("Charged twice at the pump", "Rude staff at the till", "Car wash out of order", "Points missing"),
+    "query": ("How do I redeem points?", "Opening hours over the holidays", "Receipt for business expenses"),
+    "cancel_request": ("Close my loyalty account", "Stop all marketing and close the card"),
+    "fraud": ("Card used at a station I never visited", "Unknown points redemption"),
+}
 
 _CARD_SHARE = 0.78
 _EMAIL_SHARE = 0.85
@@ -858,7 +865,9 @@ class _Generator:
         else:
             channel = "branch"
         xid = self._next_id("X")
-        opened: dict[str, Any] = {"case_id": xid, "action": "opened", "category": category}
+        subjects = _SUBJECTS[category]  # picked by the case's number: no draw from the random stream
+        opened: dict[str, Any] = {"case_id": xid, "action": "opened", "category": category,
+                                  "subject": subjects[int(xid[1:]) % len(subjects)]}
         if category == "fraud":
             opened["severity"] = "high"
         elif category == "complaint":

@@ -218,6 +218,7 @@ def describe(typ: str, detail: dict[str, Any]) -> str:
                  f"campaign {detail['campaign_id']}" if detail.get("campaign_id") else ""]
     elif typ == "case":
         parts = [f"{_title(detail.get('category', ''))} case {detail.get('action', '')}",
+                 f"“{detail['subject']}”" if detail.get("subject") else "",
                  f"severity {detail['severity']}" if detail.get("severity") else ""]
     elif typ == "consent":
         given = "granted" if detail.get("granted") else "withdrawn"

@@ -197,6 +197,10 @@ def test_agent_page_in_chromium(base_url: str, customer: dict[str, Any], tmp_pat
             expect(row.first).to_contain_text(", ".join(detail["categories"]))
             expect(row.first).to_contain_text(f"{detail['points']:+,} points")
             expect(row.first).to_contain_text(detail["points_why"][0])
+            # A case with its subject, when the customer's timeline holds one.
+            case = next((t for t in customer["timeline"] if t["type"] == "case" and t["detail"].get("subject")), None)
+            if case is not None:
+                expect(page.locator("#timeline")).to_contain_text(case["detail"]["subject"])
             # RFM as numbers and the last contact per channel.
             rfm = customer["rfm"]
             expect(page.locator("#frequency")).to_have_text(str(rfm["frequency"]))

@@ -93,7 +93,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "channel": "phone",
         "occurred_at": "2025-03-01T11:03:00Z",
         "identifiers": {"customer_no": "C-100234"},
-        "payload": {"case_id": "77", "action": "opened", "category": "cancel_request", "severity": "high"},
+        "payload": {"case_id": "77", "action": "opened", "category": "cancel_request", "severity": "high",
+                    "subject": "Close my loyalty account"},
     },
     "consent": {
         "event_id": "pref-centre-0912",

@@ -216,3 +216,15 @@ def test_instant_before_year_one_in_utc_is_refused_not_a_crash() -> None:
     with pytest.raises(ContractViolation) as raised:
         validate_event(doc, NOW)
     assert [p for p, _ in raised.value.problems] == ["occurred_at"]
+
+
+def test_messages_may_fail_and_cases_carry_a_subject() -> None:
+    """What an agent's timeline tells: a message that failed (not only bounced), the subject of a case."""
+    for kind in ("email", "sms"):
+        doc = sample(kind)
+        doc["payload"]["action"] = "failed"
+        assert validate_event(doc, NOW).payload.action == "failed"  # type: ignore[union-attr]
+    assert validate_event(sample("case"), NOW).payload.subject == "Close my loyalty account"  # type: ignore[union-attr]
+    doc = sample("case")
+    del doc["payload"]["subject"]
+    assert validate_event(doc, NOW).payload.subject is None  # type: ignore[union-attr]

@@ -209,7 +209,7 @@ class CallPayload(_Frozen):
 
 class EmailPayload(_Frozen):
     message_id: Text
-    action: Literal["sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "replied"]
+    action: Literal["sent", "delivered", "opened", "clicked", "bounced", "unsubscribed", "replied", "failed"]
     campaign_id: Text | None = None
 
 
@@ -221,7 +221,7 @@ class WebPayload(_Frozen):
 
 class SmsPayload(_Frozen):
     message_id: Text
-    action: Literal["sent", "delivered", "replied", "opt_out"]
+    action: Literal["sent", "delivered", "replied", "opt_out", "failed"]
     campaign_id: Text | None = None
 
 
@@ -230,6 +230,7 @@ class CasePayload(_Frozen):
     action: Literal["opened", "updated", "closed"]
     category: Text
     severity: Text | None = None
+    subject: Text | None = None
 
 
 class ConsentPayload(_Frozen):

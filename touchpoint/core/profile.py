@@ -302,7 +302,7 @@ DETAIL_FIELDS: dict[str, tuple[str, ...]] = {
     "web": ("action", "page"),
     "email": ("action", "campaign_id"),
     "sms": ("action", "campaign_id"),
-    "case": ("action", "category", "severity"),
+    "case": ("action", "category", "severity", "subject"),
     "consent": ("purpose", "channel", "granted"),
     "campaign": ("action", "campaign_id", "multiplier"),
     "branch_visit": ("purpose", "branch_id"),
@@ -338,7 +338,7 @@ def _timeline_entry(entry: tuple[Any, ...], points: dict[str, list[LedgerEntry]]
     return shown
 
 
-_OUTBOUND = frozenset({"sent", "delivered", "bounced"})
+_OUTBOUND = frozenset({"sent", "delivered", "bounced", "failed"})
 
 
 def _customer_initiated(event: Event) -> bool:
