@@ -465,7 +465,8 @@ def _statement_paced(settings: Settings, secret: bytes, rate: float, seconds: fl
 
         async def one(i: int) -> None:
             key = keys[i % len(keys)]
-            row = await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-paced", "agent", "lookup", "phone", key)
+            row = await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-paced", "agent", "lookup", "phone", key,
+                                     None)
             run.statuses[200 if row is not None else 404] += 1
 
         try:
@@ -511,7 +512,7 @@ def _raw(settings: Settings, secret: bytes, lookups: list[tuple[int, bool]]) -> 
                 began = time.perf_counter()
                 await hot.fetchrow(_READ_BY_KEY, key, False)
                 queried = time.perf_counter()
-                await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-raw", "agent", "lookup", "phone", key)
+                await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-raw", "agent", "lookup", "phone", key, None)
                 done = time.perf_counter()
                 query.append(queried - began)
                 whole.append(done - queried)
@@ -544,7 +545,7 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
             began = time.process_time()
             for key in keys:
                 rows.append(await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-breakdown", "agent", "lookup",
-                                               "phone", key))
+                                               "phone", key, None))
             return rows, (time.process_time() - began) / len(keys)
         finally:
             await hot.close()

@@ -14,7 +14,7 @@ Access (:mod:`connectors.frontline.access`). Every door but ``/healthz`` and
 ``/readyz`` needs an API key (``Authorization: Bearer``, ``X-API-Key``, or the
 page's HttpOnly cookie): none or an unknown one is ``401``. Identifiers on
 cards are masked unless an ``operations`` or ``admin`` key asks
-``unmasked=true``; an ``agent`` asking is ``403``. ``GET /v1/audit`` is
+``unmasked=true`` with a ``reason`` (kept in the audit row; none is ``400``); an ``agent`` asking is ``403``. ``GET /v1/audit`` is
 ``admin`` only, and so is ``POST /v1/customers/{customer_id}/erasure``
 (:func:`connectors.operations.privacy.erase`, audited as endpoint ``erasure``).
 
@@ -162,8 +162,8 @@ shown AS (
 _AUDITED = """,
 audit AS (
     INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status,
-                              unmasked)
-    SELECT $3, $4, $5, $6, $7, card.customer_id, CASE WHEN card.customer_id IS NULL THEN 404 ELSE 200 END, $2
+                              unmasked, reason)
+    SELECT $3, $4, $5, $6, $7, card.customer_id, CASE WHEN card.customer_id IS NULL THEN 404 ELSE 200 END, $2, $8
     FROM (SELECT) AS one LEFT JOIN card ON true
 )"""
 _SHOWN = """
@@ -175,18 +175,20 @@ _READ_BY_KEY = _CHAIN_FROM_KEY + _READ + _SHOWN
 """A card by identifier key (``$1``, ``$2`` unmasked) without audit: the benchmark's raw figure."""
 _AUDITED_BY_ID = _CHAIN_FROM_ID + _READ + _AUDITED + _SHOWN
 """A card by customer id (the survivor's for an alias) and its audit row: ``GET /v1/customers/{id}``.
-Parameters: ``$1`` the id, ``$2`` unmasked, ``$3``-``$7`` key name, role, endpoint, identifier kind and key."""
+Parameters: ``$1`` the id, ``$2`` unmasked, ``$3``-``$7`` key name, role, endpoint, identifier kind and key, ``$8``
+the reason given for an unmasked read."""
 _AUDITED_BY_KEY = _CHAIN_FROM_KEY + _READ + _AUDITED + _SHOWN
 """A card by identifier key (``$1``) and its audit row: what ``GET /v1/customers/lookup`` runs (as above)."""
 
 _AUDIT = """
-INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked,
+                          reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 """
 """A refusal's audit row alone (400, 403, a NUL in a customer id, an erasure)."""
 
 _AUDIT_READ = """
-SELECT id, at, key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked
+SELECT id, at, key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked, reason
 FROM lookup_audit
 WHERE (%(customer_id)s::text IS NULL OR customer_id = %(customer_id)s)
   AND (%(key_name)s::text IS NULL OR key_name = %(key_name)s)
@@ -311,6 +313,10 @@ def _unavailable(exc: BaseException) -> str:
     return f"the read model cannot be reached just now ({type(exc).__name__}); try again shortly"
 
 
+_Resolve = Callable[[Principal, str, dict[str, str], bool, str | None], Awaitable[_Outcome]]
+"""One audited lookup: (caller, endpoint, the identifier given, unmasked, the reason for an unmasked read)."""
+
+
 class _LookupDoor:
     """``GET /v1/customers/lookup`` with a key in a header and no ``unmasked``: served here, without the framework.
 
@@ -321,7 +327,7 @@ class _LookupDoor:
     """
 
     def __init__(self, app: ASGIApp, keys: KeyRing,
-                 resolve: Callable[[Principal, str, dict[str, str], bool], Awaitable[_Outcome]]) -> None:
+                 resolve: _Resolve) -> None:
         self.app, self.keys, self.resolve = app, keys, resolve
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -339,7 +345,7 @@ class _LookupDoor:
         extra: list[tuple[bytes, bytes]] = []
         try:
             outcome = await self.resolve(principal, "lookup", {k: params[k] for k in IDENTIFIER_KINDS if k in params},
-                                         False)
+                                         False, None)
         except _UNAVAILABLE as exc:
             status, body = 503, SafeJSONResponse({"detail": _unavailable(exc)}).body
             extra.append((b"retry-after", b"1"))
@@ -382,6 +388,27 @@ def _flag(request: Request, name: str) -> bool:
     except ValidationError as exc:
         raise RequestValidationError([{**error, "loc": ("query", name)}
                                       for error in exc.errors(include_url=False)]) from exc
+
+
+REASON_MAX = 200
+"""Characters an unmasked read's reason may have."""
+
+
+def _unmasked_refusal(reason: str | None) -> _Outcome | None:
+    """400 when an unmasked read gives no usable reason (``reason``: stripped), else None."""
+    if not reason:
+        return _Outcome(400, "reason: unmasked=true needs a reason, a few words on why clear identifiers are read "
+                             f"(at most {REASON_MAX} characters); it is kept in the audit trail")
+    if len(reason) > REASON_MAX:
+        return _Outcome(400, f"reason: at most {REASON_MAX} characters")
+    if "\x00" in reason:
+        return _Outcome(400, "reason: may not contain a NUL byte")
+    return None
+
+
+def _audited_reason(reason: str | None) -> str | None:
+    """What of a reason an audit row keeps: a refused one cut to size and without NUL (PostgreSQL text cannot)."""
+    return None if reason is None else reason[:REASON_MAX].replace("\x00", "")
 
 
 def _no_nul(name: str, value: str | None) -> None:
@@ -452,8 +479,10 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                                 headers={"WWW-Authenticate": "Bearer"})
         return principal
 
-    async def resolve(principal: Principal, endpoint: str, given: dict[str, str], unmasked: bool) -> _Outcome:
-        """One audited lookup: validate, check the role, read the card and record it, mask it."""
+    async def resolve(principal: Principal, endpoint: str, given: dict[str, str], unmasked: bool,
+                      reason: str | None = None) -> _Outcome:
+        """One audited lookup: validate, check the role (and an unmasked read's reason), read the card and record
+        it, mask it."""
         kind = value = key = None
         display = ""
         refusal: _Outcome | None = None
@@ -477,6 +506,9 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if refusal is None and unmasked and not may_unmask(principal):
             refusal = _Outcome(403, f"role {principal.role} may not see unmasked identifiers "
                                     "(operations and admin may)")
+        reason = reason.strip() if reason is not None and unmasked else None
+        if refusal is None and unmasked:
+            refusal = _unmasked_refusal(reason)
         outcome = refusal
         if outcome is None and kind == "customer_id" and "\x00" in str(value):
             # No customer id holds NUL (PostgreSQL text cannot): nobody, without asking.
@@ -484,11 +516,11 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         # The answer leaves only once its audit row is committed: the statement that writes it has returned.
         if outcome is not None:
             await hot.execute(_AUDIT, principal.name, principal.role, endpoint, kind, key, None, outcome.status,
-                              unmasked)
+                              unmasked, _audited_reason(reason))
             return outcome
         row = await hot.fetchrow(_AUDITED_BY_ID if kind == "customer_id" else _AUDITED_BY_KEY,
                                  value if kind == "customer_id" else key, unmasked, principal.name,
-                                 principal.role, endpoint, kind, key)
+                                 principal.role, endpoint, kind, key, reason)
         if row is None:
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
@@ -545,7 +577,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         _no_nul("customer_id", customer_id)
         _no_nul("key_name", key_name)
         columns = ("id", "at", "key_name", "role", "endpoint", "identifier_kind", "identifier_key", "customer_id",
-                   "status", "unmasked")
+                   "status", "unmasked", "reason")
         async with pool.connection() as conn:
             cursor = await conn.execute(_AUDIT_READ, {"customer_id": customer_id, "key_name": key_name,
                                                       "limit": limit})
@@ -567,7 +599,8 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         principal = principal_of(request)
         params = request.query_params
         given = {kind: params[kind] for kind in IDENTIFIER_KINDS if kind in params}
-        return (await resolve(principal, "lookup", given, _flag(request, "unmasked"))).response()
+        return (await resolve(principal, "lookup", given, _flag(request, "unmasked"),
+                              params.get("reason"))).response()
 
     @app.get("/v1/customers/{customer_id}", response_model=CustomerCard, response_model_exclude_none=True,
              summary="A customer's card by id (an id merged away answers with its survivor)",
@@ -579,7 +612,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     async def by_id(customer_id: str, request: Request) -> Response:
         principal = principal_of(request)
         return (await resolve(principal, "customer", {"customer_id": customer_id},
-                              _flag(request, "unmasked"))).response()
+                              _flag(request, "unmasked"), request.query_params.get("reason"))).response()
 
     @app.post("/v1/customers/{customer_id}/erasure", response_model=Erasure,
               summary="Erase a customer (admin): destroy their identifiers' keys, record it in the log, purge "
@@ -604,7 +637,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                 erased = done.customer_id
                 answer = SafeJSONResponse(asdict(done))
         await hot.execute(_AUDIT, principal.name, principal.role, "erasure", "customer_id", None, erased,
-                          answer.status_code, False)
+                          answer.status_code, False, None)
         return answer
 
     _add_page_routes(app, keys, resolve)
@@ -638,7 +671,7 @@ def _same_origin(request: Request) -> bool:
 
 
 def _add_page_routes(app: FastAPI, keys: KeyRing,
-                     resolve: Callable[[Principal, str, dict[str, str], bool], Awaitable[_Outcome]]) -> None:
+                     resolve: _Resolve) -> None:
     """``/agent`` (the card page), ``/agent/login`` and ``/agent/logout``."""
 
     @app.get("/agent", response_class=HTMLResponse, include_in_schema=False)
@@ -665,7 +698,7 @@ def _add_page_routes(app: FastAPI, keys: KeyRing,
                                                  "Find a customer by phone, e-mail, customer number or card."))
         unmasked = params.get("unmasked", "").lower() in ("1", "true", "yes", "on")
         try:
-            outcome = await resolve(principal, "agent_page", given, unmasked)
+            outcome = await resolve(principal, "agent_page", given, unmasked, params.get("reason"))
         except _UNAVAILABLE:
             return _html(agent_page.message_page(principal.name, principal.role,
                                                  "The read model cannot be reached just now: try again shortly."),

@@ -197,7 +197,8 @@ def test_export_erase_and_come_back(pipeline: Pipeline) -> None:
     assert sum(e["points"] for e in document["loyalty_ledger"]) > 0
     assert lookup(settings, email=ANN["email"]).json()["customer_id"] == ann
     # The API opens the pseudonyms for the reader: clear for an admin who asks, masked for an agent.
-    clear = lookup(settings, phone=ANN["phone"], unmasked="true").json()["card"]["identifiers"]
+    clear = lookup(settings, phone=ANN["phone"], unmasked="true", reason="subject access request").json()[
+        "card"]["identifiers"]
     assert clear["email"] == ["ann.erase@example.com"] and clear["phone"] == ["+447700900777"]
     masked = lookup(settings, AGENT_KEY, phone=ANN["phone"]).json()["card"]["identifiers"]
     assert masked == {"customer_no": [ANN["customer_no"]], "email": ["a***@example.com"], "phone": ["•••• 0777"],

@@ -328,11 +328,35 @@ def test_operations_and_admin_masked_unless_asked(client: TestClient, ids: dict[
     auth = {"Authorization": f"Bearer {role_key}"}
     masked = client.get("/v1/customers/lookup", params={"phone": PHONE}, headers=auth).json()
     assert masked["card"]["identifiers"] == ADA_MASKED
-    clear = client.get("/v1/customers/lookup", params={"phone": PHONE, "unmasked": "true"}, headers=auth)
+    clear = client.get("/v1/customers/lookup", params={"phone": PHONE, "unmasked": "true", "reason": "fraud case 17"},
+                       headers=auth)
     assert clear.status_code == 200, clear.text
     assert clear.json()["card"]["identifiers"] == ADA_IDENTIFIERS
-    by_id = client.get(f"/v1/customers/{ids['old']}", params={"unmasked": "1"}, headers=auth).json()
+    by_id = client.get(f"/v1/customers/{ids['old']}", params={"unmasked": "1", "reason": "subject access"},
+                       headers=auth).json()
     assert by_id["card"]["identifiers"] == ADA_IDENTIFIERS and by_id["resolved_from"] == ids["old"]
+
+
+@pytest.mark.parametrize(("reason", "problem"), [
+    (None, "needs a reason"), ("   ", "needs a reason"), ("x" * 201, "at most 200"), ("why\x00", "NUL"),
+])
+def test_an_unmasked_read_needs_a_reason_and_keeps_it_in_the_audit_row(
+        lookup_settings: Settings, client: TestClient, reason: str | None, problem: str) -> None:
+    """Clear identifiers are read for a stated reason, kept with the audit row; none (or a bad one) is 400,
+    audited too, and nothing of the card is sent."""
+    auth = {"Authorization": f"Bearer {OPS_KEY}"}
+    params = {"phone": PHONE, "unmasked": "true", **({"reason": reason} if reason is not None else {})}
+    refused = client.get("/v1/customers/lookup", params=params, headers=auth)
+    assert refused.status_code == 400 and problem in refused.json()["detail"], refused.text
+    last = audit_rows(lookup_settings)[-1]
+    assert (last["key_name"], last["status"], last["unmasked"], last["customer_id"]) == ("oscar", 400, True, None)
+    answered = client.get("/v1/customers/lookup", params={**params, "reason": "  chargeback dispute 4411 "},
+                          headers=auth)
+    assert answered.status_code == 200, answered.text
+    last = audit_rows(lookup_settings)[-1]
+    assert (last["status"], last["unmasked"], last["reason"]) == (200, True, "chargeback dispute 4411")
+    masked = client.get("/v1/customers/lookup", params={"phone": PHONE, "reason": "not needed"}, headers=auth)
+    assert masked.status_code == 200 and audit_rows(lookup_settings)[-1]["reason"] is None
 
 
 def test_agent_sees_masked_card_by_id(client: TestClient, ids: dict[str, str]) -> None:
@@ -574,6 +598,7 @@ def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_s
         params, headers = {"phone": "07700 900789"}, None
         if unmasked_by is not None:
             params["unmasked"], headers = "true", {"Authorization": f"Bearer {unmasked_by}"}
+            params["reason"] = "erasure check"
         answer = client.get("/v1/customers/lookup", params=params, headers=headers)
         assert answer.status_code == 200, answer.text
         return answer.json()["card"]["identifiers"]  # type: ignore[no-any-return]
@@ -626,6 +651,7 @@ def test_the_sealed_name_opens_for_every_role_and_shows_erased_once_its_key_is_g
         params, headers = {"phone": phone}, None
         if unmasked_by is not None:
             params["unmasked"], headers = "true", {"Authorization": f"Bearer {unmasked_by}"}
+            params["reason"] = "name check"
         answer = client.get("/v1/customers/lookup", params=params, headers=headers)
         assert answer.status_code == 200, answer.text
         return answer.json()["card"]  # type: ignore[no-any-return]
