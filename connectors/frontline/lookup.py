@@ -14,8 +14,9 @@ Access (:mod:`connectors.frontline.access`). Every door but ``/healthz`` and
 ``/readyz`` needs an API key (``Authorization: Bearer``, ``X-API-Key``, or the
 page's HttpOnly cookie): none or an unknown one is ``401``. Identifiers on
 cards are masked unless an ``operations`` or ``admin`` key asks
-``unmasked=true`` with a ``reason`` (kept in the audit row; none is ``400``); an ``agent`` asking is ``403``. ``GET /v1/audit`` is
-``admin`` only, and so is ``POST /v1/customers/{customer_id}/erasure``
+``unmasked=true`` with a ``reason`` (kept in the audit row; none is ``400``);
+an ``agent`` asking is ``403``. ``GET /v1/audit`` is ``admin`` only, and so is
+``POST /v1/customers/{customer_id}/erasure``
 (:func:`connectors.operations.privacy.erase`, audited as endpoint ``erasure``).
 
 Pseudonyms. Cards hold identifiers as their pseudonyms (DESIGN.md §6). The
