@@ -208,7 +208,9 @@ _LOOKUP_PARAMETERS = [
                               ("customer_no", "the customer number"), ("cookie", "a web cookie id"),
                               ("device", "a device id"))
 ] + [{"name": "unmasked", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
-      "description": "clear identifiers (operations and admin only)"}]
+      "description": "clear identifiers (operations and admin only, with a reason)"},
+   {"name": "reason", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200},
+    "description": "why clear identifiers are read: required with unmasked=true, kept in the audit row"}]
 
 _BOOL = TypeAdapter(bool)
 
@@ -590,7 +592,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     # of the ~10 kB card).
     @app.get("/v1/customers/lookup", response_model=CustomerCard, response_model_exclude_none=True,
              summary="Find the customer an identifier belongs to",
-             responses={400: {"description": "no, several or an invalid identifier"},
+             responses={400: {"description": "no, several or an invalid identifier; unmasked without a reason"},
                         401: {"description": "no or an invalid API key"},
                         403: {"description": "unmasked asked by a role that may not"},
                         404: {"description": "nobody matches"},
@@ -609,7 +611,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                         403: {"description": "unmasked asked by a role that may not"},
                         404: {"description": "no such customer"},
                         422: {"description": "unmasked is not a boolean"}},
-             openapi_extra={"parameters": _LOOKUP_PARAMETERS[-1:]})
+             openapi_extra={"parameters": _LOOKUP_PARAMETERS[-2:]})
     async def by_id(customer_id: str, request: Request) -> Response:
         principal = principal_of(request)
         return (await resolve(principal, "customer", {"customer_id": customer_id},

@@ -257,8 +257,9 @@ def test_openapi_documents_the_lookup_doors(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     lookup, by_id = paths["/v1/customers/lookup"]["get"], paths["/v1/customers/{customer_id}"]["get"]
     assert [p["name"] for p in lookup["parameters"]] == ["phone", "email", "card", "customer_no", "cookie", "device",
-                                                         "unmasked"]
-    assert [(p["name"], p["in"]) for p in by_id["parameters"]] == [("customer_id", "path"), ("unmasked", "query")]
+                                                         "unmasked", "reason"]
+    assert [(p["name"], p["in"]) for p in by_id["parameters"]] == [("customer_id", "path"), ("unmasked", "query"),
+                                                                   ("reason", "query")]
     for door in (lookup, by_id):
         assert door["responses"]["200"]["content"]["application/json"]["schema"] == \
             {"$ref": "#/components/schemas/CustomerCard"}
