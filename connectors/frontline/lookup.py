@@ -607,7 +607,8 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
 
     @app.get("/v1/customers/{customer_id}", response_model=CustomerCard, response_model_exclude_none=True,
              summary="A customer's card by id (an id merged away answers with its survivor)",
-             responses={401: {"description": "no or an invalid API key"},
+             responses={400: {"description": "unmasked without a reason"},
+                        401: {"description": "no or an invalid API key"},
                         403: {"description": "unmasked asked by a role that may not"},
                         404: {"description": "no such customer"},
                         422: {"description": "unmasked is not a boolean"}},
