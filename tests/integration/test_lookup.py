@@ -572,21 +572,48 @@ def test_lag_without_kafka_still_answers(lookup_settings: Settings, client: Test
     assert (stored["end_offset"], stored["behind"]) == (None, None)
 
 
+def data_keys(settings: Settings, keys: list[str]) -> dict[str, bytes]:
+    """The key store's data keys of ``keys``, made where missing (as the pipeline's sealing makes them)."""
+    async def made() -> dict[str, bytes]:
+        store = PostgresKeyStore(settings)
+        try:
+            return await store.data_keys(keys, create=True)
+        finally:
+            await store.close()
+
+    return asyncio.run(made())
+
+
+def destroy_keys(settings: Settings, keys: list[str]) -> int:
+    """Destroy the data keys of ``keys`` (crypto-shredding, as an erasure does); how many existed."""
+    async def destroyed() -> int:
+        store = PostgresKeyStore(settings)
+        try:
+            return await store.destroy(keys)
+        finally:
+            await store.close()
+
+    return asyncio.run(destroyed())
+
+
+def card_by_phone(client: TestClient, phone: str, unmasked_by: str | None = None) -> dict[str, Any]:
+    """The card found by phone: as an agent sees it, or unmasked (with a reason) by the holder of a key."""
+    params, headers = {"phone": phone}, None
+    if unmasked_by is not None:
+        params |= {"unmasked": "true", "reason": "checking what the card opens"}
+        headers = {"Authorization": f"Bearer {unmasked_by}"}
+    answer = client.get("/v1/customers/lookup", params=params, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["card"]  # type: ignore[no-any-return]
+
+
 def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_settings: Settings,
                                                                         client: TestClient) -> None:
     settings = lookup_settings
     phone, email = "+447700900789", "eve@example.com"
     phone_key, email_key, card_key = key(settings, "phone", phone), key(settings, "email", email), \
         key(settings, "card", "4242424242424242")
-    store = PostgresKeyStore(settings)
-
-    async def keys() -> dict[str, bytes]:
-        try:
-            return await store.data_keys([phone_key, email_key], create=True)
-        finally:
-            await store.close()
-
-    data = asyncio.run(keys())
+    data = data_keys(settings, [phone_key, email_key])
     shown = {"card": [pseudonym("card", card_key, "…4242", None)], "customer_no": ["C7"],
              "email": [pseudonym("email", email_key, email, data[email_key])],
              "phone": [pseudonym("phone", phone_key, phone, data[phone_key])]}
@@ -594,29 +621,13 @@ def test_pseudonyms_open_in_the_lookup_and_a_destroyed_key_shows_erased(lookup_s
         write_batch(conn, CustomersProjection(settings), [record(settings, 300, card_doc(
             "lk-eve", "gold", {"phone": [phone_key], "email": [email_key], "card": [card_key]},
             "2026-03-01T00:00:00.000Z", identifiers=shown))])
-    def identifiers(unmasked_by: str | None = None) -> dict[str, list[str]]:
-        """The card's identifiers found by phone: as an agent sees them, or unmasked by the holder of a key."""
-        params, headers = {"phone": "07700 900789"}, None
-        if unmasked_by is not None:
-            params["unmasked"], headers = "true", {"Authorization": f"Bearer {unmasked_by}"}
-            params["reason"] = "erasure check"
-        answer = client.get("/v1/customers/lookup", params=params, headers=headers)
-        assert answer.status_code == 200, answer.text
-        return answer.json()["card"]["identifiers"]  # type: ignore[no-any-return]
 
     opened = {"card": ["…4242"], "customer_no": ["C7"], "email": [email], "phone": [phone]}
-    assert identifiers(unmasked_by=ADMIN_KEY) == opened
-    assert identifiers() == {"card": ["•••• 4242"], "customer_no": ["C7"], "email": ["e***@example.com"],
-                             "phone": ["•••• 0789"]}
-
-    async def destroy() -> int:
-        try:
-            return await store.destroy([email_key])
-        finally:
-            await store.close()
-
-    assert asyncio.run(destroy()) == 1
-    assert identifiers(unmasked_by=ADMIN_KEY) == {**opened, "email": [ERASED]}
+    assert card_by_phone(client, "07700 900789", ADMIN_KEY)["identifiers"] == opened
+    assert card_by_phone(client, "07700 900789")["identifiers"] == {
+        "card": ["•••• 4242"], "customer_no": ["C7"], "email": ["e***@example.com"], "phone": ["•••• 0789"]}
+    assert destroy_keys(settings, [email_key]) == 1
+    assert card_by_phone(client, "07700 900789", ADMIN_KEY)["identifiers"] == {**opened, "email": [ERASED]}
 
 
 def test_the_sealed_name_opens_for_every_role_and_shows_erased_once_its_key_is_gone(lookup_settings: Settings,
@@ -627,15 +638,7 @@ def test_the_sealed_name_opens_for_every_role_and_shows_erased_once_its_key_is_g
     settings = lookup_settings
     phone, email = "+447700900777", "zoe@example.com"
     phone_key, email_key = key(settings, "phone", phone), key(settings, "email", email)
-    store = PostgresKeyStore(settings)
-
-    async def keys() -> dict[str, bytes]:
-        try:
-            return await store.data_keys([phone_key, email_key], create=True)
-        finally:
-            await store.close()
-
-    data = asyncio.run(keys())
+    data = data_keys(settings, [phone_key, email_key])
     name = 'Zoë "Z" Ó Briain'
     sealed = seal_text(email_key, name, data[email_key], os.urandom(12))
     shown = {"email": [pseudonym("email", email_key, email, data[email_key])],
@@ -648,34 +651,19 @@ def test_the_sealed_name_opens_for_every_role_and_shows_erased_once_its_key_is_g
         stored = conn.execute("SELECT view::text, agent_keys FROM customers WHERE customer_id = 'lk-zoe'").fetchone()
     assert stored is not None and name not in stored[0] and stored[1] == [email_key]
 
-    def card(unmasked_by: str | None = None) -> dict[str, Any]:
-        params, headers = {"phone": phone}, None
-        if unmasked_by is not None:
-            params["unmasked"], headers = "true", {"Authorization": f"Bearer {unmasked_by}"}
-            params["reason"] = "name check"
-        answer = client.get("/v1/customers/lookup", params=params, headers=headers)
-        assert answer.status_code == 200, answer.text
-        return answer.json()["card"]  # type: ignore[no-any-return]
-
-    assert card()["person"] == {**person, "name": name}
-    assert card()["identifiers"] == {"email": ["z***@example.com"], "phone": ["•••• 0777"]}
-    assert card(unmasked_by=OPS_KEY)["person"] == {**person, "name": name}
+    assert card_by_phone(client, phone)["person"] == {**person, "name": name}
+    assert card_by_phone(client, phone)["identifiers"] == {"email": ["z***@example.com"], "phone": ["•••• 0777"]}
+    assert card_by_phone(client, phone, OPS_KEY)["person"] == {**person, "name": name}
     with psycopg.connect(settings.pg_conninfo()) as conn:  # a row from before migration 0015
         conn.execute("UPDATE customers SET agent_keys = NULL WHERE customer_id = 'lk-zoe'")
-    assert card()["person"]["name"] == name
-    assert card(unmasked_by=OPS_KEY)["person"]["name"] == name
+    assert card_by_phone(client, phone)["person"]["name"] == name
+    assert card_by_phone(client, phone, OPS_KEY)["person"]["name"] == name
 
-    async def destroy() -> int:
-        try:
-            return await store.destroy([email_key])
-        finally:
-            await store.close()
-
-    assert asyncio.run(destroy()) == 1
-    assert card(unmasked_by=OPS_KEY)["person"]["name"] == ERASED
+    assert destroy_keys(settings, [email_key]) == 1
+    assert card_by_phone(client, phone, OPS_KEY)["person"]["name"] == ERASED
     with psycopg.connect(settings.pg_conninfo()) as conn:
         conn.execute("UPDATE customers SET agent_keys = %s WHERE customer_id = 'lk-zoe'", ([email_key],))
-    assert card()["person"]["name"] == ERASED
+    assert card_by_phone(client, phone)["person"]["name"] == ERASED
 
 
 def test_a_card_stored_before_its_masked_form_is_masked_by_the_api(lookup_settings: Settings,
