@@ -8,6 +8,7 @@ never see old data; the database is dropped at the end.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -24,6 +25,14 @@ from touchpoint.settings import Settings, load_settings
 from touchpoint.stack.process import stop_child
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def collect_module_garbage() -> Iterator[None]:
+    """Collect garbage as each module ends: a socket or transport a module left unclosed is then reported
+    against that module's last test, not against whichever later test a collection happens to run in."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

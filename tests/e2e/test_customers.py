@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,11 +23,18 @@ from connectors.intake.producer import Delivered, EventProducer
 from connectors.operations.clock import publish_tick
 from tests.e2e.oracle import assert_equals_oracle, committed, drained, end_offset
 from tests.e2e.test_pipeline import wait_until
-from tests.fix_stack import spawn_touchpoint, stop_process
+from tests.fix_stack import scoped, spawn_touchpoint, stop_process
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Iterator[Settings]:
+    """Topics and a database of this test's own: the state tables' first writes must be this test's worker's."""
+    with scoped(settings, f"{settings.pg_database}_customers", f"{settings.topic_prefix}-customers") as own:
+        yield own
 
 
 def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_path: Path) -> None:
