@@ -317,7 +317,8 @@ def ingest(
 
 @alerts_app.command("tail")
 def alerts_tail(
-    kind: Annotated[str | None, typer.Option("--kind", help="dormancy or churn; both if omitted")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="dormancy or churn (both if omitted), or access: lookup "
+                                                            "keys reading far more than usual, or blocked")] = None,
     segment: Annotated[str | None, typer.Option("--segment", help="platinum, gold, iron or lead; all if "
                                                                   "omitted")] = None,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", help="replay the topics from their start "
@@ -327,24 +328,30 @@ def alerts_tail(
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.0, help="stop after S seconds")] = None,
 ) -> None:
     """Print alerts as they arrive on the alert topics, one line each (human-readable or --json)."""
-    from connectors.operations.alerts import format_alert, tail_alerts
+    from connectors.operations.alerts import format_access_alert, format_alert, tail_alerts
+    from connectors.platform.access_wire import AccessAlertSerde
     from connectors.platform.alert_wire import KINDS, SEGMENTS, AlertSerde
     from connectors.platform.registry import RegistryClient
 
-    if kind is not None and kind not in KINDS:
-        raise typer.BadParameter(f"{kind!r}: expected one of {', '.join(KINDS)}", param_hint="--kind")
+    if kind is not None and kind not in (*KINDS, "access"):
+        raise typer.BadParameter(f"{kind!r}: expected one of {', '.join((*KINDS, 'access'))}", param_hint="--kind")
     if segment is not None and segment not in SEGMENTS:
         raise typer.BadParameter(f"{segment!r}: expected one of {', '.join(SEGMENTS)}", param_hint="--segment")
+    if segment is not None and kind == "access":
+        raise typer.BadParameter("access alerts are about keys, not customers: they have no segment",
+                                 param_hint="--segment")
+    access = kind == "access"
     settings = _settings()
     printed = 0
     with RegistryClient(settings.registry_url) as registry:
-        alerts = tail_alerts(settings, AlertSerde(registry), (kind,) if kind else KINDS,
-                             from_beginning=from_beginning, timeout_s=timeout)
+        alerts = tail_alerts(settings, AccessAlertSerde(registry) if access else AlertSerde(registry),
+                             (kind,) if kind else KINDS, from_beginning=from_beginning, timeout_s=timeout)
+        human = format_access_alert if access else format_alert
         try:
             for doc in alerts:
                 if segment is not None and doc["segment"] != segment:
                     continue
-                line = json.dumps(doc, separators=(",", ":"), ensure_ascii=False) if as_json else format_alert(doc)
+                line = json.dumps(doc, separators=(",", ":"), ensure_ascii=False) if as_json else human(doc)
                 print(line, flush=True)
                 printed += 1
                 if max_alerts is not None and printed >= max_alerts:

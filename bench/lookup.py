@@ -17,8 +17,9 @@ Preparation (timed and printed, not part of the figures):
    (what :func:`~touchpoint.core.normalise.normalise` computes; every 997th is
    checked against ``normalise()`` itself, which costs ~85 us a phone). Rows
    go in with ``COPY``, then ``ANALYZE``.
-3. The lookup API (``python -m touchpoint api``, one agent-role key in
-   ``TOUCHPOINT_API_KEYS``), a worker (``touchpoint worker``) and the
+3. The lookup API (``python -m touchpoint api``, one ``service``-role key in
+   ``TOUCHPOINT_API_KEYS``, with that role's limits: the rate and the daily ceiling are kept by the
+   lookup's statement, as for every key), a worker (``touchpoint worker``) and the
    projection writers (``touchpoint project``) as subprocesses on the bench's
    database and topics, and a publisher of generated events at ``--ingest-rate``
    events/s with the producer library. The publisher is a child process, not
@@ -44,7 +45,7 @@ running, nothing published):
 * **Raw PostgreSQL.** After each rate, the same kind of lookups with the API's own SQL
   (``connectors.frontline.lookup._READ_BY_KEY`` and ``_AUDITED_BY_KEY``, imported, not
   copied) on the API's kind of connections (:class:`~connectors.frontline.pg.HotPool`):
-  one after another, the card read alone and the API's statement (the card read and the audit row,
+  one after another, the card read alone and the API's statement (the card read, the key's limits and the audit row,
   committed); then the API's statement on the same timetable as the HTTP lookups (at most 10 s).
   Printed: p50/p99/p99.9, and the ratios HTTP / raw: ``http_p50_over_statement_p50_at_<rate>`` divides
   by the statement on the same timetable (both sides wake the same way), the ratio against the
@@ -445,6 +446,17 @@ async def _offer(host: str, port: int, api_key: str, rate: float, seconds: float
     return run
 
 
+def _statement_args(settings: Settings, key_name: str, key: str) -> tuple[Any, ...]:
+    """The parameters the API binds to its statement for a phone lookup (masked) by a ``service`` key: the
+    identifier's key, the caller, and the role's limits, which the statement keeps as the API's does."""
+    from connectors.frontline.access import Principal
+    from connectors.frontline.limits import limits_of
+
+    limits = limits_of(settings, Principal(key_name, "service"))
+    return (key, False, key_name, "service", "lookup", "phone", key, None, limits.per_s, limits.burst,
+            limits.daily_customers)
+
+
 def _statement_paced(settings: Settings, secret: bytes, rate: float, seconds: float, lookups: list[tuple[int, bool]],
                      connections: int) -> _Run:
     """The API's statement alone on the API's own connections (:class:`~connectors.frontline.pg.HotPool`), on the
@@ -465,9 +477,8 @@ def _statement_paced(settings: Settings, secret: bytes, rate: float, seconds: fl
 
         async def one(i: int) -> None:
             key = keys[i % len(keys)]
-            row = await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-paced", "agent", "lookup", "phone", key,
-                                     None)
-            run.statuses[200 if row is not None else 404] += 1
+            row = await hot.fetchrow(_AUDITED_BY_KEY, *_statement_args(settings, "bench-paced", key))
+            run.statuses[row[0]] += 1
 
         try:
             await _paced(rate, seconds, one, run)
@@ -512,7 +523,7 @@ def _raw(settings: Settings, secret: bytes, lookups: list[tuple[int, bool]]) -> 
                 began = time.perf_counter()
                 await hot.fetchrow(_READ_BY_KEY, key, False)
                 queried = time.perf_counter()
-                await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-raw", "agent", "lookup", "phone", key, None)
+                await hot.fetchrow(_AUDITED_BY_KEY, *_statement_args(settings, "bench-raw", key))
                 done = time.perf_counter()
                 query.append(queried - began)
                 whole.append(done - queried)
@@ -544,14 +555,13 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
             rows = []
             began = time.process_time()
             for key in keys:
-                rows.append(await hot.fetchrow(_AUDITED_BY_KEY, key, False, "bench-breakdown", "agent", "lookup",
-                                               "phone", key, None))
+                rows.append(await hot.fetchrow(_AUDITED_BY_KEY, *_statement_args(settings, "bench-breakdown", key)))
             return rows, (time.process_time() - began) / len(keys)
         finally:
             await hot.close()
 
     rows, statement = asyncio.run(statements())
-    found = [row for row in rows if row is not None]
+    found = [row[2:] for row in rows if row[0] == 200]
     keystore = PostgresKeyStore(settings)  # unwraps data keys with the master key; no connection for that
     began = time.process_time()
     cards = [agent_card(text, masked, at, names, wrapped, keystore) for _, _, text, masked, at, names, wrapped in found]
@@ -562,7 +572,7 @@ def _breakdown(settings: Settings, secret: bytes, customers: int, api_cpu_s: flo
     answering = (time.process_time() - began) / max(len(found), 1)
     rest = api_cpu_s - normalising - statement - opening - answering
     say(f"one lookup's CPU at {rate:g} req/s, {api_cpu_s * 1e3:.3f} ms in the API: normalising the phone "
-        f"{normalising * 1e6:.0f} us, the statement (card read, audit row, commit) on the driver's side "
+        f"{normalising * 1e6:.0f} us, the statement (card read, limits, audit row, commit) on the driver's side "
         f"{statement * 1e6:.0f} us, opening the customer numbers (the projection stores the rest masked) "
         f"{opening * 1e6:.0f} us, the answer's bytes {answering * 1e6:.0f} us; HTTP server, routing, key check and "
         f"event loop the rest, {rest * 1e6:.0f} us (parts timed in this process, {len(keys)} lookups each); "
@@ -767,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         api_key = secrets.token_urlsafe(32)
         port = _free_port()
         api_env = {**env, "TOUCHPOINT_API_PORT": str(port),
-                   "TOUCHPOINT_API_KEYS": json.dumps({digest(api_key): {"name": "bench-agent", "role": "agent"}})}
+                   "TOUCHPOINT_API_KEYS": json.dumps({digest(api_key): {"name": "bench-service", "role": "service"}})}
         api = _spawn("api", api_env, logs)
         children.append(api)
         host = settings.gateway_host

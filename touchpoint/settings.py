@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WORKER_STAGES = ("ingest", "identity", "profile")
@@ -25,6 +25,28 @@ A process computes on one core at a time (Python's GIL), and the profile costs m
 identity together; apart, each has a core of its own (bench.pipeline, 100,000 events, same settings
 otherwise: 4,736-5,538 events/s against 4,445 in one process). ``touchpoint worker`` alone runs every stage.
 """
+
+
+class LookupLimits(BaseModel):
+    """How much one lookup API key may read (connectors/frontline/limits.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    per_minute: float = Field(gt=0, description="Lookups a minute, sustained.")
+    burst: int = Field(ge=1, description="Lookups at once after a quiet spell (the bucket's size).")
+    daily_customers: int | None = Field(default=None, ge=1, description=(
+        "Distinct customers a UTC day, after which the key is refused until an admin lifts it; null: none."))
+
+
+DEFAULT_LOOKUP_LIMITS: dict[str, LookupLimits] = {
+    # A person at a desk: a few callers a minute, a short burst (a caller on hold, a colleague's question).
+    "agent": LookupLimits(per_minute=6, burst=10, daily_customers=200),
+    "operations": LookupLimits(per_minute=12, burst=20, daily_customers=500),
+    "admin": LookupLimits(per_minute=12, burst=20, daily_customers=500),
+    # A system answering calls for the whole contact centre (a CTI screen pop, an IVR).
+    "service": LookupLimits(per_minute=120_000, burst=2_000, daily_customers=1_000_000),
+}
+"""Each role's limits unless ``TOUCHPOINT_API_LIMITS`` (or a key's own entry) says otherwise."""
 
 
 class Settings(BaseSettings):
@@ -98,9 +120,10 @@ class Settings(BaseSettings):
     # Front-line lookup API (touchpoint api), on the gateway's host.
     api_port: int = 18082
     # Who may call it: sha256 hex of each API key -> {"name": ..., "role": "agent" | "operations" |
-    # "admin"} (JSON in TOUCHPOINT_API_KEYS). Only hashes are configured, never keys; see
-    # connectors/frontline/access.py (``python -m connectors.frontline.access new-key`` makes a key and its entry).
-    api_keys: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # "admin" | "service"} plus optional limits of its own ("per_minute", "burst", "daily_customers") (JSON in
+    # TOUCHPOINT_API_KEYS). Only hashes are configured, never keys; see connectors/frontline/access.py
+    # (``python -m connectors.frontline.access new-key`` makes a key and its entry).
+    api_keys: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # A JSON file of more such entries, re-read when it changes: keys rotate without a restart.
     api_keys_file: Path | None = None
     # Server processes; unset: one per core but one, at least one (the API shares its machine with
@@ -112,6 +135,18 @@ class Settings(BaseSettings):
     # of PostgreSQL's machine may lose the rows of the lookups answered just before), "remote_write"
     # (also on a synchronous standby's memory, with one configured), "on" (flushed before the answer).
     api_audit_commit: Literal["off", "local", "remote_write", "remote_apply", "on"] = "off"
+    # Lookups per key, by role: {"agent": {"per_minute": 6, "burst": 10, "daily_customers": 200}, ...} (JSON;
+    # roles not given keep DEFAULT_LOOKUP_LIMITS; a key's entry may name its own). Over the rate: 429 with
+    # Retry-After; past the daily ceiling of distinct customers: 403 until an admin lifts the block. Kept in
+    # PostgreSQL by the lookup's own statement, so every API process shares them.
+    api_limits: dict[Literal["agent", "operations", "admin", "service"], LookupLimits] = Field(default_factory=dict)
+    # The access watch (one of the API's processes): a key whose lookups in a window are at least the minimum
+    # and more than the multiple of its usual volume per window (over the history's days), or that was blocked
+    # at its ceiling, is an alert on touchpoint.alerts.access (connectors/operations/access.py).
+    api_access_window_s: int = Field(default=300, ge=1)
+    api_access_multiple: float = Field(default=5.0, ge=1)
+    api_access_min_lookups: int = Field(default=30, ge=1)
+    api_access_history_days: int = Field(default=7, ge=1)
 
     # Phone numbers written nationally are read as numbers of this region (ISO 3166 code).
     phone_region: str = "GB"

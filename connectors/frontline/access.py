@@ -26,8 +26,12 @@ restart. A file that turns invalid is logged and the last valid set is kept
 
 Roles (lookup). ``agent``: cards with identifiers masked, always (asking for
 clear ones is 403). ``operations`` and ``admin``: masked by default too, clear
-on ``unmasked=true`` (so the audit shows who asked for clear PII). ``admin``
-alone reads the audit trail.
+on ``unmasked=true`` with a reason (so the audit shows who asked for clear PII,
+and why). ``admin`` alone reads the audit trail and lifts a blocked key.
+``service``: a system looking customers up for the contact centre (a CTI
+screen pop, an IVR), masked like an agent, with limits for machine rates. A
+key's entry may name limits of its own (``per_minute``, ``burst``,
+``daily_customers``; :mod:`connectors.frontline.limits`).
 
 Masking (agent view): e-mail ``a***@example.com``, phone ``•••• 0123``,
 card, cookie and device ``•••• `` plus their last four; the customer number
@@ -53,16 +57,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, Literal, TypeVar, get_args
 
+from pydantic import ValidationError
+
 from touchpoint.contract.models import Channel, EventType
 from touchpoint.errors import ConfigError
-from touchpoint.settings import Settings
+from touchpoint.settings import LookupLimits, Settings
 
 __all__ = ["CHANNELS", "EVENT_TYPES", "ROLES", "KeyRing", "KeyStore", "Principal", "Role", "Source", "SourceKeys",
            "digest", "may_unmask", "presented_key"]
 
 log = logging.getLogger(__name__)
 
-Role = Literal["agent", "operations", "admin"]
+Role = Literal["agent", "operations", "admin", "service"]
 ROLES: Final[tuple[str, ...]] = get_args(Role)
 CHANNELS: Final[tuple[str, ...]] = get_args(Channel)
 EVENT_TYPES: Final[tuple[str, ...]] = get_args(EventType)
@@ -73,10 +79,13 @@ E = TypeVar("E")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The caller a key stands for: its name (the audit's *who*) and role."""
+    """The caller a key stands for: its name (the audit's *who*), role, and the limits its entry names for
+    itself (``per_minute``, ``burst``, ``daily_customers``; the others are its role's, see
+    :mod:`connectors.frontline.limits`)."""
 
     name: str
     role: Role
+    own_limits: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +163,24 @@ def _name(shown: str, entry: dict[str, Any], source: str) -> str:
     return name.strip()
 
 
+_LIMIT_FIELDS: Final = frozenset(LookupLimits.model_fields)
+
+
 def _principal(shown: str, entry: Any, source: str) -> Principal:
-    if not isinstance(entry, dict) or set(entry) != {"name", "role"}:
-        raise ConfigError(f"{source}: entry {shown} must be exactly {{\"name\": ..., \"role\": ...}}")
+    if not isinstance(entry, dict) or not {"name", "role"} <= set(entry) or set(entry) - {"name", "role",
+                                                                                          *_LIMIT_FIELDS}:
+        raise ConfigError(f"{source}: entry {shown} must be {{\"name\": ..., \"role\": ...}} and optionally "
+                          f"{', '.join(sorted(_LIMIT_FIELDS))}")
     name, role = _name(shown, entry, source), entry["role"]
     if role not in ROLES:
         raise ConfigError(f"{source}: entry {shown} ({name}) has role {role!r}; roles: {', '.join(ROLES)}")
-    return Principal(name, role)
+    own = {field: entry[field] for field in sorted(_LIMIT_FIELDS & set(entry))}
+    try:  # the same checks as the settings' limits, on what the entry names
+        LookupLimits.model_validate({"per_minute": 1, "burst": 1, **own})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{source}: entry {shown} ({name}): {problems}") from exc
+    return Principal(name, role, tuple(own.items()))
 
 
 _SOURCE_FIELDS: Final = frozenset({"name", "channels", "types", "rate_per_s", "burst", "max_body_bytes"})

@@ -72,6 +72,7 @@ without asking the database), and an identifier parameter or a filter of
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import secrets
@@ -85,6 +86,7 @@ from urllib.parse import parse_qs, parse_qsl
 import orjson
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from psycopg.types.json import set_json_loads
@@ -97,10 +99,13 @@ from connectors.frontline import agent_page
 from connectors.frontline.access import KeyRing, Principal, may_unmask, presented_key
 from connectors.frontline.freshness import LagProbe
 from connectors.frontline.http import SafeJSONResponse, safe_json_app
+from connectors.frontline.limits import LIFT, LIMITED_AUDIT, limits_of
 from connectors.frontline.pg import UNAVAILABLE, HotPool
+from connectors.operations.access import AccessWatch
 from connectors.operations.privacy import Erasure, UnknownCustomer, erase
 from connectors.platform.keystore import WRAPPED_OF_CARD, PostgresKeyStore
 from projections.migrate import migration_files
+from touchpoint.core.access import AccessConfig
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.masking import mask_card, open_identifiers, open_in_text, open_sealed
 from touchpoint.core.normalise import InvalidIdentifier, identifier_key, normalise
@@ -157,29 +162,29 @@ shown AS (
 )
 """
 
-# The read and its audit row in one statement: one transaction, one round trip. The audit part runs whether or
-# not the final SELECT reads it (PostgreSQL runs every data-modifying WITH exactly once) and sees the same card
-# (a CTE referenced twice is computed once).
-_AUDITED = """,
-audit AS (
-    INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status,
-                              unmasked, reason)
-    SELECT $3, $4, $5, $6, $7, card.customer_id, CASE WHEN card.customer_id IS NULL THEN 404 ELSE 200 END, $2, $8
-    FROM (SELECT) AS one LEFT JOIN card ON true
-)"""
+# The read, the key's limits and the audit row in one statement: one transaction, one round trip. The data-modifying
+# parts run whether or not the final SELECT reads them (PostgreSQL runs every data-modifying WITH exactly once) and
+# see the same card (a CTE referenced twice is computed once).
 _SHOWN = """
 SELECT card.customer_id, card.as_of, card.text, card.masked, card.identifiers_at, k.keys, k.wrapped
 FROM shown AS card LEFT JOIN LATERAL (""" + WRAPPED_OF_CARD + """) AS k (keys, wrapped) ON true
 """
+_VERDICT_AND_SHOWN = """
+SELECT v.status, v.retry_after_s, s.customer_id, s.as_of, s.text, s.masked, s.identifiers_at, s.keys, s.wrapped
+FROM verdict AS v LEFT JOIN (""" + _SHOWN + """) AS s ON v.status = 200
+"""
 
 _READ_BY_KEY = _CHAIN_FROM_KEY + _READ + _SHOWN
-"""A card by identifier key (``$1``, ``$2`` unmasked) without audit: the benchmark's raw figure."""
-_AUDITED_BY_ID = _CHAIN_FROM_ID + _READ + _AUDITED + _SHOWN
-"""A card by customer id (the survivor's for an alias) and its audit row: ``GET /v1/customers/{id}``.
-Parameters: ``$1`` the id, ``$2`` unmasked, ``$3``-``$7`` key name, role, endpoint, identifier kind and key, ``$8``
-the reason given for an unmasked read."""
-_AUDITED_BY_KEY = _CHAIN_FROM_KEY + _READ + _AUDITED + _SHOWN
-"""A card by identifier key (``$1``) and its audit row: what ``GET /v1/customers/lookup`` runs (as above)."""
+"""A card by identifier key (``$1``, ``$2`` unmasked) without limits or audit: the benchmark's raw figure."""
+_AUDITED_BY_ID = _CHAIN_FROM_ID + _READ + LIMITED_AUDIT + _VERDICT_AND_SHOWN
+"""A card by customer id (the survivor's for an alias), the key's limits and its audit row: ``GET
+/v1/customers/{id}``. Parameters: ``$1`` the id, ``$2`` unmasked, ``$3``-``$7`` key name, role, endpoint,
+identifier kind and key, ``$8`` the reason given for an unmasked read, ``$9``-``$11`` the key's limits
+(:data:`~connectors.frontline.limits.LIMITED_AUDIT`). One row: the status and ``Retry-After``, then the card's
+columns when the status is 200."""
+_AUDITED_BY_KEY = _CHAIN_FROM_KEY + _READ + LIMITED_AUDIT + _VERDICT_AND_SHOWN
+"""A card by identifier key (``$1``), the limits and its audit row: what ``GET /v1/customers/lookup`` runs (as
+above)."""
 
 _AUDIT = """
 INSERT INTO lookup_audit (key_name, role, endpoint, identifier_kind, identifier_key, customer_id, status, unmasked,
@@ -246,6 +251,7 @@ class _Outcome:
     card: dict[str, Any] | None = None
     masked: bytes | None = None
     resolved_from: str | None = None
+    retry_after_s: int | None = None  # a 429's Retry-After
 
     def shown_card(self) -> dict[str, Any] | None:
         """The card answered, as a document (the page renders it)."""
@@ -263,8 +269,12 @@ class _Outcome:
     def response(self) -> Response:
         """The JSON answer (an error as FastAPI answers an HTTPException)."""
         if self.status != 200:
-            raise HTTPException(self.status, self.detail)
+            raise HTTPException(self.status, self.detail, headers=self.headers() or None)
         return Response(self.body(), media_type="application/json")
+
+    def headers(self) -> dict[str, str]:
+        """Headers a refusal carries: ``Retry-After`` for a 429."""
+        return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s is not None else {}
 
 
 _PERSON_MAX = 2048  # bytes of the person block at most (a name of 200 characters sealed, a language, a channel)
@@ -355,6 +365,8 @@ class _LookupDoor:
         else:
             status = outcome.status
             body = outcome.body() if status == 200 else SafeJSONResponse({"detail": outcome.detail}).body
+            if outcome.retry_after_s is not None:
+                extra.append((b"retry-after", str(outcome.retry_after_s).encode()))
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             *extra, *_SECURITY_HEADERS]})
@@ -397,11 +409,12 @@ REASON_MAX = 200
 """Characters an unmasked read's reason may have."""
 
 
-def _unmasked_refusal(reason: str | None) -> _Outcome | None:
-    """400 when an unmasked read gives no usable reason (``reason``: stripped), else None."""
+def _unmasked_refusal(reason: str | None,
+                      why: str = "unmasked=true needs a reason, a few words on why clear identifiers are read"
+                      ) -> _Outcome | None:
+    """400 when an unmasked read (or a lift) gives no usable reason (``reason``: stripped), else None."""
     if not reason:
-        return _Outcome(400, "reason: unmasked=true needs a reason, a few words on why clear identifiers are read "
-                             f"(at most {REASON_MAX} characters); it is kept in the audit trail")
+        return _Outcome(400, f"reason: {why} (at most {REASON_MAX} characters); it is kept in the audit trail")
     if len(reason) > REASON_MAX:
         return _Outcome(400, f"reason: at most {REASON_MAX} characters")
     if "\x00" in reason:
@@ -445,17 +458,24 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     lag_probe = LagProbe(settings, ttl_s=lag_ttl_s)
     keystore = PostgresKeyStore(settings, pool)
     hot = HotPool(settings, max_size=pool_max_size)
+    watch = AccessWatch(settings, AccessConfig(settings.api_access_window_s, settings.api_access_multiple,
+                                               settings.api_access_min_lookups),
+                        history_days=settings.api_access_history_days)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True)
         await hot.open()
+        watching = asyncio.create_task(watch.run(), name="access watch")
         # What is alive once started (modules, the app, ~90,000 objects) is left out of every later collection:
         # API CPU per lookup at 200/s 0.48-0.49 -> 0.45 ms, p99 3.0-4.9 -> 2.2 ms (bench.lookup, 100,000 cards).
         gc.freeze()
         try:
             yield
         finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            await run_in_threadpool(watch.close)
             await run_in_threadpool(lag_probe.close)
             await hot.close()
             await pool.close()
@@ -521,13 +541,23 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             await hot.execute(_AUDIT, principal.name, principal.role, endpoint, kind, key, None, outcome.status,
                               unmasked, _audited_reason(reason))
             return outcome
+        limits = limits_of(settings, principal)
         row = await hot.fetchrow(_AUDITED_BY_ID if kind == "customer_id" else _AUDITED_BY_KEY,
                                  value if kind == "customer_id" else key, unmasked, principal.name,
-                                 principal.role, endpoint, kind, key, reason)
-        if row is None:
+                                 principal.role, endpoint, kind, key, reason, limits.per_s, limits.burst,
+                                 limits.daily_customers)
+        status, retry_after_s, found, as_of, text, masked, at, data_key_names, wrapped = row
+        if status == 429:
+            return _Outcome(429, f"key {principal.name} is over its rate of {limits.per_s * 60:g} lookups a minute "
+                                 f"(burst {limits.burst:g}): retry after {retry_after_s} s",
+                            retry_after_s=retry_after_s)
+        if status == 403:
+            return _Outcome(403, f"key {principal.name} is blocked: it looked up more distinct customers today than "
+                                 f"its daily ceiling of {limits.daily_customers}; an admin lifts the block "
+                                 f"(POST /v1/keys/{{name}}/lift with a reason)")
+        if status == 404:
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
-        found, as_of, text, masked, at, data_key_names, wrapped = row
         outcome = _Outcome(200, customer_id=found, as_of=as_of,
                            resolved_from=value if kind == "customer_id" and found != value else None)
         if masked is not None and at is not None:  # the stored view with the masked identifiers in place
@@ -644,6 +674,51 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                           answer.status_code, False, None)
         return answer
 
+    @app.get("/v1/keys/blocked", summary="Keys blocked at their daily ceiling of distinct customers (admin only)",
+             responses={401: {"description": "no or an invalid API key"}, 403: {"description": "not admin"}})
+    async def blocked(principal: Principal = Depends(caller)) -> dict[str, Any]:
+        if principal.role != "admin":
+            raise HTTPException(403, f"role {principal.role} may not read the blocked keys (admin may)")
+        columns = ("key_name", "role", "day", "customers", "ceiling", "since", "lifted_at", "lifted_by", "lift_reason")
+        async with pool.connection() as conn:
+            cursor = await conn.execute(f"SELECT {', '.join(columns)} FROM lookup_blocks ORDER BY since DESC LIMIT 500")
+            rows = [dict(zip(columns, row, strict=True)) for row in await cursor.fetchall()]
+        return {"blocked": [r for r in rows if r["lifted_at"] is None],
+                "lifted": [r for r in rows if r["lifted_at"] is not None]}
+
+    @app.post("/v1/keys/{key_name}/lift", summary="Lift a key's block (admin only), with a reason; the key may look "
+                                                  "up another ceiling's worth of distinct customers today",
+              responses={400: {"description": "no reason, or one too long"},
+                         401: {"description": "no or an invalid API key"}, 403: {"description": "not admin"},
+                         404: {"description": "the key is not blocked"}},
+              openapi_extra={"parameters": [{"name": "reason", "in": "query", "required": True,
+                                             "schema": {"type": "string", "maxLength": REASON_MAX},
+                                             "description": "why the block is lifted (kept in the audit trail)"}]})
+    async def lift(key_name: str, request: Request) -> SafeJSONResponse:
+        principal = principal_of(request)
+        reason = (request.query_params.get("reason") or "").strip()
+        refusal = None
+        if principal.role != "admin":
+            refusal = _Outcome(403, f"role {principal.role} may not lift a block (admin may)")
+        else:
+            refusal = _unmasked_refusal(reason, "a lift needs a reason, a few words on why the key may read on")
+        if refusal is None and "\x00" in key_name:
+            refusal = _Outcome(404, f"key {_shown(key_name)} is not blocked")
+        answer: SafeJSONResponse
+        if refusal is not None:
+            answer = SafeJSONResponse({"detail": refusal.detail}, refusal.status)
+        else:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(LIFT, {"key_name": key_name, "by": principal.name, "reason": reason})
+                row = await cursor.fetchone()
+            columns = ("key_name", "role", "day", "customers", "ceiling", "since")
+            answer = (SafeJSONResponse(jsonable_encoder(dict(zip(columns, row, strict=True)))) if row is not None
+                      else SafeJSONResponse({"detail": f"key {_shown(key_name)} is not blocked"}, 404))
+        # The audit row names the key lifted where a lookup's names its identifier.
+        await hot.execute(_AUDIT, principal.name, principal.role, "lift", "key_name", key_name.replace("\x00", ""),
+                          None, answer.status_code, False, _audited_reason(reason or None))
+        return answer
+
     _add_page_routes(app, keys, resolve)
     # In front of the framework: the hot door answers before FastAPI's stack (it sets the security headers itself).
     return _LookupDoor(app, keys, resolve)
@@ -711,8 +786,10 @@ def _add_page_routes(app: FastAPI, keys: KeyRing,
         # A card number typed in is not shown back, not even in the search box.
         echo = "" if kind == "card" else _shown(value)
         if outcome.status != 200:
-            return _html(agent_page.message_page(principal.name, principal.role, outcome.detail, kind, echo),
-                         outcome.status)
+            refused = _html(agent_page.message_page(principal.name, principal.role, outcome.detail, kind, echo),
+                            outcome.status)
+            refused.headers.update(outcome.headers())
+            return refused
         card = outcome.shown_card()
         assert outcome.customer_id is not None and outcome.as_of is not None and card is not None
         nonce = secrets.token_urlsafe(16)

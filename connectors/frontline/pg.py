@@ -119,11 +119,14 @@ class HotPool:
                 raise asyncpg.InterfaceError("the lookup API's connections are not open")
             if self._opened < self._max_size:
                 self._opened += 1
+                conn = None
                 try:
                     conn = await asyncpg.connect(self._url, timeout=self._timeout_s,
                                                  server_settings=self._server_settings)
                     await configure(conn)
                 except BaseException:
+                    if conn is not None:  # opened, then cut off while configured: never leave it to the collector
+                        conn.terminate()
                     self._opened -= 1
                     self._wake(None)
                     raise
@@ -143,7 +146,9 @@ class HotPool:
             # a connection was closed: a place to open one again
 
     def _give(self, conn: asyncpg.Connection) -> None:
-        if not self._wake(conn):
+        if self._watchdog is None:  # closed while its statement ran: nobody will take it again
+            self._discard(conn)
+        elif not self._wake(conn):
             self._idle.append(conn)
 
     def _discard(self, conn: asyncpg.Connection) -> None:

@@ -1,6 +1,7 @@
 """Alerts for people: one human line per alert, and a tail of the alert topics (``touchpoint alerts tail``).
 
-The record and its serde: :mod:`connectors.platform.alert_wire`.
+The records and their serdes: :mod:`connectors.platform.alert_wire` (customers: dormancy, churn) and
+:mod:`connectors.platform.access_wire` (lookup keys: access).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
+from connectors.operations.access import access_topic
+from connectors.platform.access_wire import AccessAlertSerde
 from connectors.platform.alert_wire import KINDS, AlertSerde, alert_topic
 from touchpoint.errors import SerializationError, StackError
 from touchpoint.kafka_security import kafka_python_options
@@ -34,7 +37,14 @@ def format_alert(doc: Mapping[str, Any]) -> str:
     return line
 
 
-def tail_alerts(settings: Settings, serde: AlertSerde, kinds: Sequence[str] = KINDS, *,
+def format_access_alert(doc: Mapping[str, Any]) -> str:
+    """One human line, e.g. ``2026-01-05T10:05:00.000Z ACCESS    unusual_volume  desk-7 (agent) 412 lookups
+    2026-01-05T10:00:00.000Z..2026-01-05T10:05:00.000Z — 412 lookups of 398 customers in 300 s, usually 6.2``."""
+    return (f"{doc['at']} ACCESS    {doc['reason']:<15} {doc['key_name']} ({doc['role']}) {doc['lookups']} lookups "
+            f"{doc['window_start']}..{doc['window_end']} — {doc['text']}")
+
+
+def tail_alerts(settings: Settings, serde: AlertSerde | AccessAlertSerde, kinds: Sequence[str] = KINDS, *,
                 from_beginning: bool = False, timeout_s: float | None = None,
                 poll_ms: int = 500) -> Generator[dict[str, Any]]:
     """Alerts as they arrive on the topics of ``kinds``, decoded; stops after ``timeout_s`` (None: never).
@@ -55,7 +65,7 @@ def tail_alerts(settings: Settings, serde: AlertSerde, kinds: Sequence[str] = KI
     try:
         partitions: list[TopicPartition] = []
         for kind in kinds:
-            topic = alert_topic(settings, kind)
+            topic = access_topic(settings) if kind == "access" else alert_topic(settings, kind)
             ids = consumer.partitions_for_topic(topic)
             if not ids:
                 raise StackError(f"alerts: topic {topic} does not exist (run `touchpoint topics`)")

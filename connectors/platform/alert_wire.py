@@ -77,15 +77,19 @@ def alert_schema() -> Any:
 # -- dict <-> record ------------------------------------------------------------------
 
 
-def _ms(name: str, value: Any) -> int:
+def instant_ms(name: str, value: Any) -> int:
+    """Epoch ms of an aware ISO-8601 text ``value`` (``name`` for the error).
+
+    :raises SerializationError: not text, not ISO-8601, or no time zone.
+    """
     if not isinstance(value, str):
-        raise SerializationError(f"alert {name}: expected ISO-8601 text, got {type(value).__name__}")
+        raise SerializationError(f"{name}: expected ISO-8601 text, got {type(value).__name__}")
     try:
         instant = datetime.fromisoformat(value)
     except ValueError as exc:
-        raise SerializationError(f"alert {name}: {value!r} is not an ISO-8601 instant") from exc
+        raise SerializationError(f"{name}: {value!r} is not an ISO-8601 instant") from exc
     if instant.tzinfo is None:
-        raise SerializationError(f"alert {name}: {value!r} has no time zone")
+        raise SerializationError(f"{name}: {value!r} has no time zone")
     return epoch_ms(instant)
 
 
@@ -127,7 +131,7 @@ def to_avro_record(doc: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(reasons, Sequence) or isinstance(reasons, str | bytes):
         raise SerializationError(f"alert reasons: expected a list, got {type(reasons).__name__}")
     record = {k: doc[k] for k in FIELDS}
-    record.update({name: _ms(name, doc[name]) for name in _TIMES})
+    record.update({name: instant_ms(f"alert {name}", doc[name]) for name in _TIMES})
     record["reasons"] = [_reason_record(i, r) for i, r in enumerate(reasons)]
     record["contactable"] = dict(contactable)
     return record

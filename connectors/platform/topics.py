@@ -83,6 +83,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic("loyalty"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.dormancy"), settings.topic_partitions, keep_forever),
         TopicSpec(settings.topic("alerts.churn"), settings.topic_partitions, keep_forever),
+        # Lookup keys reading far more than usual, or blocked at their ceiling (connectors.operations.access).
+        TopicSpec(settings.topic("alerts.access"), 1, keep_forever),
         # The customer-keyed stream from identity to the profile (streams.identity, streams.profile):
         # resolved events, hand-outs and hand-ins of merged views, ticks, erasures. A profile rebuild replays it.
         TopicSpec(settings.topic("resolved"), settings.topic_partitions,

@@ -54,9 +54,11 @@ OTHER_PHONE = "+447700900456"
 AGENT_KEY = "agent-key-0123456789abcdef"
 OPS_KEY = "ops-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
-API_KEYS = {digest(AGENT_KEY): {"name": "alice", "role": "agent"},
-            digest(OPS_KEY): {"name": "oscar", "role": "operations"},
-            digest(ADMIN_KEY): {"name": "ann", "role": "admin"}}
+# Limits no test here reaches: this module tests the lookup, test_lookup_limits the limits.
+_UNLIMITED = {"per_minute": 1_000_000, "burst": 100_000}
+API_KEYS = {digest(AGENT_KEY): {"name": "alice", "role": "agent", **_UNLIMITED},
+            digest(OPS_KEY): {"name": "oscar", "role": "operations", **_UNLIMITED},
+            digest(ADMIN_KEY): {"name": "ann", "role": "admin", **_UNLIMITED}}
 
 # Ada's identifiers as the card shows them (display form), and as an agent sees them.
 ADA_IDENTIFIERS = {"card": ["…1111"], "customer_no": ["C100"], "email": [EMAIL], "phone": [PHONE, OTHER_PHONE]}

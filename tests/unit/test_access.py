@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from connectors.frontline.access import KeyRing, Principal, Source, SourceKeys, _main, digest, presented_key
+from connectors.frontline.limits import Limits, limits_of
 from connectors.intake.gateway import GatewayStats, RateLimiter
 from touchpoint.errors import ConfigError
 from touchpoint.settings import Settings
@@ -69,10 +70,34 @@ def test_invalid_source_entries_name_the_setting_and_the_entry(entry: Any, says:
 def test_lookup_entries_are_checked_as_before() -> None:
     with pytest.raises(ConfigError, match=r"TOUCHPOINT_API_KEYS: entry .* has role 'boss'"):
         KeyRing(settings(api_keys={digest("k"): {"name": "x", "role": "boss"}}))
-    with pytest.raises(ConfigError, match="must be exactly"):
+    with pytest.raises(ConfigError, match="must be .* and optionally burst, daily_customers, per_minute"):
         KeyRing(settings(api_keys={digest("k"): {"name": "x", "role": "agent", "channels": "*"}}))
     with pytest.raises(ConfigError, match="TOUCHPOINT_GATEWAY_KEYS: entry k… is not a sha256 hex digest"):
         SourceKeys(settings(gateway_keys={"k": {"name": "x", "channels": ["*"], "types": ["*"]}}))
+
+
+@pytest.mark.parametrize(("own", "says"), [
+    ({"per_minute": 0}, "per_minute: Input should be greater than 0"),
+    ({"burst": 1.5}, "burst: Input should be a valid integer"),
+    ({"daily_customers": 0}, "daily_customers: Input should be greater than or equal to 1"),
+])
+def test_a_keys_own_limits_are_checked(own: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        KeyRing(settings(api_keys={digest("k"): {"name": "x", "role": "service", **own}}))
+    assert says in str(caught.value) and "(x)" in str(caught.value)
+
+
+def test_a_keys_limits_are_its_own_then_its_roles_from_the_settings_then_the_defaults() -> None:
+    ring = KeyRing(settings(api_keys={digest("a"): {"name": "a", "role": "agent", "daily_customers": 50},
+                                      digest("s"): {"name": "s", "role": "service"},
+                                      digest("o"): {"name": "o", "role": "operations"}},
+                            api_limits={"service": {"per_minute": 600, "burst": 20}}))
+    agent, service, ops = (ring.principal(k) for k in "aso")
+    assert agent is not None and service is not None and ops is not None
+    set_ = settings(api_limits={"service": {"per_minute": 600, "burst": 20}})
+    assert limits_of(set_, agent) == Limits(6 / 60, 10.0, 50)  # its own ceiling, the rest the agent default
+    assert limits_of(set_, service) == Limits(10.0, 20.0, None)  # the settings' service limits, no ceiling
+    assert limits_of(set_, ops) == Limits(12 / 60, 20.0, 500)
 
 
 @pytest.mark.parametrize(("channel", "event_type", "refusal"), [
