@@ -27,20 +27,27 @@ from dataclasses import dataclass
 from connectors.frontline.access import Principal
 from touchpoint.settings import DEFAULT_LOOKUP_LIMITS, LookupLimits, Settings
 
-__all__ = ["LIFT", "LIMITED_AUDIT", "Limits", "limits_of"]
+__all__ = ["LIFT", "LIMITED_AUDIT", "MAX_SHARDS", "SHARDS", "Limits", "limits_of"]
+
+
+MAX_SHARDS = 16
+"""Most rows one key's bucket is split into: at least as many as the API's concurrent statements (8 a process)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """One key's limits as the statement takes them: per second, burst, ceiling (None: no ceiling)."""
+    """One key's limits as the statement takes them: per second, burst, ceiling (None: no ceiling), and the
+    shards of its bucket (one per 10 of burst, at most :data:`MAX_SHARDS`: a person's key has one)."""
 
     per_s: float
     burst: float
     daily_customers: int | None
+    shards: int = 1
 
     @classmethod
     def of(cls, limits: LookupLimits) -> Limits:
-        return cls(limits.per_minute / 60.0, float(limits.burst), limits.daily_customers)
+        return cls(limits.per_minute / 60.0, float(limits.burst), limits.daily_customers,
+                   max(1, min(MAX_SHARDS, limits.burst // 10)))
 
 
 def limits_of(settings: Settings, principal: Principal) -> Limits:
@@ -50,14 +57,20 @@ def limits_of(settings: Settings, principal: Principal) -> Limits:
 
 
 LIMITED_AUDIT = """,
+pick AS (
+    SELECT shard FROM lookup_buckets WHERE key_name = $3 AND shard < $12::integer
+    ORDER BY lookup_tokens(tokens, at, $9::float8 / $12, $10::float8 / $12) DESC
+    LIMIT 1 FOR UPDATE SKIP LOCKED
+),
 bucket AS (
-    INSERT INTO lookup_buckets AS b (key_name, tokens, at, allowed) VALUES ($3, $10::float8 - 1, now(), true)
-    ON CONFLICT (key_name) DO UPDATE SET
-        tokens = lookup_tokens(b.tokens, b.at, $9, $10)
-                 - CASE WHEN lookup_tokens(b.tokens, b.at, $9, $10) >= 1 THEN 1 ELSE 0 END,
+    INSERT INTO lookup_buckets AS b (key_name, shard, tokens, at, allowed)
+    SELECT $3, coalesce((SELECT shard FROM pick), pg_backend_pid() % $12), $10::float8 / $12 - 1, now(), true
+    ON CONFLICT (key_name, shard) DO UPDATE SET
+        tokens = lookup_tokens(b.tokens, b.at, $9::float8 / $12, $10::float8 / $12)
+                 - CASE WHEN lookup_tokens(b.tokens, b.at, $9::float8 / $12, $10::float8 / $12) >= 1 THEN 1 ELSE 0 END,
         at = greatest(b.at, now()),
-        allowed = lookup_tokens(b.tokens, b.at, $9, $10) >= 1
-    RETURNING allowed, tokens
+        allowed = lookup_tokens(b.tokens, b.at, $9::float8 / $12, $10::float8 / $12) >= 1
+    RETURNING shard, allowed, tokens
 ),
 blocked AS (
     SELECT FROM lookup_blocks WHERE key_name = $3 AND lifted_at IS NULL
@@ -71,13 +84,23 @@ seen AS (
     RETURNING day
 ),
 daily AS (
-    INSERT INTO lookup_daily AS d (key_name, day, customers) SELECT $3, day, 1 FROM seen
-    ON CONFLICT (key_name, day) DO UPDATE SET customers = d.customers + 1
-    RETURNING day, customers, allowance
+    INSERT INTO lookup_daily AS d (key_name, day, shard, customers)
+    SELECT $3, seen.day, bucket.shard, 1 FROM seen, bucket
+    ON CONFLICT (key_name, day, shard) DO UPDATE SET customers = d.customers + 1
+    RETURNING day, shard, customers
+),
+today AS (
+    SELECT daily.day,
+           daily.customers + coalesce((SELECT sum(o.customers) FROM lookup_daily o
+                                       WHERE o.key_name = $3 AND o.day = daily.day AND o.shard <> daily.shard), 0)
+               AS customers,
+           coalesce((SELECT a.allowance FROM lookup_allowances a WHERE a.key_name = $3 AND a.day = daily.day), 0)
+               AS allowance
+    FROM daily
 ),
 blocking AS (
     INSERT INTO lookup_blocks AS k (key_name, role, day, customers, ceiling, since)
-    SELECT $3, $4, day, customers, $11 + allowance, now() FROM daily WHERE customers > $11 + allowance
+    SELECT $3, $4, day, customers, $11 + allowance, now() FROM today WHERE customers > $11 + allowance
     ON CONFLICT (key_name) DO UPDATE SET role = excluded.role, day = excluded.day, customers = excluded.customers,
         ceiling = excluded.ceiling, since = excluded.since, lifted_at = NULL, lifted_by = NULL, lift_reason = NULL
     RETURNING key_name
@@ -86,7 +109,8 @@ verdict AS (
     SELECT CASE WHEN NOT bucket.allowed THEN 429
                 WHEN EXISTS (SELECT FROM blocked) OR EXISTS (SELECT FROM blocking) THEN 403
                 WHEN card.customer_id IS NULL THEN 404 ELSE 200 END AS status,
-           CASE WHEN NOT bucket.allowed THEN ceil((1 - bucket.tokens) / $9::float8)::integer END AS retry_after_s,
+           CASE WHEN NOT bucket.allowed THEN ceil((1 - bucket.tokens) / ($9::float8 / $12))::integer
+           END AS retry_after_s,
            card.customer_id
     FROM bucket LEFT JOIN card ON true
 ),
@@ -97,8 +121,26 @@ audit AS (
 )"""
 """The limits and the audit row, after the card's CTEs (``card``): parameters ``$3`` key name, ``$4`` role,
 ``$5`` endpoint, ``$6``/``$7`` identifier kind and key, ``$2`` unmasked, ``$8`` reason, ``$9`` tokens per
-second, ``$10`` burst, ``$11`` daily ceiling (NULL: none). ``verdict`` holds the status (429 over the rate, 403
-blocked or past the ceiling just now, 404 nobody, 200), ``Retry-After`` for a 429, and the customer."""
+second, ``$10`` burst, ``$11`` daily ceiling (NULL: none), ``$12`` shards. ``verdict`` holds the status (429
+over the rate, 403 blocked or past the ceiling just now, 404 nobody, 200), ``Retry-After`` for a 429, and the
+customer.
+
+The bucket: each shard holds ``1/$12`` of the burst and refills at ``1/$12`` of the rate, so together they
+hold the key's burst and refill at its rate. A lookup takes a token from the fullest shard no other statement
+holds (``SKIP LOCKED``), so concurrent lookups of one key do not wait for each other, and it is refused only
+when that shard is empty; when every shard is held it waits for one. The shards of a key are made before its
+first lookup (:data:`SHARDS`), so its whole burst is there from the start.
+
+The day's distinct customers are counted in the shard the lookup took its token from (its row is held
+already, so counting adds no wait) and summed with the other shards as committed when the statement began:
+concurrent lookups on other shards may each let one more customer past the ceiling."""
+
+SHARDS = """
+INSERT INTO lookup_buckets (key_name, shard, tokens, at, allowed)
+SELECT $1, s, $2::float8, now(), true FROM generate_series(0, $3::integer - 1) AS s
+ON CONFLICT (key_name, shard) DO NOTHING
+"""
+"""Make the shards of key ``$1``'s bucket, full (``$2`` tokens each, ``$3`` shards), unless they exist."""
 
 LIFT = """
 WITH lifted AS (
@@ -107,8 +149,11 @@ WITH lifted AS (
     RETURNING key_name, role, day, customers, ceiling, since
 ),
 granted AS (
-    UPDATE lookup_daily d SET allowance = d.customers
-    FROM lifted WHERE d.key_name = lifted.key_name AND d.day = (now() AT TIME ZONE 'UTC')::date
+    INSERT INTO lookup_allowances (key_name, day, allowance)
+    SELECT lifted.key_name, (now() AT TIME ZONE 'UTC')::date, coalesce(sum(d.customers), 0)
+    FROM lifted LEFT JOIN lookup_daily d ON d.key_name = lifted.key_name AND d.day = (now() AT TIME ZONE 'UTC')::date
+    GROUP BY lifted.key_name
+    ON CONFLICT (key_name, day) DO UPDATE SET allowance = excluded.allowance
 )
 SELECT key_name, role, day, customers, ceiling, since FROM lifted
 """

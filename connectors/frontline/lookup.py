@@ -99,7 +99,7 @@ from connectors.frontline import agent_page
 from connectors.frontline.access import KeyRing, Principal, may_unmask, presented_key
 from connectors.frontline.freshness import LagProbe
 from connectors.frontline.http import SafeJSONResponse, safe_json_app
-from connectors.frontline.limits import LIFT, LIMITED_AUDIT, limits_of
+from connectors.frontline.limits import LIFT, LIMITED_AUDIT, SHARDS, Limits, limits_of
 from connectors.frontline.pg import UNAVAILABLE, HotPool
 from connectors.operations.access import AccessWatch
 from connectors.operations.privacy import Erasure, UnknownCustomer, erase
@@ -458,6 +458,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     lag_probe = LagProbe(settings, ttl_s=lag_ttl_s)
     keystore = PostgresKeyStore(settings, pool)
     hot = HotPool(settings, max_size=pool_max_size)
+    limits_cache: dict[Principal, Limits] = {}  # one entry per key in use: the settings are fixed
     watch = AccessWatch(settings, AccessConfig(settings.api_access_window_s, settings.api_access_multiple,
                                                settings.api_access_min_lookups),
                         history_days=settings.api_access_history_days)
@@ -541,11 +542,16 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
             await hot.execute(_AUDIT, principal.name, principal.role, endpoint, kind, key, None, outcome.status,
                               unmasked, _audited_reason(reason))
             return outcome
-        limits = limits_of(settings, principal)
+        limits = limits_cache.get(principal)
+        if limits is None:
+            limits = limits_of(settings, principal)
+            if limits.shards > 1:  # the whole burst from the first lookup on: every shard, full
+                await hot.execute(SHARDS, principal.name, limits.burst / limits.shards, limits.shards)
+            limits_cache[principal] = limits
         row = await hot.fetchrow(_AUDITED_BY_ID if kind == "customer_id" else _AUDITED_BY_KEY,
                                  value if kind == "customer_id" else key, unmasked, principal.name,
                                  principal.role, endpoint, kind, key, reason, limits.per_s, limits.burst,
-                                 limits.daily_customers)
+                                 limits.daily_customers, limits.shards)
         status, retry_after_s, found, as_of, text, masked, at, data_key_names, wrapped = row
         if status == 429:
             return _Outcome(429, f"key {principal.name} is over its rate of {limits.per_s * 60:g} lookups a minute "
@@ -624,7 +630,9 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
              summary="Find the customer an identifier belongs to",
              responses={400: {"description": "no, several or an invalid identifier; unmasked without a reason"},
                         401: {"description": "no or an invalid API key"},
-                        403: {"description": "unmasked asked by a role that may not"},
+                        403: {"description": "unmasked asked by a role that may not, or the key is blocked at its "
+                                              "daily ceiling of distinct customers until an admin lifts it"},
+                        429: {"description": "over the key's rate; Retry-After says when to try again"},
                         404: {"description": "nobody matches"},
                         422: {"description": "unmasked is not a boolean"}},
              openapi_extra={"parameters": _LOOKUP_PARAMETERS})
@@ -639,7 +647,9 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
              summary="A customer's card by id (an id merged away answers with its survivor)",
              responses={400: {"description": "unmasked without a reason"},
                         401: {"description": "no or an invalid API key"},
-                        403: {"description": "unmasked asked by a role that may not"},
+                        403: {"description": "unmasked asked by a role that may not, or the key is blocked at its "
+                                              "daily ceiling of distinct customers until an admin lifts it"},
+                        429: {"description": "over the key's rate; Retry-After says when to try again"},
                         404: {"description": "no such customer"},
                         422: {"description": "unmasked is not a boolean"}},
              openapi_extra={"parameters": _LOOKUP_PARAMETERS[-2:]})

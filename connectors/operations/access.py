@@ -77,6 +77,7 @@ class AccessWatch:
         self._producer: KafkaProducer | None = None
         self._registry: RegistryClient | None = None
         self._serde: AccessAlertSerde | None = None
+        self._first: datetime | None = None  # the first window to judge, until one is recorded
         #: Alerts published so far by this watch (a count, for logs and tests).
         self.published = 0
 
@@ -110,10 +111,10 @@ class AccessWatch:
         """Judge every window closed (and past the grace) since the last one judged; returns how many."""
         window = timedelta(seconds=self.config.window_s)
         now = self.clock()
-        start = await self._judged_until(conn)
-        if start is None or start < now - _CATCH_UP:
-            start = datetime.fromtimestamp((epoch_ms(now - window) // (self.config.window_s * 1000))
-                                           * self.config.window_s, UTC)
+        start = await self._judged_until(conn) or self._first
+        if start is None or start < now - _CATCH_UP:  # nothing judged yet (or long ago): from the last window closed
+            start = self._first = datetime.fromtimestamp(
+                epoch_ms(now) // (self.config.window_s * 1000) * self.config.window_s, UTC) - window
         done = 0
         while start + window + timedelta(seconds=_GRACE_S) <= now:
             await self.judge(conn, start)

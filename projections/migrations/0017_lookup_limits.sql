@@ -7,13 +7,16 @@ ALTER TABLE lookup_audit DROP CONSTRAINT lookup_audit_role_check;
 ALTER TABLE lookup_audit ADD CONSTRAINT lookup_audit_role_check
     CHECK (role IN ('agent', 'operations', 'admin', 'service'));
 
--- One token bucket of lookups per key: tokens left at the instant `at`. Unlogged: after a crash of
--- PostgreSQL every bucket starts full again, which grants at most one burst more.
+-- The token bucket of lookups of each key: tokens left at the instant `at`. A key with a large burst has its
+-- bucket in shards (rows) that share its rate and burst, so its concurrent lookups do not queue on one row.
+-- Unlogged: after a crash of PostgreSQL every bucket starts full again, which grants at most one burst more.
 CREATE UNLOGGED TABLE lookup_buckets (
-    key_name text        PRIMARY KEY,
+    key_name text        NOT NULL,
+    shard    smallint    NOT NULL,
     tokens   float8      NOT NULL,
     at       timestamptz NOT NULL,
-    allowed  boolean     NOT NULL   -- whether the lookup that last wrote the row took a token
+    allowed  boolean     NOT NULL,  -- whether the lookup that last wrote the row took a token
+    PRIMARY KEY (key_name, shard)
 );
 
 -- The tokens a bucket holds now: refilled at per_s since `at`, at most burst.
@@ -21,8 +24,8 @@ CREATE FUNCTION lookup_tokens(tokens float8, at timestamptz, per_s float8, burst
     LANGUAGE sql STABLE
     RETURN least(burst, tokens + per_s * greatest(0, extract(epoch FROM now() - at)));
 
--- The distinct customers each key looked up per UTC day, and the day's count. `allowance`: how many more an
--- admin's lift granted that day (the ceiling for the day is the role's plus the allowance).
+-- The distinct customers each key looked up per UTC day, and the day's count, in the shards of the key's bucket
+-- (a lookup counts in the shard it took its token from, whose row it holds already).
 CREATE TABLE lookup_seen (
     key_name    text NOT NULL,
     day         date NOT NULL,
@@ -30,10 +33,17 @@ CREATE TABLE lookup_seen (
     PRIMARY KEY (key_name, day, customer_id)
 );
 CREATE TABLE lookup_daily (
+    key_name  text     NOT NULL,
+    day       date     NOT NULL,
+    shard     smallint NOT NULL,
+    customers integer  NOT NULL,
+    PRIMARY KEY (key_name, day, shard)
+);
+-- How many more distinct customers an admin's lift granted a key that day: its ceiling is the role's plus this.
+CREATE TABLE lookup_allowances (
     key_name  text    NOT NULL,
     day       date    NOT NULL,
-    customers integer NOT NULL,
-    allowance integer NOT NULL DEFAULT 0,
+    allowance integer NOT NULL,
     PRIMARY KEY (key_name, day)
 );
 

@@ -265,7 +265,7 @@ def test_openapi_documents_the_lookup_doors(client: TestClient) -> None:
     for door in (lookup, by_id):
         assert door["responses"]["200"]["content"]["application/json"]["schema"] == \
             {"$ref": "#/components/schemas/CustomerCard"}
-        assert {"401", "403", "404", "422"} <= set(door["responses"])
+        assert {"401", "403", "404", "422", "429"} <= set(door["responses"])
 
 
 def test_healthz(client: TestClient) -> None:
