@@ -59,7 +59,7 @@ def limits_of(settings: Settings, principal: Principal) -> Limits:
 LIMITED_AUDIT = """,
 pick AS (
     SELECT shard FROM lookup_buckets WHERE key_name = $3 AND shard < $12::integer
-    ORDER BY lookup_tokens(tokens, at, $9::float8 / $12, $10::float8 / $12) DESC
+    ORDER BY tokens + $9::float8 / $12 * date_part('epoch', at) DESC  -- the most tokens now, burst aside
     LIMIT 1 FOR UPDATE SKIP LOCKED
 ),
 bucket AS (

@@ -22,7 +22,7 @@ CREATE UNLOGGED TABLE lookup_buckets (
 -- The tokens a bucket holds now: refilled at per_s since `at`, at most burst.
 CREATE FUNCTION lookup_tokens(tokens float8, at timestamptz, per_s float8, burst float8) RETURNS float8
     LANGUAGE sql STABLE
-    RETURN least(burst, tokens + per_s * greatest(0, extract(epoch FROM now() - at)));
+    RETURN least(burst, tokens + per_s * greatest(0, date_part('epoch', now() - at)));  -- float8, not numeric
 
 -- The distinct customers each key looked up per UTC day, and the day's count, in the shards of the key's bucket
 -- (a lookup counts in the shard it took its token from, whose row it holds already).
