@@ -11,7 +11,7 @@ from connectors.frontline.access import KeyRing, Principal, Source, SourceKeys, 
 from connectors.frontline.limits import Limits, limits_of
 from connectors.intake.gateway import GatewayStats, RateLimiter
 from touchpoint.errors import ConfigError
-from touchpoint.settings import Settings
+from touchpoint.settings import LookupLimits, Settings
 
 SMS = Source("sms-provider", frozenset({"sms"}), frozenset({"sms", "consent"}))
 
@@ -95,9 +95,14 @@ def test_a_keys_limits_are_its_own_then_its_roles_from_the_settings_then_the_def
     agent, service, ops = (ring.principal(k) for k in "aso")
     assert agent is not None and service is not None and ops is not None
     set_ = settings(api_limits={"service": {"per_minute": 600, "burst": 20}})
-    assert limits_of(set_, agent) == Limits(6 / 60, 10.0, 50)  # its own ceiling, the rest the agent default
-    assert limits_of(set_, service) == Limits(10.0, 20.0, None)  # the settings' service limits, no ceiling
-    assert limits_of(set_, ops) == Limits(12 / 60, 20.0, 500)
+    assert limits_of(set_, agent) == Limits(6 / 60, 10.0, 50, shards=1)  # its own ceiling, the rest the agent's
+    assert limits_of(set_, service) == Limits(10.0, 20.0, None, shards=2)  # the settings' service limits
+    assert limits_of(set_, ops) == Limits(12 / 60, 20.0, 500, shards=2)
+
+
+@pytest.mark.parametrize(("burst", "shards"), [(1, 1), (10, 1), (19, 1), (20, 2), (40, 4), (160, 16), (2000, 16)])
+def test_a_buckets_shards_are_one_per_ten_of_burst_at_most_sixteen(burst: int, shards: int) -> None:
+    assert Limits.of(LookupLimits(per_minute=60, burst=burst)).shards == shards
 
 
 @pytest.mark.parametrize(("channel", "event_type", "refusal"), [
