@@ -59,7 +59,8 @@ def limits_of(settings: Settings, principal: Principal) -> Limits:
 LIMITED_AUDIT = """,
 pick AS (
     SELECT shard FROM lookup_buckets WHERE key_name = $3 AND shard < $12::integer
-    ORDER BY tokens + $9::float8 / $12 * date_part('epoch', at) DESC  -- the most tokens now, burst aside
+    -- the most tokens now, burst aside: tokens + rate * (now - at), less the same rate * now for every shard
+    ORDER BY tokens - $9::float8 / $12 * date_part('epoch', at) DESC
     LIMIT 1 FOR UPDATE SKIP LOCKED
 ),
 bucket AS (

@@ -48,6 +48,8 @@ CUSTOMERS = 40
 ADMIN_KEY = "limits-admin-key-0123456789abcdef"
 RATE_KEY = "limits-rate-key-0123456789abcdef"
 CEILING_KEY = "limits-ceiling-key-0123456789abcdef"
+SHARDED_KEY = "limits-sharded-key-0123456789abcdef"
+PICK_KEY = "limits-pick-key-0123456789abcdef"
 HOSTILE_KEYS = [f"limits-hostile-{i}-0123456789abcdef" for i in range(4)]
 # Two keys with a bucket of one row, two with one of four shards (a burst of 40: one shard per 10).
 HOSTILE_BURSTS = [5, 5, 40, 40]
@@ -56,6 +58,8 @@ API_KEYS: dict[str, dict[str, Any]] = {
     digest(RATE_KEY): {"name": "lim-rate", "role": "agent", "per_minute": 60, "burst": 3},
     digest(CEILING_KEY): {"name": "lim-ceiling", "role": "agent", "per_minute": 6000, "burst": 100,
                           "daily_customers": 3},
+    digest(SHARDED_KEY): {"name": "lim-sharded", "role": "service", "per_minute": 6, "burst": 40},
+    digest(PICK_KEY): {"name": "lim-pick", "role": "service", "per_minute": 60, "burst": 40},
     **{digest(k): {"name": f"lim-hostile-{i}", "role": "service", "per_minute": 6, "burst": HOSTILE_BURSTS[i]}
        for i, k in enumerate(HOSTILE_KEYS)},
 }
@@ -108,6 +112,26 @@ def test_a_burst_past_the_rate_is_429_with_retry_after_and_audited(limits_settin
         ("lookup", 429, None), ("agent_page", 429, None)]
     time.sleep(1.1)  # a token is back
     assert lookup(client, RATE_KEY, 5).status_code == 200
+
+
+def test_a_bucket_in_shards_gives_its_whole_burst_to_lookups_one_at_a_time(client: TestClient) -> None:
+    """A burst of 40 is four shards of 10: lookups one after another take each token before the first 429."""
+    statuses = [lookup(client, SHARDED_KEY, i % CUSTOMERS).status_code for i in range(43)]
+    assert statuses == [200] * 40 + [429] * 3
+
+
+def test_a_lookup_takes_its_token_from_the_shard_with_the_most_tokens_now(limits_settings: Settings,
+                                                                          client: TestClient) -> None:
+    """Four shards of 10 refilling at a quarter token a second each: the one that held 2 tokens six seconds ago
+    has 3.5 now, more than the one that holds 3 just now; the lookup takes its token from the former."""
+    with psycopg.connect(limits_settings.pg_conninfo()) as conn:
+        conn.execute("INSERT INTO lookup_buckets (key_name, shard, tokens, at, allowed) VALUES "
+                     "('lim-pick', 0, 2, now() - interval '6 seconds', true), ('lim-pick', 1, 3, now(), true), "
+                     "('lim-pick', 2, 0, now(), true), ('lim-pick', 3, 0, now(), true)")
+    assert lookup(client, PICK_KEY, 1).status_code == 200
+    with psycopg.connect(limits_settings.pg_conninfo()) as conn:
+        tokens = dict(conn.execute("SELECT shard, tokens FROM lookup_buckets WHERE key_name = 'lim-pick'").fetchall())
+    assert tokens[1] == 3 and 2.4 < tokens[0] < 2.8, tokens  # 2 + 0.25 × 6 (and a little) - 1
 
 
 def test_the_ceiling_blocks_the_key_until_an_admin_lifts_it(limits_settings: Settings, client: Any) -> None:
