@@ -236,7 +236,7 @@ class Health(BaseModel):
     status: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets each field through object.__setattr__, per lookup
 class _Outcome:
     """What one lookup answered, for the JSON doors and the page alike.
 
@@ -564,10 +564,11 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if status == 404:
             return _Outcome(404, f"no customer {_shown(str(value))}" if kind == "customer_id"
                             else f"nobody matches {kind} {display}")
-        outcome = _Outcome(200, customer_id=found, as_of=as_of,
-                           resolved_from=value if kind == "customer_id" and found != value else None)
+        resolved_from = value if kind == "customer_id" and found != value else None
         if masked is not None and at is not None:  # the stored view with the masked identifiers in place
-            return replace(outcome, masked=agent_card(text, masked, at, data_key_names, wrapped, keystore))
+            return _Outcome(200, customer_id=found, as_of=as_of, resolved_from=resolved_from,
+                            masked=agent_card(text, masked, at, data_key_names, wrapped, keystore))
+        outcome = _Outcome(200, customer_id=found, as_of=as_of, resolved_from=resolved_from)
         view = orjson.loads(text)
         data_keys = keystore.open_wrapped(data_key_names or [], wrapped or [])
         if view.get("identifiers"):  # pseudonyms on the card: opened here, for this caller, masked by role
