@@ -126,7 +126,7 @@ def test_the_secured_apps_environment_is_valid_touchpoint_settings(service: str,
     for name, value in given.items():
         if value is None:  # a secret passed through: stands for whatever the operator sets
             given[name] = "svc-touchpoint" if name == "kafka_sasl_username" else f"secret-for-{name}"
-    for keys in ("gateway_keys", "api_keys"):  # JSON maps of key digests, not strings
+    for keys in ("gateway_keys", "api_keys", "api_limits"):  # JSON maps (key digests, roles), not strings
         if keys in given:
             given[keys] = {}
     settings = Settings(**given)  # extra="forbid": a misspelt variable fails here
