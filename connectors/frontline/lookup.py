@@ -76,6 +76,7 @@ import asyncio
 import gc
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, replace
@@ -179,7 +180,7 @@ _READ_BY_KEY = _CHAIN_FROM_KEY + _READ + _SHOWN
 _AUDITED_BY_ID = _CHAIN_FROM_ID + _READ + LIMITED_AUDIT + _VERDICT_AND_SHOWN
 """A card by customer id (the survivor's for an alias), the key's limits and its audit row: ``GET
 /v1/customers/{id}``. Parameters: ``$1`` the id, ``$2`` unmasked, ``$3``-``$7`` key name, role, endpoint,
-identifier kind and key, ``$8`` the reason given for an unmasked read, ``$9``-``$11`` the key's limits
+identifier kind and key, ``$8`` the reason given for an unmasked read, ``$9``-``$12`` the key's limits
 (:data:`~connectors.frontline.limits.LIMITED_AUDIT`). One row: the status and ``Retry-After``, then the card's
 columns when the status is 200."""
 _AUDITED_BY_KEY = _CHAIN_FROM_KEY + _READ + LIMITED_AUDIT + _VERDICT_AND_SHOWN
@@ -408,6 +409,9 @@ def _flag(request: Request, name: str) -> bool:
 REASON_MAX = 200
 """Characters an unmasked read's reason may have."""
 
+_SHARDS_AGAIN_S = 10.0
+"""A key refused over its rate has its bucket's missing shards made again at most this often (a process)."""
+
 
 def _unmasked_refusal(reason: str | None,
                       why: str = "unmasked=true needs a reason, a few words on why clear identifiers are read"
@@ -459,6 +463,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
     keystore = PostgresKeyStore(settings, pool)
     hot = HotPool(settings, max_size=pool_max_size)
     limits_cache: dict[Principal, Limits] = {}  # one entry per key in use: the settings are fixed
+    shards_made: dict[str, float] = {}  # key name -> when a 429 last had this process make its bucket's shards
     watch = AccessWatch(settings, AccessConfig(settings.api_access_window_s, settings.api_access_multiple,
                                                settings.api_access_min_lookups),
                         history_days=settings.api_access_history_days)
@@ -554,6 +559,10 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                                  limits.daily_customers, limits.shards)
         status, retry_after_s, found, as_of, text, masked, at, data_key_names, wrapped = row
         if status == 429:
+            if limits.shards > 1 and time.monotonic() - shards_made.get(principal.name, 0.0) > _SHARDS_AGAIN_S:
+                # Shards the bucket lacks (its unlogged table emptied by a crash of PostgreSQL) are made again, full.
+                shards_made[principal.name] = time.monotonic()
+                await hot.execute(SHARDS, principal.name, limits.burst / limits.shards, limits.shards)
             return _Outcome(429, f"key {principal.name} is over its rate of {limits.per_s * 60:g} lookups a minute "
                                  f"(burst {limits.burst:g}): retry after {retry_after_s} s",
                             retry_after_s=retry_after_s)

@@ -50,6 +50,7 @@ RATE_KEY = "limits-rate-key-0123456789abcdef"
 CEILING_KEY = "limits-ceiling-key-0123456789abcdef"
 SHARDED_KEY = "limits-sharded-key-0123456789abcdef"
 PICK_KEY = "limits-pick-key-0123456789abcdef"
+HEAL_KEY = "limits-heal-key-0123456789abcdef"
 HOSTILE_KEYS = [f"limits-hostile-{i}-0123456789abcdef" for i in range(4)]
 # Two keys with a bucket of one row, two with one of four shards (a burst of 40: one shard per 10).
 HOSTILE_BURSTS = [5, 5, 40, 40]
@@ -60,6 +61,7 @@ API_KEYS: dict[str, dict[str, Any]] = {
                           "daily_customers": 3},
     digest(SHARDED_KEY): {"name": "lim-sharded", "role": "service", "per_minute": 6, "burst": 40},
     digest(PICK_KEY): {"name": "lim-pick", "role": "service", "per_minute": 60, "burst": 40},
+    digest(HEAL_KEY): {"name": "lim-heal", "role": "service", "per_minute": 6, "burst": 20},
     **{digest(k): {"name": f"lim-hostile-{i}", "role": "service", "per_minute": 6, "burst": HOSTILE_BURSTS[i]}
        for i, k in enumerate(HOSTILE_KEYS)},
 }
@@ -132,6 +134,17 @@ def test_a_lookup_takes_its_token_from_the_shard_with_the_most_tokens_now(limits
     with psycopg.connect(limits_settings.pg_conninfo()) as conn:
         tokens = dict(conn.execute("SELECT shard, tokens FROM lookup_buckets WHERE key_name = 'lim-pick'").fetchall())
     assert tokens[1] == 3 and 2.4 < tokens[0] < 2.8, tokens  # 2 + 0.25 × 6 (and a little) - 1
+
+
+def test_a_bucket_whose_shards_were_lost_gets_them_back_at_its_first_refusal(limits_settings: Settings,
+                                                                             client: TestClient) -> None:
+    """The buckets' table is unlogged: a crash of PostgreSQL empties it. A key the API made shards for goes on
+    with the one its next lookup creates until a refusal, which makes the missing shards again, full."""
+    assert lookup(client, HEAL_KEY, 1).status_code == 200  # the API makes its two shards of 10
+    with psycopg.connect(limits_settings.pg_conninfo()) as conn:
+        conn.execute("DELETE FROM lookup_buckets WHERE key_name = 'lim-heal'")  # as a crash would
+    statuses = [lookup(client, HEAL_KEY, i % CUSTOMERS).status_code for i in range(22)]
+    assert statuses == [200] * 10 + [429] + [200] * 10 + [429], statuses
 
 
 def test_the_ceiling_blocks_the_key_until_an_admin_lifts_it(limits_settings: Settings, client: Any) -> None:
