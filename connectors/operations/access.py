@@ -106,6 +106,10 @@ class AccessWatch:
                 log.warning("access watch failed, retried in %d s: %s", self.config.window_s, exc)
                 self._close_producer()
                 await asyncio.sleep(self.config.window_s)
+            except Exception:  # a defect of ours: said loudly, and the watch goes on rather than dying unseen
+                log.exception("access watch failed unexpectedly, retried in %d s", self.config.window_s)
+                self._close_producer()
+                await asyncio.sleep(self.config.window_s)
 
     async def judge_due(self, conn: psycopg.AsyncConnection[Any]) -> int:
         """Judge every window closed (and past the grace) since the last one judged; returns how many."""
