@@ -413,7 +413,7 @@ _SHARDS_AGAIN_S = 10.0
 """A key refused over its rate has its bucket's missing shards made again at most this often (a process)."""
 
 
-def _unmasked_refusal(reason: str | None,
+def _reason_refusal(reason: str | None,
                       why: str = "unmasked=true needs a reason, a few words on why clear identifiers are read"
                       ) -> _Outcome | None:
     """400 when an unmasked read (or a lift) gives no usable reason (``reason``: stripped), else None."""
@@ -537,7 +537,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
                                     "(operations and admin may)")
         reason = reason.strip() if reason is not None and unmasked else None
         if refusal is None and unmasked:
-            refusal = _unmasked_refusal(reason)
+            refusal = _reason_refusal(reason)
         outcome = refusal
         if outcome is None and kind == "customer_id" and "\x00" in str(value):
             # No customer id holds NUL (PostgreSQL text cannot): nobody, without asking.
@@ -721,7 +721,7 @@ def create_lookup_app(settings: Settings, *, pool_max_size: int = 8, lag_ttl_s: 
         if principal.role != "admin":
             refusal = _Outcome(403, f"role {principal.role} may not lift a block (admin may)")
         else:
-            refusal = _unmasked_refusal(reason, "a lift needs a reason, a few words on why the key may read on")
+            refusal = _reason_refusal(reason, "a lift needs a reason, a few words on why the key may read on")
         if refusal is None and "\x00" in key_name:
             refusal = _Outcome(404, f"key {_shown(key_name)} is not blocked")
         answer: SafeJSONResponse

@@ -16,12 +16,9 @@ from typing import Any
 
 from fastavro import parse_schema
 
-from connectors.platform.alert_wire import instant_ms
-from connectors.platform.registry import RegistryClient
-from touchpoint.contract.avro import decode, encode
-from touchpoint.contract.schemas import schemas_dir
+from connectors.platform.alert_wire import AlertSerde, instant_ms, schema_file_text
 from touchpoint.core.instants import epoch_ms, iso_ms
-from touchpoint.errors import ConfigError, SerializationError
+from touchpoint.errors import SerializationError
 
 __all__ = ["FIELDS", "SUBJECT", "AccessAlertSerde", "access_schema_text"]
 
@@ -33,15 +30,9 @@ FIELDS = ("alert_id", "reason", "key_name", "role", "window_start", "window_end"
 _TIMES = ("window_start", "window_end", "at")
 
 
-@cache
 def access_schema_text() -> str:
     """The ``AccessAlert`` schema as compact JSON: the text to register."""
-    path = schemas_dir() / SCHEMA_FILE
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"access alert schema {path} cannot be read: {exc}") from exc
-    return json.dumps(doc, separators=(",", ":"))
+    return schema_file_text(SCHEMA_FILE)
 
 
 @cache
@@ -74,28 +65,12 @@ def from_avro_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sorted(doc.items()))
 
 
-class AccessAlertSerde:
+class AccessAlertSerde(AlertSerde):
     """Access alert dicts to Confluent-framed Avro and back, against the registry (schema registered lazily)."""
 
-    def __init__(self, registry: RegistryClient, subject: str = SUBJECT) -> None:
-        self.registry = registry
-        self.subject = subject
-        self._writer_id: int | None = None
-
-    @property
-    def writer_id(self) -> int:
-        if self._writer_id is None:
-            self._writer_id = self.registry.register(self.subject, access_schema_text())
-        return self._writer_id
-
-    def serialize(self, doc: Mapping[str, Any]) -> bytes:
-        """:raises SerializationError: the dict is not an access alert."""
-        return encode(self.writer_id, to_avro_record(doc), _schema())
-
-    def deserialize(self, data: bytes) -> dict[str, Any]:
-        """:raises SerializationError: the bytes are not a registered Avro access alert."""
-        _, record = decode(data, self.registry.schema, _schema())
-        try:
-            return from_avro_record(record)
-        except (KeyError, TypeError) as exc:
-            raise SerializationError(f"message is not an access alert: {exc!r}") from exc
+    SUBJECT = SUBJECT
+    WHAT = "an access alert"
+    schema_text = staticmethod(access_schema_text)
+    schema = staticmethod(_schema)
+    to_record = staticmethod(to_avro_record)
+    from_record = staticmethod(from_avro_record)

@@ -58,14 +58,19 @@ def alert_topic(settings: Settings, kind: str) -> str:
 
 
 @cache
-def alert_schema_text() -> str:
-    """The ``Alert`` schema as compact JSON: the text to register."""
-    path = schemas_dir() / SCHEMA_FILE
+def schema_file_text(name: str) -> str:
+    """A schema file of ``schemas/`` as compact JSON: the text to register."""
+    path = schemas_dir() / name
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"alert schema {path} cannot be read: {exc}") from exc
+        raise ConfigError(f"schema {path} cannot be read: {exc}") from exc
     return json.dumps(doc, separators=(",", ":"))
+
+
+def alert_schema_text() -> str:
+    """The ``Alert`` schema as compact JSON: the text to register."""
+    return schema_file_text(SCHEMA_FILE)
 
 
 @cache
@@ -166,44 +171,54 @@ def from_avro_record(record: Mapping[str, Any]) -> dict[str, Any]:
 class AlertSerde:
     """Alert dicts to Confluent-framed Avro and back, against the registry.
 
+    A subclass names another record (:class:`connectors.platform.access_wire.AccessAlertSerde`): its subject,
+    schema and dict <-> record mapping, as the class attributes below.
+
     :param registry: where the schema is registered (lazily, on first use) and writer
         schemas of other versions are fetched.
     :param subject: the registry subject (RecordNameStrategy by default).
     """
 
-    def __init__(self, registry: RegistryClient, subject: str = SUBJECT) -> None:
+    SUBJECT = SUBJECT
+    WHAT = "an alert"
+    schema_text = staticmethod(alert_schema_text)
+    schema = staticmethod(alert_schema)
+    to_record = staticmethod(to_avro_record)
+    from_record = staticmethod(from_avro_record)
+
+    def __init__(self, registry: RegistryClient, subject: str | None = None) -> None:
         self.registry = registry
-        self.subject = subject
+        self.subject = subject or self.SUBJECT
         self._writer_id: int | None = None
 
     @property
     def writer_id(self) -> int:
         """The current schema's id (registered on first use, then cached)."""
         if self._writer_id is None:
-            self._writer_id = self.registry.register(self.subject, alert_schema_text())
+            self._writer_id = self.registry.register(self.subject, self.schema_text())
         return self._writer_id
 
     def serialize(self, doc: Mapping[str, Any]) -> bytes:
-        """One alert dict as message bytes.
+        """One dict as message bytes.
 
-        :raises SerializationError: the dict is not an alert.
+        :raises SerializationError: the dict is not this record.
         :raises RegistryError: the registry could not register the schema.
         """
-        return encode(self.writer_id, to_avro_record(doc), alert_schema())
+        return encode(self.writer_id, self.to_record(doc), self.schema())
 
     def deserialize(self, data: bytes) -> dict[str, Any]:
-        """One message's alert dict, the same shape :meth:`serialize` took.
+        """One message's dict, the same shape :meth:`serialize` took.
 
-        :raises SerializationError: the bytes are not a registered Avro alert.
+        :raises SerializationError: the bytes are not a registered Avro record of this kind.
         :raises RegistryError: the registry could not be asked (retry; the message may be fine).
         """
-        _, record = decode(data, self._writer_schema, alert_schema())
+        _, record = decode(data, self._writer_schema, self.schema())
         try:
-            return from_avro_record(record)
-        except (KeyError, TypeError) as exc:  # a writer schema that is not an alert at all
-            raise SerializationError(f"message is not an alert: {exc!r}") from exc
+            return self.from_record(record)
+        except (KeyError, TypeError) as exc:  # a writer schema that is not this record at all
+            raise SerializationError(f"message is not {self.WHAT}: {exc!r}") from exc
 
     def _writer_schema(self, schema_id: int) -> Any:
         if schema_id == self.writer_id:
-            return alert_schema()
+            return self.schema()
         return self.registry.schema(schema_id)

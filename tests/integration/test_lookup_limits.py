@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -261,22 +261,7 @@ def test_an_access_alert_reaches_its_topic_without_a_customer_in_it(limits_setti
     assert ("ceiling_reached", "lim-ceiling") in reasons, alerts
     assert {("unusual_volume", f"lim-hostile-{k}") for k in range(len(HOSTILE_KEYS))} <= reasons, alerts
 
-    consumer = KafkaConsumer(bootstrap_servers=limits_settings.kafka_bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(before)]
-        consumer.assign(partitions)
-        for tp in partitions:
-            consumer.seek(tp, before[tp.partition])
-        values: list[bytes] = []
-        deadline = time.monotonic() + 20
-        while len(values) < len(alerts) and time.monotonic() < deadline:
-            for messages in consumer.poll(timeout_ms=500).values():
-                values += [m.value for m in messages]
-    finally:
-        consumer.close()
-    with RegistryClient(limits_settings.registry_url) as registry:
-        serde = AccessAlertSerde(registry)
-        read = [serde.deserialize(v) for v in values]
+    read = access_alerts_after(limits_settings, before, lambda read: len(read) >= len(alerts), 20)
     assert sorted(a["alert_id"] for a in read) == sorted(a["alert_id"] for a in alerts)
     text = json.dumps(read)
     tailed = subprocess.run(  # noqa: S603 - the operator's view of the same topic
@@ -311,19 +296,26 @@ def _alerts_of_a_busy_key(watched: Settings) -> list[dict[str, Any]]:
     before = end_offset(watched, topic)
     with TestClient(create_lookup_app(watched)) as api:
         assert [lookup(api, ADMIN_KEY, i).status_code for i in range(12)] == [404] * 12  # nobody here: still read
-        deadline = time.monotonic() + 60
-        read: list[dict[str, Any]] = []
-        consumer = KafkaConsumer(bootstrap_servers=watched.kafka_bootstrap, enable_auto_commit=False)
-        try:
-            partitions = [TopicPartition(topic, p) for p in sorted(before)]
-            consumer.assign(partitions)
-            for tp in partitions:
-                consumer.seek(tp, before[tp.partition])
-            with RegistryClient(watched.registry_url) as registry:
-                serde = AccessAlertSerde(registry)
-                while not any(a["key_name"] == "lim-admin" for a in read) and time.monotonic() < deadline:
-                    for messages in consumer.poll(timeout_ms=500).values():
-                        read += [serde.deserialize(m.value) for m in messages]
-        finally:
-            consumer.close()
+        return access_alerts_after(watched, before, lambda read: any(a["key_name"] == "lim-admin" for a in read), 60)
+
+
+def access_alerts_after(settings: Settings, before: dict[int, int], enough: Callable[[list[dict[str, Any]]], bool],
+                        timeout_s: float) -> list[dict[str, Any]]:
+    """The access alerts on the topic after the offsets ``before``, read until ``enough`` of them or the timeout."""
+    topic = access_topic(settings)
+    read: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(before)]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, before[tp.partition])
+        with RegistryClient(settings.registry_url) as registry:
+            serde = AccessAlertSerde(registry)
+            while not enough(read) and time.monotonic() < deadline:
+                for messages in consumer.poll(timeout_ms=500).values():
+                    read += [serde.deserialize(m.value) for m in messages]
+    finally:
+        consumer.close()
     return read
