@@ -42,7 +42,7 @@ import os
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -324,12 +324,23 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
         unscored: list[tuple[int, dict[str, str]]] = []
         reached: list[tuple[int, int, bool]] = []  # (line, event ms, accepted) of events that met the clock check
         held: list[int] = []  # lines of refunds held (their deadline counts from the log's clock)
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, open(path, "rb") as again:
+            def history(offsets: Sequence[int]) -> list[bytes]:  # the lines at these byte offsets, read again
+                read = []
+                for offset in offsets:
+                    again.seek(offset)
+                    read.append(again.readline())
+                return read
+
+            folder.history = history
+            at = 0
             for i, line in enumerate(fh):
+                offset, at = at, at + len(line)
                 mine = owner[i]
                 if (mine != part and mine != _EVERY_PART) or not line or line.isspace():
                     continue
                 folder.lines = i
+                folder.position = offset
                 presumed = latest_before[i]
                 folder.latest_ms = None if presumed == _NO_LATEST else presumed
                 folder.last_event_ms = None

@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from touchpoint.core.fold import fold
+from touchpoint.core.fold import FoldConfig, fold
 
 SECRET = b"event-time"
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -245,6 +245,50 @@ def test_any_arrival_order_gives_the_customers_of_event_time(visits: list[tuple[
     events = [visit(f"v{n}", dict(ids), hours) for n, (ids, hours) in enumerate(visits)]
     arrival = data.draw(st.permutations(events))
     assert customers(folded(arrival)) == customers(folded(in_event_time(events)))
+
+
+_CONTESTED = st.sampled_from([("customer_no", "C1"), ("customer_no", "C2"), ("customer_no", "C3"),
+                              ("email", "family@example.com"), ("email", "b@example.com"),
+                              ("phone", "07700 900123"), ("cookie", "k1"), ("cookie", "k2")])
+
+
+@settings(max_examples=300, deadline=None)
+@given(visits=st.lists(st.tuples(st.lists(_CONTESTED, min_size=1, max_size=3), st.integers(0, 24 * 25),
+                                 st.booleans()),
+                       min_size=1, max_size=12, unique_by=lambda v: v[1]),
+       limits=st.sampled_from([{}, {"email": 1, "phone": 1, "cookie": 1}]), data=st.data())
+def test_any_arrival_order_with_contested_identifiers_gives_the_customers_and_points_of_event_time(
+        visits: list[tuple[list[tuple[str, str]], int, bool]], limits: dict[str, int], data: st.DataObject) -> None:
+    # Three customer numbers over one family e-mail, a landline and two cookies: the guardrails refuse
+    # links, and which customer keeps a contested identifier (and the purchases made under it) is
+    # decided as in event-time order, however the events arrive.
+    events = [purchase(f"p{n}", dict(ids), hours, f"T{n}", 10_000) if buys else visit(f"v{n}", dict(ids), hours)
+              for n, (ids, hours, buys) in enumerate(visits)]
+    arrival = data.draw(st.permutations(events))
+    config = FoldConfig(limits=limits)
+
+    def folded_with(events: list[dict[str, Any]]) -> dict[str, Any]:
+        return fold([json.dumps(e) for e in events], secret=SECRET, config=config)
+
+    late, in_time = folded_with(arrival), folded_with(in_event_time(events))
+    assert customers(late) == customers(in_time)
+    assert points(late) == points(in_time)
+
+
+def test_a_late_event_that_gives_a_contested_email_to_its_first_holder_moves_what_was_made_under_it() -> None:
+    # Ann (C1) used the family e-mail first; Bob's (C2) visit with it arrives first. In event time the
+    # e-mail is Ann's, so a purchase under the e-mail alone is hers, with its points, whatever arrives first.
+    family = {"email": "family@example.com"}
+    ann, bob = visit("ann", {"customer_no": "C1", **family}, 0), visit("bob", {"customer_no": "C2", **family}, 24)
+    bought = purchase("buy", family, 48, "T1", 20_000)
+    reference = folded([ann, bob, bought])
+    late = folded([bob, bought, ann])
+    assert customers(late) == customers(reference)
+    assert points(late) == points(reference)
+    [refolded] = [d for d in late["identity_decisions"] if d["decision"] == "refolded"]
+    assert refolded["event_id"] == "ann" and "resolved again" in refolded["reason"]
+    owner = next(c for c in late["customers"] if "C1" in c["identifiers"].get("customer_no", []))
+    assert owner["identifiers"]["email"] == ["family@example.com"] and owner["loyalty"]["balance"] > 0
 
 
 # -- alerts -----------------------------------------------------------------------------------------------------

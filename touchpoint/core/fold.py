@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, Self, cast
@@ -87,9 +87,11 @@ from touchpoint.core.identity import (
     IdentityState,
     Merged,
     Minted,
+    Refolded,
     apply,
     forget,
     note_first,
+    replace_component,
     resolve,
 )
 from touchpoint.core.instants import any_zone_ms, epoch_ms
@@ -249,6 +251,26 @@ class Rejected(Exception):
     """An event the fold cannot take (internal: becomes a ``rejected`` entry)."""
 
 
+class Step(NamedTuple):
+    """One event of a component resolved again in event-time order, with what identity decided for it."""
+
+    position: int
+    event: Event
+    customer_id: str
+    decisions: tuple[Decision, ...]
+    attributed: tuple[Identifier, ...]
+    ms: int
+
+
+class Refold(NamedTuple):
+    """A component to fold again: its live customers before, its events in event-time order, and the ids
+    that are not live any more with the live id each resolves to now."""
+
+    before: tuple[str, ...]
+    steps: list[Step]
+    resolved: dict[str, str]
+
+
 class Folder:
     """Folds events one by one into identity state and customer views (mutable).
 
@@ -313,6 +335,24 @@ class Folder:
         # (kind, clear value) -> Identifier: values recur on most events. Bounded unless told otherwise.
         self._normalised: dict[tuple[str, str], Identifier] = {}
         self.cache_limit: int | None = _CACHE_SIZE
+        #: Guardrails in event time: reads the lines at the given positions again (None: the guardrails
+        #: decide in arrival order). :attr:`position` is the position of the line being added.
+        self.history: Callable[[Sequence[int]], Sequence[str | bytes]] | None = None
+        self.position = -1
+        #: Components folded again in event-time order so far.
+        self.refolds = 0
+        # With a history: per live customer the positions of its events and its latest (ms, event id);
+        # the keys its events carried that the guardrails did not give it, and who was refused each key.
+        self._positions: dict[str, list[int]] = {}
+        self._latest_at: dict[str, tuple[int, str]] = {}
+        self._refused_keys: dict[str, set[str]] = {}
+        self._refusers: dict[str, set[str]] = {}
+        self._refold: Refold | None = None
+        # key -> the earliest (ms, event id) of an event it was attributed on: a late event whose one
+        # identifier was attributed before it in event time resolves to its owner deciding nothing.
+        self._linked_at: dict[str, tuple[int, str]] = {}
+        # position -> (event id, ms, identifiers) of events resolved again once (read and parsed once).
+        self._who_at: dict[int, tuple[str, int, tuple[Identifier, ...]]] = {}
 
     # -- input ----------------------------------------------------------------
 
@@ -387,10 +427,14 @@ class Folder:
             return []
         self.last_customer_id = customer_id
         rejected_before = len(self.rejected)
-        try:
-            self.follow(event, customer_id, decisions, attributed, ms)
-        except Rejected as exc:
-            self._reject(event.event_id, str(exc))
+        refold, self._refold = self._refold, None
+        if refold is not None:
+            self._fold_again(refold)
+        else:
+            try:
+                self.follow(event, customer_id, decisions, attributed, ms)
+            except Rejected as exc:
+                self._reject(event.event_id, str(exc))
         self._order_rejections(rejected_before)  # held refunds its purchase released
         if decisions and self.keep_decisions:
             self.decisions.extend(decisions)
@@ -440,10 +484,218 @@ class Folder:
         note_first(state, customer_id, at)
         if latest is None or ms > latest:
             self.latest_ms = ms
+        if self.history is not None and self._track(customer_id, decisions, identifiers, attributed, at):
+            refolded = self._resolve_again(customer_id, who.event_id)
+            if refolded is not None:
+                return refolded
         return customer_id, decisions, attributed, ms
 
+    # -- guardrails in event time --------------------------------------------
+
+    def _track(self, customer_id: str, decisions: tuple[Decision, ...], identifiers: tuple[Identifier, ...],
+               attributed: tuple[Identifier, ...], at: tuple[int, str]) -> bool:
+        """Note the event's position under its customer; True when it is late in a contested component.
+
+        A component whose guardrails never refused anything resolves the same in any order (every
+        customer of a prefix is a part of a final one, within the limits); one where they did must
+        be resolved again when an event earlier than its latest arrives, unless it carries one
+        identifier already attributed before it in event time (then, in event-time order, it
+        resolves to that identifier's owner and decides nothing).
+        """
+        linked_at = self._linked_at
+        alone = len(identifiers) == 1 and len(attributed) == 1 and linked_at.get(attributed[0].key, at) < at
+        for ident in attributed:
+            if at < linked_at.get(ident.key, at) or ident.key not in linked_at:
+                linked_at[ident.key] = at
+        canonical = self.state.canonical
+        positions, latest_at, refused_keys = self._positions, self._latest_at, self._refused_keys
+        for decision in decisions:
+            if isinstance(decision, Merged):
+                merged, survivor = decision.merged, canonical(decision.survivor)
+                if merged == survivor:
+                    continue
+                positions.setdefault(survivor, []).extend(positions.pop(merged, ()))
+                theirs = latest_at.pop(merged, None)
+                if theirs is not None and theirs > latest_at.get(survivor, theirs):
+                    latest_at[survivor] = theirs
+                elif theirs is not None:
+                    latest_at.setdefault(survivor, theirs)
+                keys = refused_keys.pop(merged, None)
+                if keys:
+                    refused_keys.setdefault(survivor, set()).update(keys)
+        self._note_refused(customer_id, identifiers, attributed)
+        component = self._component(customer_id)
+        late = any(latest_at.get(c, at) > at for c in component)
+        positions.setdefault(customer_id, []).append(self.position)
+        if at > latest_at.get(customer_id, at) or customer_id not in latest_at:
+            latest_at[customer_id] = at
+        return late and not alone and (len(component) > 1 or bool(refused_keys.get(customer_id)))
+
+    def _note_refused(self, customer_id: str, identifiers: tuple[Identifier, ...],
+                      attributed: tuple[Identifier, ...]) -> None:
+        """Note the keys the event carried that the guardrails did not give its customer (shared ones aside)."""
+        if len(identifiers) == len(attributed):
+            return
+        shared = self.identity.shared
+        kept = {ident.key for ident in attributed}
+        for ident in identifiers:
+            if ident.key not in kept and ident.key not in shared:
+                self._refused_keys.setdefault(customer_id, set()).add(ident.key)
+                self._refusers.setdefault(ident.key, set()).add(customer_id)
+
+    def _forget_refused(self, customers: Iterable[str]) -> None:
+        """Drop what :meth:`_note_refused` noted for these live customers (and ids merged into them)."""
+        canonical, gone = self.state.canonical, set(customers)
+        for cid in gone:
+            for key in self._refused_keys.pop(cid, ()):
+                refusers = {r for r in self._refusers.get(key, ()) if canonical(r) not in gone}
+                if refusers:
+                    self._refusers[key] = refusers
+                else:
+                    self._refusers.pop(key, None)
+
+    def _component(self, customer_id: str) -> list[str]:
+        """The live customers connected to ``customer_id`` through guardrail refusals (itself included):
+        the holders of keys it was refused, and the customers refused keys it holds."""
+        state, refused_keys, refusers = self.state, self._refused_keys, self._refusers
+        seen = {customer_id}
+        todo = [customer_id]
+        while todo:
+            cid = todo.pop()
+            met = [state.owner.get(key) for key in refused_keys.get(cid, ())]
+            if refusers:
+                met += [r for keys in state.keys.get(cid, {}).values() for key in keys
+                        for r in refusers.get(key, ())]
+            for other in met:
+                if other is not None:
+                    other = state.canonical(other)
+                    if other not in seen:
+                        seen.add(other)
+                        todo.append(other)
+        return sorted(seen)
+
+    def _event_at(self, line: str | bytes) -> Event:
+        """A line read again from the history (it was accepted once, so it validates)."""
+        try:
+            return validate_fast(line, self._context)
+        except ValidationError:
+            return Event.model_validate_json(line, context=self._context)
+
+    def _resolve_again(self, customer_id: str,
+                       cause: str) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int] | None:
+        """Resolve the late event's component again in event-time order; None when nothing changes.
+
+        When the customers or their identifiers differ from what arrival order gave, the component's
+        identity state is replaced and :meth:`add` folds its views again (:meth:`_fold_again`).
+        """
+        assert self.history is not None
+        state = self.state
+        component = self._component(customer_id)
+        positions = sorted({p for c in component for p in self._positions.get(c, ())})
+        who_at = self._who_at
+        unread = [p for p in positions if p not in who_at]
+        for p, line in zip(unread, self.history(unread), strict=True):
+            event = self._event_at(line)
+            pairs = cast(Mapping[str, str], event.identifiers)
+            who_at[p] = (event.event_id, any_zone_ms(event.occurred_at),
+                         tuple([self.normalise_pair(pair) for pair in pairs.items()]))
+        whos = sorted((who_at[p][1], who_at[p][0], p) for p in positions)
+        scratch = IdentityState()
+        scratch.erased = state.erased
+        resolutions: list[tuple[int, str, tuple[Decision, ...], tuple[Identifier, ...], int]] = []
+        for ms, event_id, p in whos:
+            at = (ms, event_id)
+            cid, decisions, attributed = resolve(scratch, who_at[p][2], event_id, self.identity, at)
+            for decision in decisions:
+                apply(scratch, decision)
+            note_first(scratch, cid, at)
+            resolutions.append((p, cid, decisions, attributed, ms))
+        was = {p: c for c in component for p in self._positions.get(c, ())}
+        now = {p: scratch.canonical(cid) for p, cid, _, _, _ in resolutions}
+
+        def holdings(s: IdentityState, customers: Iterable[str]) -> dict[str, dict[str, frozenset[str]]]:
+            return {c: {kind: frozenset(keys) for kind, keys in s.keys.get(c, {}).items() if keys}
+                    for c in customers}
+
+        after = sorted({c for c in now.values()})
+        if was == now and holdings(state, component) == holdings(scratch, after):
+            return None  # arrival order gave what event time gives
+        self.refolds += 1
+        bodies = dict(zip(positions, (self._event_at(line) for line in self.history(positions)), strict=True))
+        steps = [Step(p, bodies[p], cid, decisions, attributed, ms)
+                 for p, cid, decisions, attributed, ms in resolutions]
+        firsts = {c: min(self._positions.get(c, ()), default=None) for c in component}
+        moved_to = {c: now[p] for c, p in firsts.items() if p is not None and c not in scratch.seq}
+        # The views of the component: an id the late event's own decisions merged away still has its view.
+        viewed = [x for c in component for x in (c, *state.aliases.get(c, ())) if x in self.views]
+        self._forget_refused(component)
+        resolved = replace_component(state, component, scratch, moved_to)
+        for c in component:
+            self._positions.pop(c, None)
+            self._latest_at.pop(c, None)
+        for step in steps:
+            cid = now[step.position]
+            for ident in step.attributed:
+                self._linked_at[ident.key] = min(self._linked_at.get(ident.key, (step.ms, step.event.event_id)),
+                                                 (step.ms, step.event.event_id))
+            self._positions.setdefault(cid, []).append(step.position)
+            at = (step.ms, step.event.event_id)
+            if at > self._latest_at.get(cid, at) or cid not in self._latest_at:
+                self._latest_at[cid] = at
+            self._note_refused(cid, who_at[step.position][2], step.attributed)
+        self._refold = Refold(tuple(viewed), steps, resolved)
+        current = next(step for step in steps if step.position == self.position)
+        reason = (f"{cause} is earlier than events of {', '.join(component)} and the guardrails decide "
+                  f"otherwise in event-time order: the component's events were resolved again")
+        refolded = Refolded(cause, tuple(component), tuple(after), reason)
+        return now[current.position], (refolded,), current.attributed, current.ms
+
+    def _fold_again(self, refold: Refold) -> None:
+        """The profile's side of a component resolved again: its views folded anew from its events.
+
+        Ids not live any more are retired into the customer they resolve to now (their open alert
+        episodes resolved, ``merged``); a customer live before and after keeps its alert episodes.
+        An event rejected before stays rejected (it went to the dead-letter topic) and only its
+        identity decisions are followed; unscored purchases are not listed twice.
+        """
+        views = self.views
+        old = {c: views.pop(c) for c in refold.before if c in views}
+        ms = self.latest_ms or refold.steps[-1].ms
+        for cid, view in old.items():
+            if cid in refold.resolved:
+                self._retire(view, refold.resolved[cid], ms)
+                self._merged(cid, refold.resolved[cid])
+            self._alert_due.discard(cid)
+            self._expiry_due.discard(cid)
+            self.touched.discard(cid)
+        deadlines = {refund_id: held[4] for view in old.values() for refund_id, held in view.held.items()}
+        ids = {step.event.event_id for step in refold.steps}
+        listed = {r["event_id"] for r in self.rejected if r["event_id"] in ids}
+        unscored = {u["event_id"] for u in self.unscored if u["event_id"] in ids}
+        unscored_before = len(self.unscored)
+        for step in refold.steps:
+            # A rejection was final (dead-lettered): such a refund keeps only its identity decisions.
+            listed_before = step.event.event_id in listed
+            try:
+                self.follow(step.event, step.customer_id, step.decisions, step.attributed, step.ms, step.position,
+                            fold_event=not listed_before)
+            except Rejected as exc:
+                self._reject(step.event.event_id, str(exc))
+        self.unscored[unscored_before:] = [u for u in self.unscored[unscored_before:]
+                                           if u["event_id"] not in unscored]
+        for cid, view in old.items():
+            if cid not in refold.resolved and cid in views:
+                views[cid].alerts.update(view.alerts)
+        for cid in {step.customer_id for step in refold.steps}:  # a refund held again keeps its deadline
+            holder = views.get(cid)
+            if holder is not None and holder.held:
+                for refund_id, held in list(holder.held.items()):
+                    if refund_id in deadlines:
+                        holder.held[refund_id] = (*held[:4], min(held[4], deadlines[refund_id]), held[5])
+                self._alert_due.set(cid, _earliest(self._alert_due.due_of(cid), _next_held(holder)))
+
     def follow(self, event: Event, customer_id: str, decisions: Iterable[Decision],
-               attributed: Iterable[Identifier], ms: int, source: int = -1) -> bool:
+               attributed: Iterable[Identifier], ms: int, source: int = -1, fold_event: bool = True) -> bool:
         """The profile's half of :meth:`add`: what identity decided, applied to the views.
 
         A mint makes a view; a merge folds the merged customer's view into the survivor's
@@ -458,6 +710,8 @@ class Folder:
         rejected, in worker mode into :attr:`released` / :attr:`held_rejected`.
 
         :param source: where the event came from, given back with a held refund's rejection.
+        :param fold_event: False: only the decisions and the attributed identifiers (an event rejected
+            before, followed again when its component is folded again).
         :returns: False when the event is held.
         :raises Rejected: a refund above its purchase, or in another currency. Identity's
             decisions stand (identity judged the identifiers, and they were valid), so the
@@ -481,6 +735,9 @@ class Folder:
                 self._issued(survivor, survivor_view, entries)
         view = views[customer_id]
         self.touched.add(customer_id)
+        if not fold_event:
+            note_identifiers(view, attributed)
+            return False
         folded = event.type != "refund" or event.payload.transaction_id in view.purchases  # type: ignore[union-attr]
         if folded:
             self._fold_into(customer_id, view, event, attributed, ms)
@@ -630,7 +887,12 @@ class Folder:
 
     def forget(self, customer_id: str) -> list[str]:
         """Identity's half of :meth:`erase`: the customer's identifiers link nobody any more."""
-        return forget(self.state, customer_id)
+        erased = forget(self.state, customer_id)
+        if erased:  # their events are never resolved again with anyone's
+            self._positions.pop(erased[0], None)
+            self._latest_at.pop(erased[0], None)
+            self._forget_refused(erased[:1])
+        return erased
 
     def erase_view(self, customer_id: str) -> None:
         """The profile's half of :meth:`erase`: empty the live customer's view, close its alerts."""
@@ -825,14 +1087,17 @@ def fold(
         if instant is not None and instant.tzinfo is None:
             raise ValueError("as_of and now_for_validation must be aware datetimes")
     folder = Folder(config, secret=secret, now=now_for_validation or as_of)
+    lines = events_json_lines if isinstance(events_json_lines, list) else list(events_json_lines)
+    folder.history = lambda positions: [lines[p] for p in positions]
     add = folder.add_json
     # The fold builds millions of long-lived, acyclic objects; the cyclic collector
     # would re-walk them over and over for nothing (~15 % of the fold's time).
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for line in events_json_lines:
+        for position, line in enumerate(lines):
             if line and not line.isspace():  # as ``line.strip()``, without copying the line
+                folder.position = position
                 add(line)
             else:
                 folder.lines += 1

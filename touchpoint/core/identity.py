@@ -46,6 +46,12 @@ redelivery decides the same)
   anyone, so its calls are not lost and no person gets them.
 * **Unmerge** = add the wrongly-joining key to ``shared`` and re-fold the log:
   the key then joins nothing and the customers it had merged stay apart.
+* **Guardrails in event time.** Which customer keeps a contested identifier
+  (a family e-mail between two customer numbers) depends on which came first.
+  A caller that can read its log again (the fold's ``Folder``) resolves the
+  events of such a component again in event-time order when a late event
+  reaches it, and puts that component's state in place of the one arrival
+  order built (:func:`replace_component`, a :class:`Refolded` decision).
 """
 
 from __future__ import annotations
@@ -68,12 +74,14 @@ __all__ = [
     "Linked",
     "Merged",
     "Minted",
+    "Refolded",
     "Resolution",
     "apply",
     "customer_id_for",
     "forget",
     "fresh_id",
     "note_first",
+    "replace_component",
     "resolve",
 ]
 
@@ -219,7 +227,28 @@ class LinkRefused:
         }
 
 
-Decision = Minted | Linked | Merged | LinkRefused
+@dataclass(frozen=True, slots=True)
+class Refolded:
+    """A late event changed what the guardrails decide in a component: its events were resolved again in
+    event-time order; ``before`` and ``after`` are the component's live customers on either side."""
+
+    event_id: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as a JSON object."""
+        return {
+            "decision": "refolded",
+            "event_id": self.event_id,
+            "before": list(self.before),
+            "after": list(self.after),
+            "reason": self.reason,
+        }
+
+
+Decision = Minted | Linked | Merged | LinkRefused | Refolded
 
 
 class Resolution(NamedTuple):
@@ -502,6 +531,8 @@ def apply(state: IdentityState, decision: Decision) -> None:
             state.keys[cid].setdefault(decision.kind, {})[decision.key] = None
     elif isinstance(decision, LinkRefused):
         state.refused.add((state.canonical(decision.customer_id), decision.key))
+    elif isinstance(decision, Refolded):
+        pass  # a record of replace_component, which changed the state itself
     else:  # pragma: no cover - the union is closed
         raise TypeError(f"not an identity decision: {decision!r}")
 
@@ -510,3 +541,65 @@ def apply_all(state: IdentityState, decisions: Iterable[Decision]) -> None:
     """:func:`apply` each decision in order."""
     for decision in decisions:
         apply(state, decision)
+
+
+def replace_component(state: IdentityState, before: Iterable[str], scratch: IdentityState,
+                      moved_to: Mapping[str, str]) -> dict[str, str]:
+    """Put a component resolved again (``scratch``, a state that holds only it) in place of its customers.
+
+    :param before: the component's live customers in ``state`` (their keys, first events and refusals go).
+    :param scratch: the component's events resolved in event-time order.
+    :param moved_to: for a customer of ``before`` that is neither live nor an alias in ``scratch``, the
+        customer of ``scratch`` its id now resolves to.
+    :returns: every id of the component before (live ids and their aliases) that is not live any more,
+        mapped to the live id it resolves to now.
+    """
+    before = list(before)
+    old_ids = {c: [c, *state.aliases.get(c, [])] for c in before}
+    gone = set(before)
+    for cid in before:
+        for keys in state.keys.pop(cid, {}).values():
+            for key in keys:
+                if state.owner.get(key) == cid:
+                    del state.owner[key]
+        state.first.pop(cid, None)
+        state.aliases.pop(cid, None)
+    state.refused = {(c, key) for c, key in state.refused if state.canonical(c) not in gone}
+    live_after = [c for c in scratch.seq if c not in scratch.alias]
+    for cid in live_after:
+        if cid not in state.seq:
+            state.seq[cid] = len(state.seq)
+        state.keys[cid] = scratch.keys.get(cid, {})
+        for keys in state.keys[cid].values():
+            for key in keys:
+                state.owner[key] = cid
+        if cid in scratch.first:
+            state.first[cid] = scratch.first[cid]
+    state.refused |= scratch.refused
+
+    def now_of(cid: str) -> str:
+        if cid in scratch.seq:
+            return scratch.canonical(cid)
+        return scratch.canonical(moved_to[cid])
+
+    resolved: dict[str, str] = {}
+    for cid, ids in old_ids.items():
+        target = now_of(cid)
+        for old in ids:
+            if old in scratch.seq and old not in scratch.alias:
+                continue  # live again
+            resolved[old] = target if old == cid or old not in scratch.seq else scratch.canonical(old)
+    for alias, survivor in scratch.alias.items():
+        if alias not in resolved:
+            resolved[alias] = survivor
+    for cid in live_after:
+        state.alias.pop(cid, None)
+    for alias, survivor in resolved.items():
+        if alias not in state.seq:
+            state.seq[alias] = len(state.seq)
+        state.alias[alias] = survivor
+    for cid in live_after:
+        state.aliases.pop(cid, None)
+    for alias, survivor in sorted(resolved.items(), key=lambda item: state.seq[item[0]]):
+        state.aliases.setdefault(survivor, []).append(alias)
+    return resolved

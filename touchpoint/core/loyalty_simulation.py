@@ -84,9 +84,12 @@ def simulate(
     events = 0
     for rules in (current, proposed):
         folder = Folder(config, secret=secret, rules=rules)
+        read = list(lines())
+        folder.history = lambda positions, read=read: [read[p] for p in positions]  # guardrails in event time
         events = 0
-        for line in lines():
+        for position, line in enumerate(read):
             if line and not line.isspace():
+                folder.position = position
                 folder.add_json(line)
                 events += 1
         as_of_ms = folder.latest_ms or 0
