@@ -118,6 +118,21 @@ def test_groups_join_through_chains_of_lines(tmp_path: Path) -> None:
     assert json.loads(got)["rejected"] == []
 
 
+def test_a_backfill_channel_by_channel_folds_in_parts_to_the_bytes_of_one_fold(tmp_path: Path) -> None:
+    # Channel files one after another: late events in components the guardrails kept apart, resolved
+    # again in event-time order in whichever part holds them (their lines read again by byte offset).
+    events = [e for e in generate(300, 365, seed=7) if e["event_id"].startswith("ev-")]
+    ordered = sorted(events, key=lambda e: (e["occurred_at"], e["event_id"]))
+    by_channel = [e for channel in ("branch", "phone", "web", "email", "sms") for e in ordered
+                  if e.get("channel") == channel]
+    path = tmp_path / "backfill.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in by_channel), encoding="utf-8")
+    as_of = datetime(2026, 1, 3, tzinfo=UTC)
+    one = _one_process(path, as_of=as_of)
+    assert any(d["decision"] == "refolded" for d in json.loads(one)["identity_decisions"])
+    assert fold_file_to_json(path, jobs=2, as_of=as_of, secret=SECRET) == one
+
+
 @pytest.mark.parametrize("jobs", [[], ["--jobs", "1"]])
 def test_the_command_prints_the_fold(tmp_path: Path, jobs: list[str]) -> None:
     path = _population(tmp_path, customers=30, days=60, seed=5)
