@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from touchpoint.contract.models import MAX_AHEAD
+from touchpoint.contract.models import MAX_AHEAD, Event
 from touchpoint.core.fold import FoldConfig, Folder, fold_to_json, tick_of
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.instants import any_zone_ms, epoch_ms
@@ -325,11 +325,11 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
         reached: list[tuple[int, int, bool]] = []  # (line, event ms, accepted) of events that met the clock check
         held: list[int] = []  # lines of refunds held (their deadline counts from the log's clock)
         with open(path, "rb") as fh, open(path, "rb") as again:
-            def history(offsets: Sequence[int]) -> list[bytes]:  # the lines at these byte offsets, read again
+            def history(offsets: Sequence[int]) -> list[Event]:  # the events at these byte offsets, read again
                 read = []
                 for offset in offsets:
                     again.seek(offset)
-                    read.append(again.readline())
+                    read.append(folder.event_of_line(again.readline()))
                 return read
 
             folder.history = history

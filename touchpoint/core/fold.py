@@ -123,7 +123,7 @@ from touchpoint.core.profile import (
 from touchpoint.errors import ConfigError
 from touchpoint.jsontext import printable
 
-__all__ = ["FoldConfig", "Folder", "Handover", "Rejected", "fold", "fold_to_json"]
+__all__ = ["FoldConfig", "Folder", "Handover", "Refold", "Rejected", "Step", "fold", "fold_to_json"]
 
 _DAY_MS = 86_400_000
 _LOYALTY_TYPES = frozenset({"purchase", "refund", "campaign"})
@@ -237,6 +237,17 @@ class Who(NamedTuple):
     identifiers: Mapping[str, str]
 
 
+def _named(decisions: Iterable[Decision]) -> set[str]:
+    """The customer ids identity decisions name."""
+    named: set[str] = set()
+    for decision in decisions:
+        if isinstance(decision, Merged):
+            named.update((decision.survivor, decision.merged))
+        elif not isinstance(decision, Refolded):
+            named.add(decision.customer_id)
+    return named
+
+
 def _earliest(*times: int | None) -> int | None:
     """The earliest of the times given (None: not due at all)."""
     return min((t for t in times if t is not None), default=None)
@@ -269,6 +280,7 @@ class Refold(NamedTuple):
     before: tuple[str, ...]
     steps: list[Step]
     resolved: dict[str, str]
+    cause: str
 
 
 class Folder:
@@ -335,9 +347,9 @@ class Folder:
         # (kind, clear value) -> Identifier: values recur on most events. Bounded unless told otherwise.
         self._normalised: dict[tuple[str, str], Identifier] = {}
         self.cache_limit: int | None = _CACHE_SIZE
-        #: Guardrails in event time: reads the lines at the given positions again (None: the guardrails
-        #: decide in arrival order). :attr:`position` is the position of the line being added.
-        self.history: Callable[[Sequence[int]], Sequence[str | bytes]] | None = None
+        #: Guardrails in event time: reads the events at the given positions again (None: the guardrails
+        #: decide in arrival order). :attr:`position` is the position of the event being added.
+        self.history: Callable[[Sequence[int]], Sequence[Event]] | None = None
         self.position = -1
         #: Components folded again in event-time order so far.
         self.refolds = 0
@@ -348,6 +360,8 @@ class Folder:
         self._refused_keys: dict[str, set[str]] = {}
         self._refusers: dict[str, set[str]] = {}
         self._refold: Refold | None = None
+        # Alert episodes of ids taken out by reset_view, for their views folded anew.
+        self._kept_alerts: dict[str, dict[str, Any]] = {}
         # key -> the earliest (ms, event id) of an event it was attributed on: a late event whose one
         # identifier was attributed before it in event time resolves to its owner deciding nothing.
         self._linked_at: dict[str, tuple[int, str]] = {}
@@ -427,7 +441,7 @@ class Folder:
             return []
         self.last_customer_id = customer_id
         rejected_before = len(self.rejected)
-        refold, self._refold = self._refold, None
+        refold = self.take_refold()
         if refold is not None:
             self._fold_again(refold)
         else:
@@ -478,6 +492,8 @@ class Folder:
         at = (ms, who.event_id)
         customer_id, decisions, attributed = resolve(self.state, identifiers, who.event_id, self.identity, at)
         state = self.state
+        # The ids this event's decisions name that were live before them (the profile has their views).
+        live_before = {c for c in _named(decisions) if c in state.seq and c not in state.alias} if decisions else set()
         if decisions:
             for decision in decisions:
                 apply(state, decision)
@@ -485,7 +501,7 @@ class Folder:
         if latest is None or ms > latest:
             self.latest_ms = ms
         if self.history is not None and self._track(customer_id, decisions, identifiers, attributed, at):
-            refolded = self._resolve_again(customer_id, who.event_id)
+            refolded = self._resolve_again(customer_id, who.event_id, _named(decisions), live_before)
             if refolded is not None:
                 return refolded
         return customer_id, decisions, attributed, ms
@@ -554,6 +570,11 @@ class Folder:
                 else:
                     self._refusers.pop(key, None)
 
+    def take_refold(self) -> Refold | None:
+        """The component the last identified event had resolved again, for the profile's half (once)."""
+        refold, self._refold = self._refold, None
+        return refold
+
     def _component(self, customer_id: str) -> list[str]:
         """The live customers connected to ``customer_id`` through guardrail refusals (itself included):
         the holders of keys it was refused, and the customers refused keys it holds."""
@@ -574,15 +595,15 @@ class Folder:
                         todo.append(other)
         return sorted(seen)
 
-    def _event_at(self, line: str | bytes) -> Event:
-        """A line read again from the history (it was accepted once, so it validates)."""
+    def event_of_line(self, line: str | bytes) -> Event:
+        """A JSON line read again for :attr:`history` (it was accepted once, so it validates)."""
         try:
             return validate_fast(line, self._context)
         except ValidationError:
             return Event.model_validate_json(line, context=self._context)
 
-    def _resolve_again(self, customer_id: str,
-                       cause: str) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int] | None:
+    def _resolve_again(self, customer_id: str, cause: str, named: set[str], live_before: set[str],
+                       ) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int] | None:
         """Resolve the late event's component again in event-time order; None when nothing changes.
 
         When the customers or their identifiers differ from what arrival order gave, the component's
@@ -594,8 +615,7 @@ class Folder:
         positions = sorted({p for c in component for p in self._positions.get(c, ())})
         who_at = self._who_at
         unread = [p for p in positions if p not in who_at]
-        for p, line in zip(unread, self.history(unread), strict=True):
-            event = self._event_at(line)
+        for p, event in zip(unread, self.history(unread), strict=True):
             pairs = cast(Mapping[str, str], event.identifiers)
             who_at[p] = (event.event_id, any_zone_ms(event.occurred_at),
                          tuple([self.normalise_pair(pair) for pair in pairs.items()]))
@@ -621,13 +641,14 @@ class Folder:
         if was == now and holdings(state, component) == holdings(scratch, after):
             return None  # arrival order gave what event time gives
         self.refolds += 1
-        bodies = dict(zip(positions, (self._event_at(line) for line in self.history(positions)), strict=True))
+        bodies = dict(zip(positions, self.history(positions), strict=True))
         steps = [Step(p, bodies[p], cid, decisions, attributed, ms)
                  for p, cid, decisions, attributed, ms in resolutions]
         firsts = {c: min(self._positions.get(c, ()), default=None) for c in component}
         moved_to = {c: now[p] for c, p in firsts.items() if p is not None and c not in scratch.seq}
-        # The views of the component: an id the late event's own decisions merged away still has its view.
-        viewed = [x for c in component for x in (c, *state.aliases.get(c, ())) if x in self.views]
+        # The ids of the component with a view: live before the late event's own decisions.
+        viewed = sorted({c for c in component if c not in named}
+                        | {c for c in live_before if state.canonical(c) in component})
         self._forget_refused(component)
         resolved = replace_component(state, component, scratch, moved_to)
         for c in component:
@@ -643,7 +664,7 @@ class Folder:
             if at > self._latest_at.get(cid, at) or cid not in self._latest_at:
                 self._latest_at[cid] = at
             self._note_refused(cid, who_at[step.position][2], step.attributed)
-        self._refold = Refold(tuple(viewed), steps, resolved)
+        self._refold = Refold(tuple(viewed), steps, resolved, cause)
         current = next(step for step in steps if step.position == self.position)
         reason = (f"{cause} is earlier than events of {', '.join(component)} and the guardrails decide "
                   f"otherwise in event-time order: the component's events were resolved again")
@@ -651,51 +672,58 @@ class Folder:
         return now[current.position], (refolded,), current.attributed, current.ms
 
     def _fold_again(self, refold: Refold) -> None:
-        """The profile's side of a component resolved again: its views folded anew from its events.
+        """The profile's side of a component resolved again: its views taken out, then folded anew.
 
-        Ids not live any more are retired into the customer they resolve to now (their open alert
-        episodes resolved, ``merged``); a customer live before and after keeps its alert episodes.
-        An event rejected before stays rejected (it went to the dead-letter topic) and only its
-        identity decisions are followed; unscored purchases are not listed twice.
+        Every event of the component is judged again: a rejection listed before is not listed twice
+        (on a worker it goes to the dead-letter topic again), nor an unscored purchase.
         """
-        views = self.views
-        old = {c: views.pop(c) for c in refold.before if c in views}
-        ms = self.latest_ms or refold.steps[-1].ms
-        for cid, view in old.items():
-            if cid in refold.resolved:
-                self._retire(view, refold.resolved[cid], ms)
-                self._merged(cid, refold.resolved[cid])
-            self._alert_due.discard(cid)
-            self._expiry_due.discard(cid)
-            self.touched.discard(cid)
-        deadlines = {refund_id: held[4] for view in old.values() for refund_id, held in view.held.items()}
+        for cid in refold.before:
+            self.reset_view(cid, refold.resolved.get(cid), refold.cause)
         ids = {step.event.event_id for step in refold.steps}
         listed = {r["event_id"] for r in self.rejected if r["event_id"] in ids}
         unscored = {u["event_id"] for u in self.unscored if u["event_id"] in ids}
         unscored_before = len(self.unscored)
         for step in refold.steps:
-            # A rejection was final (dead-lettered): such a refund keeps only its identity decisions.
-            listed_before = step.event.event_id in listed
             try:
                 self.follow(step.event, step.customer_id, step.decisions, step.attributed, step.ms, step.position,
-                            fold_event=not listed_before)
+                            generation=refold.cause)
             except Rejected as exc:
-                self._reject(step.event.event_id, str(exc))
+                if step.event.event_id not in listed:
+                    self._reject(step.event.event_id, str(exc))
         self.unscored[unscored_before:] = [u for u in self.unscored[unscored_before:]
                                            if u["event_id"] not in unscored]
-        for cid, view in old.items():
-            if cid not in refold.resolved and cid in views:
-                views[cid].alerts.update(view.alerts)
-        for cid in {step.customer_id for step in refold.steps}:  # a refund held again keeps its deadline
-            holder = views.get(cid)
-            if holder is not None and holder.held:
-                for refund_id, held in list(holder.held.items()):
-                    if refund_id in deadlines:
-                        holder.held[refund_id] = (*held[:4], min(held[4], deadlines[refund_id]), held[5])
-                self._alert_due.set(cid, _earliest(self._alert_due.due_of(cid), _next_held(holder)))
+
+    def reset_view(self, customer_id: str, now_id: str | None, cause: str) -> None:
+        """Take out the view of an id of a component identity resolved again, to be folded anew from its events.
+
+        Every ledger entry it holds is withdrawn by an ``adjustment`` entry (``<entry id>~<cause>``): the
+        views folded anew issue their own, with ids ending ``@<cause>`` (their ledgers' generation). An
+        id not live any more (``now_id``: the live id it resolves to) is retired into that customer, its
+        open alert episodes resolved ``merged``; a live id keeps its alert episodes for its view folded
+        anew. A refund it held is held again, its deadline counted from the log's clock now.
+        """
+        view = self.views.pop(customer_id, None)
+        if view is None:
+            return
+        ms = self.latest_ms or 0
+        if not self.keep_decisions:
+            self.new_entries += [
+                (customer_id, LedgerEntry(
+                    f"{entry.id}~{cause}", "adjustment", -entry.points, ms, cause, entry.transaction_id,
+                    entry.rule_version, entry.rule_id, entry.multiplier,
+                    f"resolved again in event time ({cause}): {entry.id} withdrawn, the events scored anew"))
+                for entry in sorted(view.loyalty.entries.values(), key=lambda e: e.id) if entry.points]
+        if now_id is not None:
+            self._retire(view, now_id, ms)
+            self._merged(customer_id, now_id)
+        else:
+            self._kept_alerts[customer_id] = view.alerts
+        self._alert_due.discard(customer_id)
+        self._expiry_due.discard(customer_id)
+        self.touched.discard(customer_id)
 
     def follow(self, event: Event, customer_id: str, decisions: Iterable[Decision],
-               attributed: Iterable[Identifier], ms: int, source: int = -1, fold_event: bool = True) -> bool:
+               attributed: Iterable[Identifier], ms: int, source: int = -1, generation: str = "") -> bool:
         """The profile's half of :meth:`add`: what identity decided, applied to the views.
 
         A mint makes a view; a merge folds the merged customer's view into the survivor's
@@ -710,8 +738,8 @@ class Folder:
         rejected, in worker mode into :attr:`released` / :attr:`held_rejected`.
 
         :param source: where the event came from, given back with a held refund's rejection.
-        :param fold_event: False: only the decisions and the attributed identifiers (an event rejected
-            before, followed again when its component is folded again).
+        :param generation: the re-fold a view minted here is made in (its ledger's ids end ``@generation``,
+            see :meth:`reset_view`); "" for an ordinary event.
         :returns: False when the event is held.
         :raises Rejected: a refund above its purchase, or in another currency. Identity's
             decisions stand (identity judged the identifiers, and they were valid), so the
@@ -721,7 +749,11 @@ class Folder:
         survivors: set[str] = set()
         for decision in decisions:
             if isinstance(decision, Minted):
-                views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
+                made = views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
+                made.loyalty.generation = generation
+                kept = self._kept_alerts.pop(decision.customer_id, None)
+                if kept:  # an id folded anew keeps its alert episodes
+                    made.alerts.update(kept)
             elif isinstance(decision, Merged):
                 merged = views.pop(decision.merged)
                 self._retire(merged, decision.survivor, ms)
@@ -735,9 +767,6 @@ class Folder:
                 self._issued(survivor, survivor_view, entries)
         view = views[customer_id]
         self.touched.add(customer_id)
-        if not fold_event:
-            note_identifiers(view, attributed)
-            return False
         folded = event.type != "refund" or event.payload.transaction_id in view.purchases  # type: ignore[union-attr]
         if folded:
             self._fold_into(customer_id, view, event, attributed, ms)
@@ -1088,7 +1117,7 @@ def fold(
             raise ValueError("as_of and now_for_validation must be aware datetimes")
     folder = Folder(config, secret=secret, now=now_for_validation or as_of)
     lines = events_json_lines if isinstance(events_json_lines, list) else list(events_json_lines)
-    folder.history = lambda positions: [lines[p] for p in positions]
+    folder.history = lambda positions: [folder.event_of_line(lines[p]) for p in positions]
     add = folder.add_json
     # The fold builds millions of long-lived, acyclic objects; the cyclic collector
     # would re-walk them over and over for nothing (~15 % of the fold's time).

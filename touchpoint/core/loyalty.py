@@ -752,8 +752,10 @@ def _entry_setter() -> Callable[..., None]:
 _ENTRY_SET = _entry_setter()
 
 
-def _entry_id(source_event_id: str, transaction_id: str, kind: Kind) -> str:
-    return f"{source_event_id}:{transaction_id}:{kind}"
+def _entry_id(source_event_id: str, transaction_id: str, kind: Kind, generation: str = "") -> str:
+    """``{source}:{transaction}:{kind}``, plus ``@{generation}`` for a ledger folded again (see LoyaltyState)."""
+    entry_id = f"{source_event_id}:{transaction_id}:{kind}"
+    return f"{entry_id}@{generation}" if generation else entry_id
 
 
 class Lot:
@@ -764,6 +766,7 @@ class Lot:
         "earn_id",
         "event_id",
         "expires_ms",
+        "generation",
         "lines",
         "ms",
         "multiplier",
@@ -791,6 +794,7 @@ class Lot:
         rule_id: str,
         expires_ms: int,
         lines: tuple[tuple[str, str, int, int], ...] = (),
+        generation: str = "",
     ) -> None:
         self.event_id = event_id
         self.ms = ms
@@ -804,7 +808,8 @@ class Lot:
         self.expires_ms = expires_ms
         # The basket, to score the purchase again when a late invitation arrives (None: a lot pickled before).
         self.lines: tuple[tuple[str, str, int, int], ...] | None = lines
-        self.earn_id = _entry_id(event_id, transaction_id, "earn")
+        self.generation = generation  # of the ledger it was scored in (its expiry's id carries it)
+        self.earn_id = _entry_id(event_id, transaction_id, "earn", generation)
         self.refunds: dict[str, tuple[int, int, str]] = {}  # refund_id -> (ms, amount_minor, entry id)
         self.refunded_minor = 0  # sum of refunds' amounts (derived from ``refunds``)
         self.reversed_points = 0  # points reversed so far, >= 0 (derived from the entries)
@@ -812,7 +817,7 @@ class Lot:
 
     def __setstate__(self, state: Any) -> None:
         # A lot pickled before re-scoring: no basket kept (it cannot be scored again), nothing adjusted.
-        restore_slots(self, state, {"lines": lambda: None, "reversal_adjusted": int})
+        restore_slots(self, state, {"lines": lambda: None, "reversal_adjusted": int, "generation": str})
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A tuple of the values in _LOT_PICKLED's order: pickled in C, without the slot names a default
@@ -822,7 +827,7 @@ class Lot:
     @property
     def expiry_id(self) -> str:
         """The id of this lot's expiry entry."""
-        return _entry_id(self.event_id, self.transaction_id, "expiry")
+        return _entry_id(self.event_id, self.transaction_id, "expiry", self.generation)
 
     def _key(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in Lot.__slots__)
@@ -846,7 +851,7 @@ class Lot:
 
 _LOT_PICKLED = ("event_id", "ms", "transaction_id", "total_minor", "currency", "points", "multiplier",
                 "rule_version", "rule_id", "expires_ms", "lines", "earn_id", "refunds", "refunded_minor",
-                "reversed_points", "reversal_adjusted")
+                "reversed_points", "reversal_adjusted", "generation")
 """The order of a pickled lot's values. Append a new slot at the end: an older pickle's lot lacks only the last."""
 
 
@@ -860,9 +865,13 @@ def _restored_lot(*values: Any) -> Lot:
 class LoyaltyState:
     """One customer's loyalty facts. Mutable; written only by this module's functions."""
 
-    __slots__ = ("entries", "invitations", "lots", "refunds")
+    __slots__ = ("entries", "generation", "invitations", "lots", "refunds")
 
     def __init__(self) -> None:
+        # Non-empty for a ledger folded again from its events (a component identity resolved again in
+        # event-time order): every id it issues ends ``@<generation>``, so none meets an entry published
+        # before (those are withdrawn by entries of their own).
+        self.generation = ""
         self.entries: dict[str, LedgerEntry] = {}
         self.lots: dict[str, Lot] = {}  # transaction_id -> lot
         self.refunds: dict[str, str] = {}  # refund_id -> transaction_id
@@ -871,7 +880,7 @@ class LoyaltyState:
         self.invitations: dict[str, tuple[Invitation, ...]] = {}
 
     def __setstate__(self, state: Any) -> None:
-        restore_slots(self, state, {})
+        restore_slots(self, state, {"generation": str})
         # Pickled before invitation histories: one (the latest) invitation per campaign.
         self.invitations = {campaign: (found,) if isinstance(found, Invitation) else found
                             for campaign, found in self.invitations.items()}
@@ -949,6 +958,7 @@ def on_purchase(
         rule_id,
         add_months(ms, version.expiry_months),
         facts.lines,
+        state.generation,
     )
     entry = LedgerEntry(
         lot.earn_id,
@@ -1058,7 +1068,7 @@ def _rescored(state: LoyaltyState, lot: Lot, rules: LoyaltyRules, cause_event_id
     rule_id = "+".join(result.rule_ids) or "base"
     refunded = f", {reversed_more:+d} reversed with its refunds" if reversed_more else ""
     entry = LedgerEntry(
-        _entry_id(cause_event_id, lot.transaction_id, "adjustment"),
+        _entry_id(cause_event_id, lot.transaction_id, "adjustment", state.generation),
         "adjustment",
         earned - reversed_more,
         lot.ms,
@@ -1151,7 +1161,7 @@ def on_refund(state: LoyaltyState, event_id: str, ms: int, payload: RefundPayloa
             f"{lot.reversed_points + points} of {lot.points} points reversed"
         )
     entry = LedgerEntry(
-        _entry_id(event_id, tx, "reversal"),
+        _entry_id(event_id, tx, "reversal", state.generation),
         "reversal",
         -points,
         ms,

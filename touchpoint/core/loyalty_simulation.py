@@ -85,7 +85,8 @@ def simulate(
     for rules in (current, proposed):
         folder = Folder(config, secret=secret, rules=rules)
         read = list(lines())
-        folder.history = lambda positions, read=read: [read[p] for p in positions]  # guardrails in event time
+        folder.history = lambda positions, read=read, folder=folder: [  # guardrails in event time
+            folder.event_of_line(read[p]) for p in positions]
         events = 0
         for position, line in enumerate(read):
             if line and not line.isspace():

@@ -21,7 +21,14 @@ after a crash):
   (:meth:`~touchpoint.core.fold.Folder.hand_over`) and sends it as a
   :class:`HandIn` to the survivor's partition;
 * a tick: :class:`Tick` to every partition;
-* an erasure: :class:`Erase` to the erased customer's partition.
+* an erasure: :class:`Erase` to the erased customer's partition;
+* a late event whose component identity resolved again in event-time order
+  (guardrails in event time, see :mod:`touchpoint.core.fold`): a
+  :class:`Reset` to the partition of every id of the component that has a
+  view (the view is taken out: ledger withdrawn, an id not live any more
+  retired), then every event of the component, in event-time order, as
+  :class:`Resolved` records (with hand-outs for their merges) carrying the
+  re-fold's generation, read again from the log by the Folder's history.
 
 A partition that reaches an event whose merged customers have not been handed
 in yet holds it, and everything after it, until they are (a partition
@@ -36,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from touchpoint.contract.models import Event
-from touchpoint.core.fold import Folder, Handover, Rejected, Who
+from touchpoint.core.fold import Folder, Handover, Refold, Rejected, Who
 from touchpoint.core.identity import Decision, Merged, Minted
 from touchpoint.core.normalise import Identifier
 
@@ -48,6 +55,7 @@ __all__ = [
     "Position",
     "ProfilePartition",
     "Record",
+    "Reset",
     "Resolved",
     "Tick",
     "partition_of",
@@ -73,6 +81,8 @@ class Resolved:
     attributed: tuple[Identifier, ...]
     ms: int
     clock_ms: int
+    generation: str = ""  # a component folded again: the late event that caused it (see Folder.reset_view)
+    origin: int = -1  # the event's own offset in the ordered log, when it is re-sent by a later one
 
     @property
     def merged(self) -> list[str]:
@@ -115,7 +125,19 @@ class Erase:
     clock_ms: int
 
 
-Record = Resolved | HandOut | HandIn | Tick | Erase
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """Take ``customer_id``'s view out: its component is folded anew (``now_id``: the live id it resolves
+    to when it is not live any more; ``cause``: the late event)."""
+
+    position: Position
+    customer_id: str
+    now_id: str | None
+    cause: str
+    clock_ms: int
+
+
+Record = Resolved | HandOut | HandIn | Tick | Erase | Reset
 
 
 class IdentityLog:
@@ -134,6 +156,7 @@ class IdentityLog:
 
         :raises Rejected: identity refused it (nothing changed).
         """
+        self.folder.position = offset
         return self.resolve(offset, event, self.folder.identify(event))
 
     def who(self, offset: int, who: Who) -> tuple[str, tuple[Decision, ...], list[tuple[int, Record]]]:
@@ -142,12 +165,16 @@ class IdentityLog:
 
         :raises Rejected: identity refused it (nothing changed).
         """
+        self.folder.position = offset
         return self.resolve(offset, None, self.folder.identify_who(who))
 
     def resolve(self, offset: int, event: Event | None,
                 identified: tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int],
                 ) -> tuple[str, tuple[Decision, ...], list[tuple[int, Record]]]:
         customer_id, decisions, attributed, ms = identified
+        refold = self.folder.take_refold()
+        if refold is not None:
+            return customer_id, decisions, self._refolded(offset, refold)
         records: list[tuple[int, Record]] = []
         merges = [d for d in decisions if isinstance(d, Merged)]
         event_position = (offset, len(merges))
@@ -160,6 +187,29 @@ class IdentityLog:
         records.append((partition_of(customer_id, self.partitions),
                         Resolved(event_position, event, customer_id, views, attributed, ms, clock)))
         return customer_id, decisions, records
+
+    def _refolded(self, offset: int, refold: Refold) -> list[tuple[int, Record]]:
+        """The records of a component resolved again: resets of its views, then its events in event-time order."""
+        clock = self.folder.latest_ms
+        assert clock is not None
+        parts = self.partitions
+        records: list[tuple[int, Record]] = []
+        for n, cid in enumerate(refold.before):
+            records.append((partition_of(cid, parts),
+                            Reset((offset, n), cid, refold.resolved.get(cid), refold.cause, clock)))
+        n = len(refold.before)
+        for step in refold.steps:
+            merges = [d for d in step.decisions if isinstance(d, Merged)]
+            event_position = (offset, n + len(merges))
+            for k, merge in enumerate(merges):
+                records.append((partition_of(merge.merged, parts),
+                                HandOut((offset, n + k), merge.merged, merge.survivor, event_position)))
+            views = tuple(d for d in step.decisions if isinstance(d, (Minted, Merged)))
+            records.append((partition_of(step.customer_id, parts),
+                            Resolved(event_position, step.event, step.customer_id, views, step.attributed, step.ms,
+                                     clock, refold.cause, step.position)))
+            n = event_position[1] + 1
+        return records
 
     def tick(self, offset: int, ms: int) -> list[tuple[int, Record]]:
         """Time passes: a tick for every partition."""
@@ -279,7 +329,8 @@ class ProfilePartition:
             try:
                 assert record.event is not None, "a Resolved record to follow carries its event"
                 folded = folder.follow(record.event, record.customer_id, record.decisions, record.attributed,
-                                       record.ms, record.position[0])
+                                       record.ms, record.origin if record.origin >= 0 else record.position[0],
+                                       record.generation)
             except Rejected as exc:
                 outcome.rejected.append((record, str(exc)))
             else:
@@ -297,6 +348,11 @@ class ProfilePartition:
                 outcome.hand_ins.append((target, hand_in))
         elif isinstance(record, Tick):
             folder.tick(record.ms)
+        elif isinstance(record, Reset):
+            folder.advance(record.clock_ms)
+            folder.reset_view(record.customer_id, record.now_id, record.cause)
+            if record.now_id is not None:
+                outcome.merged_at[record.customer_id] = record.position
         else:
             assert isinstance(record, Erase), record
             folder.advance(record.clock_ms)
