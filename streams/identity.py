@@ -56,11 +56,12 @@ from connectors.platform.registry import RegistryClient
 from connectors.platform.serde import EventSerde
 from streams import resolved
 from streams.batch import STATE_FLUSH_BACKLOG_S, STATE_FLUSH_S, Outgoing, Received, add_stage
+from streams.history import LogHistory
 from streams.ingest import dlq_headers, who_of
 from streams.state import StateTable, committed_offset, read_range
 from touchpoint.core.fold import FoldConfig, Folder, Rejected, tick_of
-from touchpoint.core.identity import Decision, Linked, LinkRefused, Merged, Minted
-from touchpoint.core.partitions import IdentityLog, Record
+from touchpoint.core.identity import Decision, Linked, LinkRefused, Merged, Minted, Refolded
+from touchpoint.core.partitions import IdentityLog, Record, Resolved
 from touchpoint.core.snapshot import CHECKPOINT_KEY, SnapshotError, checkpoint_record, customer_records, restore
 from touchpoint.settings import Settings
 from touchpoint.telemetry import context_from_headers, count_events, kafka_headers, tracer, tracing_installed
@@ -105,6 +106,8 @@ def changed_by(decisions: tuple[Decision, ...]) -> set[str]:
             changed.update((decision.survivor, decision.merged))
         elif isinstance(decision, (Minted, Linked, LinkRefused)):
             changed.add(decision.customer_id)
+        elif isinstance(decision, Refolded):
+            changed.update(decision.before, decision.after)
     return changed
 
 
@@ -114,13 +117,25 @@ class IdentityStage:
     def __init__(self, settings: Settings, serde: EventSerde) -> None:
         self.settings = settings
         self.serde = serde
-        self.log = IdentityLog(stage_folder(settings), settings.topic_partitions)
+        #: ``accepted`` read again by offset: guardrails decide in event time (see streams.history).
+        self.history = LogHistory(settings, settings.topic("accepted"), serde)
+        self.log = self._new_log()
         self.changed: set[str] = set()
         #: The next offset of ``accepted`` the state expects (below: a re-delivery; above: recover first).
         self.position = 0
         self._flushed_at = 0.0
         #: The position of the last write (None: not recovered yet, so there is nothing of ours to write).
         self._written: int | None = None
+
+    def _new_log(self) -> IdentityLog:
+        folder = stage_folder(self.settings)
+        folder.history = self.history
+        return IdentityLog(folder, self.settings.topic_partitions)
+
+    def raw_of(self, record: Resolved, value: bytes | None) -> bytes | None:
+        """The bytes of a resolved event: the message's own, or for an event of a component folded again,
+        those read again from the log."""
+        return value if record.origin < 0 else self.history.raw[record.origin]
 
     def feed(self, offset: int, value: bytes | None, headers: Any) -> Fed:
         """One message of ``accepted``: a tick, an erasure or an event."""
@@ -151,11 +166,12 @@ class IdentityStage:
         except Rejected as exc:
             return Fed(reason=str(exc))
         self.changed |= changed_by(decisions)
+        self.changed.add(customer_id)  # its events' positions (the history a late event reads again)
         return Fed(customer_id, decisions, records)
 
     async def recover(self, topic: str, table: StateTable, up_to: int | None = None) -> int:
         """Load the state table, then replay ``topic`` from its checkpoint up to ``up_to`` (None: committed)."""
-        self.log = IdentityLog(stage_folder(self.settings), self.settings.topic_partitions)
+        self.log = self._new_log()
         self.changed = set()
         folder = self.log.folder
         target = await committed_offset(self.settings, "identity", topic, 0) if up_to is None else up_to
@@ -167,7 +183,7 @@ class IdentityStage:
                 start = restore(folder, records).next_offset
             except SnapshotError as exc:
                 log.warning("identity state table unusable, rebuilding from the log", extra={"reason": str(exc)})
-                self.log = IdentityLog(stage_folder(self.settings), self.settings.topic_partitions)
+                self.log = self._new_log()
                 start = 0
         restored = len(self.log.folder.state.seq)
         replayed = 0
@@ -247,6 +263,7 @@ class IdentityLoop:
 
     async def close(self) -> None:
         await self.table.close()
+        self.state.history.close()
 
     def feed_traced(self, message: Received, out: list[Outgoing]) -> None:
         """:meth:`feed_message` in a span continuing the event's trace; its context goes on with the records."""
@@ -270,7 +287,8 @@ class IdentityLoop:
             for decision in fed.decisions:
                 out.append((names["identity"], key, orjson.dumps(decision.to_json()), None))
         for partition, record in fed.records:
-            key, value, headers = resolved.encode(record, message.value, self.secret)
+            raw = self.state.raw_of(record, message.value) if isinstance(record, Resolved) else None
+            key, value, headers = resolved.encode(record, raw, self.secret)
             out.append((names["resolved"], key, value, [*headers, *trace_headers] if trace_headers else headers,
                         partition))
 

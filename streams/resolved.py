@@ -9,7 +9,11 @@ One kind of record per :mod:`touchpoint.core.partitions` record, named by the
   hashes only) and the identifier *kinds* attributed to the customer (the
   profile normalises the event's identifiers itself, so no identifier value
   travels in a header);
-* ``hand-out`` / ``tick`` / ``erase``: small JSON values;
+  a record of a component folded again (guardrails in event time) also names
+  the re-fold (``touchpoint-generation``: the late event), the event's own
+  offset in ``accepted`` (``touchpoint-origin``) and the ids no longer live
+  that resolve to the customer it mints (``touchpoint-aliases``);
+* ``hand-out`` / ``tick`` / ``erase`` / ``reset``: small JSON values;
 * ``hand-in``: a view handed over, pickled and signed with the identifier key
   like the state tables (:mod:`touchpoint.core.snapshot`), so a value someone
   else wrote is refused instead of unpickled.
@@ -25,7 +29,7 @@ from connectors.platform.serde import EventSerde
 from touchpoint.core.fold import Folder
 from touchpoint.core.identity import Merged, Minted
 from touchpoint.core.instants import any_zone_ms
-from touchpoint.core.partitions import Erase, HandIn, HandOut, Record, Resolved, Tick
+from touchpoint.core.partitions import Erase, HandIn, HandOut, Record, Reset, Resolved, Tick
 from touchpoint.core.snapshot import SnapshotError, seal, unseal
 
 RECORD = "touchpoint-record"
@@ -34,6 +38,9 @@ CUSTOMER = "touchpoint-customer"
 CLOCK = "touchpoint-clock"
 DECISIONS = "touchpoint-decisions"
 ATTRIBUTED = "touchpoint-attributed"
+GENERATION = "touchpoint-generation"
+ORIGIN = "touchpoint-origin"
+ALIASES = "touchpoint-aliases"
 
 Headers = list[tuple[str, bytes]]
 
@@ -48,16 +55,24 @@ def encode(record: Record, raw_event: bytes | None, secret: bytes) -> tuple[byte
         assert raw_event is not None
         decisions = [d.to_json() for d in record.decisions]
         kinds = [ident.kind for ident in record.attributed]
-        return (record.customer_id.encode(), raw_event, [
+        headers = [
             (RECORD, b"resolved"), *position, (CUSTOMER, record.customer_id.encode()),
             (CLOCK, str(record.clock_ms).encode()), (DECISIONS, json.dumps(decisions).encode()),
-            (ATTRIBUTED, ",".join(kinds).encode())])
+            (ATTRIBUTED, ",".join(kinds).encode())]
+        if record.generation:
+            headers += [(GENERATION, record.generation.encode()), (ORIGIN, str(record.origin).encode()),
+                        (ALIASES, ",".join(record.aliases).encode())]
+        return record.customer_id.encode(), raw_event, headers
     if isinstance(record, HandOut):
         hand_out = {"customer_id": record.customer_id, "survivor": record.survivor,
                     "event_position": list(record.event_position)}
         return record.customer_id.encode(), json.dumps(hand_out).encode(), [(RECORD, b"hand-out"), *position]
     if isinstance(record, Tick):
         return b"", json.dumps({"tick_ms": record.ms}).encode(), [(RECORD, b"tick"), *position]
+    if isinstance(record, Reset):
+        reset = {"customer_id": record.customer_id, "now_id": record.now_id, "cause": record.cause,
+                 "clock_ms": record.clock_ms}
+        return record.customer_id.encode(), json.dumps(reset).encode(), [(RECORD, b"reset"), *position]
     erase = {"customer_id": record.customer_id, "ids": list(record.ids), "clock_ms": record.clock_ms}
     return record.customer_id.encode(), json.dumps(erase).encode(), [(RECORD, b"erase"), *position]
 
@@ -86,8 +101,11 @@ def decode(value: bytes | None, headers: Any, serde: EventSerde, folder: Folder,
         decisions = tuple(_decision(doc) for doc in json.loads(found[DECISIONS]))
         kinds = set(found[ATTRIBUTED].decode().split(",")) - {""}
         attributed = tuple(folder.normalise_pair((k, str(v))) for k, v in event.identifiers.items() if k in kinds)
+        generation = found.get(GENERATION, b"").decode()
         return Resolved(position, event, found[CUSTOMER].decode(), decisions, attributed,
-                        any_zone_ms(event.occurred_at), int(found[CLOCK]))
+                        any_zone_ms(event.occurred_at), int(found[CLOCK]), generation,
+                        int(found[ORIGIN]) if generation else -1,
+                        tuple(found[ALIASES].decode().split(",")) if found.get(ALIASES) else ())
     doc = json.loads(value)
     if kind == "hand-out":
         return HandOut(position, doc["customer_id"], doc["survivor"], tuple(doc["event_position"]))
@@ -95,6 +113,8 @@ def decode(value: bytes | None, headers: Any, serde: EventSerde, folder: Folder,
         return Tick(position, int(doc["tick_ms"]))
     if kind == "erase":
         return Erase(position, doc["customer_id"], tuple(doc["ids"]), int(doc["clock_ms"]))
+    if kind == "reset":
+        return Reset(position, doc["customer_id"], doc["now_id"], doc["cause"], int(doc["clock_ms"]))
     raise ValueError(f"not a record of the resolved stream: {kind or 'no record header'}")
 
 

@@ -261,12 +261,13 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}.stage-{stage}{version}"
 
 
-DERIVED_VERSION = 2
+DERIVED_VERSION = 3
 """The version of identity's and the profile's rules that ``resolved`` and the state tables were derived with.
 
 Bump it when a change to those rules makes what an earlier version derived disagree with what the new
 stages decide (version 2: identity decides survivors and ids by event time, so the views an earlier
-``resolved`` built carry ids the new identity does not use). The identity and profile stages then start
+``resolved`` built carry ids the new identity does not use; version 3: guardrails decide in event time,
+components resolved again and folded anew). The identity and profile stages then start
 on new topics and consumer groups: identity reprocesses ``accepted`` from its beginning into the new
 ``resolved``, the profile folds that and re-emits the customer streams, which every projection takes
 idempotently. The earlier version's topics can be deleted once the new stages have caught up.

@@ -65,6 +65,8 @@ def oracle(settings: Settings, once: bool = False, in_event_time: bool = False) 
     seen: set[str] = set()
     folder = stage_folder(settings)
     events: list[Any] = []
+    by_offset: dict[int, Any] = {}  # the log read so far: the history guardrails in event time read again
+    folder.history = lambda offsets: [by_offset[offset] for offset in offsets]
     with RegistryClient(settings.registry_url) as registry:
         serde = EventSerde(registry)
         consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
@@ -85,6 +87,7 @@ def oracle(settings: Settings, once: bool = False, in_event_time: bool = False) 
                         folder.tick(at)
                 else:
                     event = serde.deserialize(message.value)
+                    by_offset[message.offset] = event
                     if once:
                         if event.event_id in seen:
                             continue
@@ -92,6 +95,7 @@ def oracle(settings: Settings, once: bool = False, in_event_time: bool = False) 
                     if in_event_time:
                         events.append(event)
                     else:
+                        folder.position = message.offset
                         folder.add(event)
                 if message.offset + 1 >= end:
                     break
@@ -99,7 +103,9 @@ def oracle(settings: Settings, once: bool = False, in_event_time: bool = False) 
             consumer.close()
     if in_event_time:
         assert not folder.views, "a log folded in event time holds events only"
-        for event in sorted(events, key=lambda e: (e.occurred_at, e.event_id)):
+        for position, event in enumerate(sorted(events, key=lambda e: (e.occurred_at, e.event_id))):
+            by_offset[position] = event
+            folder.position = position
             folder.add(event)
     return folder
 
@@ -155,12 +161,18 @@ def assert_equals_oracle(settings: Settings, population_checks: bool = True) -> 
         assert view == card, (customer_id, {k: (view.get(k), card.get(k)) for k in card.keys() | view.keys()
                                             if view.get(k) != card.get(k)})
     merged = {alias for view in expected.views.values() for alias in view.aliases}
-    assert set(aliases) == merged
+    assert set(aliases) == merged, (sorted(set(aliases) - merged), sorted(merged - set(aliases)))
 
-    # The ledger: every entry the oracle issued, once, on the customer (or an alias of it) it belongs to.
-    expected_entries = {entry.id: (customer_id, entry.points) for customer_id, view in expected.views.items()
-                        for entry in view.loyalty.entries.values()}
+    # The ledger: every entry the oracle issued, once, on the customer (or an alias of it) it was issued to.
+    # That is the views' entries, and for a component folded anew (guardrails in event time) the entries its
+    # views held before and their withdrawals.
+    issued = expected.drain_entries()
+    expected_entries = {entry.id: (customer_id, entry.points) for customer_id, entry in issued}
+    assert len(expected_entries) == len(issued), "no entry id issued twice"
+    assert {entry.id for view in expected.views.values() for entry in view.loyalty.entries.values()} <= \
+        expected_entries.keys()
     assert len(ledger) == len({entry_id for entry_id, _, _ in ledger}) == len(expected_entries)
+
     def survivor(customer_id: str) -> str:
         while customer_id in aliases:  # a merge of a merge is a chain of aliases
             customer_id = aliases[customer_id]
@@ -168,7 +180,8 @@ def assert_equals_oracle(settings: Settings, population_checks: bool = True) -> 
 
     owned: dict[str, int] = {}
     for entry_id, customer_id, points in ledger:
-        assert expected_entries[entry_id] == (survivor(customer_id), points), entry_id
+        issued_to, issued_points = expected_entries[entry_id]
+        assert (survivor(customer_id), points) == (survivor(issued_to), issued_points), entry_id
         owned[survivor(customer_id)] = owned.get(survivor(customer_id), 0) + points
     for customer_id in rows:
         assert owned.get(customer_id, 0) == sum(e.points for e in expected.views[customer_id].loyalty.entries.values())

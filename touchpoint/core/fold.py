@@ -271,6 +271,7 @@ class Step(NamedTuple):
     decisions: tuple[Decision, ...]
     attributed: tuple[Identifier, ...]
     ms: int
+    aliases: tuple[str, ...] = ()  # ids not live any more that resolve to the customer this step mints
 
 
 class Refold(NamedTuple):
@@ -651,6 +652,15 @@ class Folder:
                         | {c for c in live_before if state.canonical(c) in component})
         self._forget_refused(component)
         resolved = replace_component(state, component, scratch, moved_to)
+        # The customer a live id's view is made for carries the ids now resolving to it, as a merge would.
+        aliases_of: dict[str, list[str]] = {}
+        for old, now_id in resolved.items():
+            if old not in scratch.seq:
+                aliases_of.setdefault(now_id, []).append(old)
+        for i, step in enumerate(steps):
+            for decision in step.decisions:
+                if isinstance(decision, Minted) and decision.customer_id in aliases_of:
+                    steps[i] = step._replace(aliases=tuple(sorted(aliases_of.pop(decision.customer_id))))
         for c in component:
             self._positions.pop(c, None)
             self._latest_at.pop(c, None)
@@ -686,7 +696,7 @@ class Folder:
         for step in refold.steps:
             try:
                 self.follow(step.event, step.customer_id, step.decisions, step.attributed, step.ms, step.position,
-                            generation=refold.cause)
+                            generation=refold.cause, aliases=step.aliases)
             except Rejected as exc:
                 if step.event.event_id not in listed:
                     self._reject(step.event.event_id, str(exc))
@@ -723,7 +733,8 @@ class Folder:
         self.touched.discard(customer_id)
 
     def follow(self, event: Event, customer_id: str, decisions: Iterable[Decision],
-               attributed: Iterable[Identifier], ms: int, source: int = -1, generation: str = "") -> bool:
+               attributed: Iterable[Identifier], ms: int, source: int = -1, generation: str = "",
+               aliases: Iterable[str] = ()) -> bool:
         """The profile's half of :meth:`add`: what identity decided, applied to the views.
 
         A mint makes a view; a merge folds the merged customer's view into the survivor's
@@ -740,6 +751,7 @@ class Folder:
         :param source: where the event came from, given back with a held refund's rejection.
         :param generation: the re-fold a view minted here is made in (its ledger's ids end ``@generation``,
             see :meth:`reset_view`); "" for an ordinary event.
+        :param aliases: for a view minted here in a re-fold, the ids no longer live that resolve to it.
         :returns: False when the event is held.
         :raises Rejected: a refund above its purchase, or in another currency. Identity's
             decisions stand (identity judged the identifiers, and they were valid), so the
@@ -751,6 +763,7 @@ class Folder:
             if isinstance(decision, Minted):
                 made = views[decision.customer_id] = CustomerView(decision.customer_id, pseudo=decision.shared)
                 made.loyalty.generation = generation
+                made.aliases.update(dict.fromkeys(aliases))
                 kept = self._kept_alerts.pop(decision.customer_id, None)
                 if kept:  # an id folded anew keeps its alert episodes
                     made.alerts.update(kept)

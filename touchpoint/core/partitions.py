@@ -83,6 +83,7 @@ class Resolved:
     clock_ms: int
     generation: str = ""  # a component folded again: the late event that caused it (see Folder.reset_view)
     origin: int = -1  # the event's own offset in the ordered log, when it is re-sent by a later one
+    aliases: tuple[str, ...] = ()  # a re-fold's view minted here: the ids no longer live resolving to it
 
     @property
     def merged(self) -> list[str]:
@@ -207,7 +208,7 @@ class IdentityLog:
             views = tuple(d for d in step.decisions if isinstance(d, (Minted, Merged)))
             records.append((partition_of(step.customer_id, parts),
                             Resolved(event_position, step.event, step.customer_id, views, step.attributed, step.ms,
-                                     clock, refold.cause, step.position)))
+                                     clock, refold.cause, step.position, step.aliases)))
             n = event_position[1] + 1
         return records
 
@@ -330,7 +331,7 @@ class ProfilePartition:
                 assert record.event is not None, "a Resolved record to follow carries its event"
                 folded = folder.follow(record.event, record.customer_id, record.decisions, record.attributed,
                                        record.ms, record.origin if record.origin >= 0 else record.position[0],
-                                       record.generation)
+                                       record.generation, record.aliases)
             except Rejected as exc:
                 outcome.rejected.append((record, str(exc)))
             else:

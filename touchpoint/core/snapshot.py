@@ -65,8 +65,9 @@ __all__ = [
 ]
 
 # 2: erased customers; 3: identity and views in separate stages, view keys;
-# 4: invitation histories, lots keep their basket, held refunds, customers' first events
-FORMAT = 4
+# 4: invitation histories, lots keep their basket, held refunds, customers' first events;
+# 5: guardrails in event time (a customer's event positions, latest event, keys refused; ledger generations)
+FORMAT = 5
 """Bump when the pickled shape of a view or of these records changes incompatibly."""
 
 ARRIVED = "__arrived__:"
@@ -177,6 +178,12 @@ def customer_records(folder: Folder, customer_ids: Iterable[str]) -> dict[str, b
                 "aliases": [(alias, state.seq[alias]) for alias in state.aliases.get(customer_id, [])],
                 "refused": sorted(refused.get(customer_id, ())),
                 "erased": customer_id in state.erased,
+                # guardrails in event time (Folder._track): empty unless the Folder has a history
+                "positions": folder._positions.get(customer_id, []),
+                "latest_at": folder._latest_at.get(customer_id),
+                "refused_keys": sorted(folder._refused_keys.get(customer_id, ())),
+                "linked_at": {key: folder._linked_at[key] for keys in state.keys.get(customer_id, {}).values()
+                              for key in keys if key in folder._linked_at},
             })
         view = folder.views.get(customer_id)
         if view is not None:
@@ -277,6 +284,15 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
             state.refused.add((owner, key))
         if doc["erased"]:
             state.erased.add(customer_id)
+        if doc["positions"]:
+            folder._positions[customer_id] = list(doc["positions"])
+        if doc["latest_at"] is not None:
+            ms, event_id = doc["latest_at"]
+            folder._latest_at[customer_id] = (ms, event_id)
+        for key in doc["refused_keys"]:
+            folder._refused_keys.setdefault(customer_id, set()).add(key)
+            folder._refusers.setdefault(key, set()).add(customer_id)
+        folder._linked_at.update(doc["linked_at"])
     if sorted(seq.values()) != list(range(len(seq))):
         raise SnapshotError("the state table's mint positions have gaps: records are missing")
     # Mint order decides merges: the restored map must iterate in the order it was built.

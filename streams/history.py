@@ -1,0 +1,86 @@
+"""Identity's history: events of ``touchpoint.accepted`` read again by offset.
+
+Guardrails decide in event time (:mod:`touchpoint.core.fold`): when a late
+event reaches a component of customers the guardrails kept apart, identity
+resolves that component's events again in event-time order, which needs them
+again. The log is the store: the Folder keeps each customer's offsets, and
+this reads those messages back with a consumer of its own (no group offsets,
+committed records only), a run of nearby offsets in one fetch. It blocks the
+stage while it reads; only late events in contested components need it, and
+the Folder reads a component's identifiers once (it keeps them).
+
+:attr:`raw` keeps the bytes of the messages of the last read: the identity
+stage forwards them to ``resolved`` unchanged, as it does its own input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from confluent_kafka import Consumer, TopicPartition
+
+from connectors.platform.serde import EventSerde
+from touchpoint.contract.models import Event
+from touchpoint.kafka_security import confluent_options
+from touchpoint.settings import Settings
+
+_GAP = 1_000  # offsets apart that one fetch still spans (reading past a few messages beats a new fetch)
+_TIMEOUT_S = 30.0
+
+
+class LogHistory:
+    """Reads messages of partition 0 of ``topic`` again, by offset, as events."""
+
+    def __init__(self, settings: Settings, topic: str, serde: EventSerde) -> None:
+        self.topic = topic
+        self.serde = serde
+        self.raw: dict[int, bytes] = {}
+        self._consumer = Consumer({
+            "bootstrap.servers": settings.kafka_bootstrap,
+            # Never subscribes or commits: the group only names the client to the broker.
+            "group.id": f"{settings.stage_group('identity')}-history",
+            "client.id": "touchpoint-identity-history",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            **confluent_options(settings),
+        })
+
+    def __call__(self, offsets: Sequence[int]) -> list[Event]:
+        """The events at ``offsets`` (in that order); their bytes in :attr:`raw`.
+
+        :raises LookupError: an offset is not in the log (deleted, or not written).
+        """
+        self.raw = found = self._read(sorted(set(offsets)))
+        return [self.serde.read_checked(found[offset]) for offset in offsets]
+
+    def _read(self, wanted: list[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        runs: list[list[int]] = []
+        for offset in wanted:
+            if runs and offset - runs[-1][-1] <= _GAP:
+                runs[-1].append(offset)
+            else:
+                runs.append([offset])
+        for run in runs:
+            needed = set(run)
+            self._consumer.assign([TopicPartition(self.topic, 0, run[0])])
+            while needed:
+                messages = self._consumer.consume(num_messages=min(1000, run[-1] - run[0] + 1), timeout=_TIMEOUT_S)
+                if not messages:
+                    raise LookupError(f"offsets {sorted(needed)[:5]} of {self.topic} not read in {_TIMEOUT_S:.0f} s")
+                for message in messages:
+                    if message.error() is not None:
+                        raise LookupError(f"reading {self.topic} again: {message.error()}")
+                    at = message.offset()
+                    assert at is not None  # a message read from a partition has one
+                    if at in needed:
+                        value = message.value()
+                        assert value is not None  # identity fed it: an event has a value
+                        found[at] = value
+                        needed.discard(at)
+                if needed and (messages[-1].offset() or 0) >= run[-1]:
+                    raise LookupError(f"offsets {sorted(needed)[:5]} of {self.topic} are not in the log")
+        return found
+
+    def close(self) -> None:
+        self._consumer.close()
