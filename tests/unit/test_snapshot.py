@@ -167,3 +167,42 @@ def test_a_missing_record_is_detected() -> None:
     del records[first]  # the first customer minted: the positions after it now have a gap
     with pytest.raises(SnapshotError, match="records are missing"):
         restore(worker_folder()[0], records)
+
+
+def test_a_restored_folder_resolves_contested_components_again_as_the_uninterrupted_one() -> None:
+    # A backfill channel file by channel file: late events in contested components, which the Folder
+    # resolves again from its history. The table keeps what that needs (each customer's event positions,
+    # latest event and refused keys), so a Folder restored half-way decides as the uninterrupted one.
+    docs = sorted((e for e in generate(customers=300, days=365, seed=7) if e["event_id"].startswith("ev-")),
+                  key=lambda e: (e["occurred_at"], e["event_id"]))
+    lines = [json.dumps(e) for channel in ("branch", "phone", "web", "email", "sms") for e in docs
+             if e["channel"] == channel]
+    whole, changed = worker_folder()
+    whole.history = lambda positions: [whole.event_of_line(lines[p]) for p in positions]
+    table: dict[str, bytes | None] = {}
+    cut = len(lines) * 3 // 5  # into the web file: customers of the branch and phone files are known
+    for position, line in enumerate(lines[:cut]):
+        whole.position = position
+        whole.add_json(line)
+        if position % 500 == 499:
+            flush(whole, changed, table, next_offset=position + 1)
+    flush(whole, changed, table, next_offset=cut)
+    restored, _ = worker_folder()
+    restored.history = lambda positions: [restored.event_of_line(lines[p]) for p in positions]
+    assert restore(restored, live(table)).next_offset == cut
+    assert snapshot_of(restored) == snapshot_of(whole)
+
+    def refusers(folder: Folder) -> dict[str, set[str]]:  # by live id (the Folder keeps ids of their time)
+        return {key: {folder.state.canonical(c) for c in ids} for key, ids in folder._refusers.items()}
+
+    assert (restored._positions, restored._latest_at, restored._refused_keys, refusers(restored)) == \
+        (whole._positions, whole._latest_at, whole._refused_keys, refusers(whole))
+    refolds = whole.refolds
+    for position in range(cut, len(lines)):
+        for folder in (whole, restored):
+            folder.position = position
+            folder.add_json(lines[position])
+        assert restored.drain_entries() == whole.drain_entries()
+    assert whole.refolds > refolds, "the rest of the backfill resolves a component again"
+    assert restored.refolds == whole.refolds - refolds
+    assert snapshot_of(restored) == snapshot_of(whole)
