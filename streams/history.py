@@ -15,6 +15,7 @@ stage forwards them to ``resolved`` unchanged, as it does its own input.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from confluent_kafka import Consumer, TopicPartition
@@ -42,6 +43,8 @@ class LogHistory:
             "client.id": "touchpoint-identity-history",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
+            # A read wants what is there now: no broker-side wait for more bytes.
+            "fetch.wait.max.ms": 5,
             **confluent_options(settings),
         })
 
@@ -64,10 +67,17 @@ class LogHistory:
         for run in runs:
             needed = set(run)
             self._consumer.assign([TopicPartition(self.topic, 0, run[0])])
+            # Short waits: transaction markers take offsets too, so a run holds fewer messages than it spans
+            # and a wait for that many would sit out its whole timeout.
+            deadline = time.monotonic() + _TIMEOUT_S
             while needed:
-                messages = self._consumer.consume(num_messages=min(1000, run[-1] - run[0] + 1), timeout=_TIMEOUT_S)
+                messages = self._consumer.consume(num_messages=1000, timeout=0.005)
                 if not messages:
-                    raise LookupError(f"offsets {sorted(needed)[:5]} of {self.topic} not read in {_TIMEOUT_S:.0f} s")
+                    if time.monotonic() > deadline:
+                        raise LookupError(f"offsets {sorted(needed)[:5]} of {self.topic} not read in "
+                                          f"{_TIMEOUT_S:.0f} s")
+                    continue
+                deadline = time.monotonic() + _TIMEOUT_S
                 for message in messages:
                     if message.error() is not None:
                         raise LookupError(f"reading {self.topic} again: {message.error()}")

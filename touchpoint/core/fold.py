@@ -546,7 +546,10 @@ class Folder:
         positions.setdefault(customer_id, []).append(self.position)
         if at > latest_at.get(customer_id, at) or customer_id not in latest_at:
             latest_at[customer_id] = at
-        return late and not alone and (len(component) > 1 or bool(refused_keys.get(customer_id)))
+        contested = len(component) > 1 or bool(refused_keys.get(customer_id))
+        if contested:  # kept, so resolving this component again reads only what came before it was contested
+            self._who_at[self.position] = (at[1], at[0], identifiers)
+        return late and not alone and contested
 
     def _note_refused(self, customer_id: str, identifiers: tuple[Identifier, ...],
                       attributed: tuple[Identifier, ...]) -> None:
