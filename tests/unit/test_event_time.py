@@ -10,10 +10,12 @@ purchase whose points expired keeps them (the histories here are shorter than th
 from __future__ import annotations
 
 import json
+import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -310,3 +312,28 @@ def test_a_late_event_resolves_the_dormancy_episode_it_would_have_prevented_with
     [reason] = resolved.reasons
     assert reason.code == "corrected" and "a late event" in reason.text
     assert reason.evidence["event_ids"] == ["w100"]
+
+
+@pytest.mark.parametrize("seed", [7, 33])
+def test_the_ledger_as_published_sums_per_customer_to_each_cards_balance_in_any_arrival_order(seed: int) -> None:
+    # A generated population in a random arrival order: components folded anew withdraw each entry from the
+    # customer it was issued to (a merge brought some into the view) and issue their own, so the entries a
+    # worker publishes, summed per customer they resolve to now, are each view's balance.
+    from touchpoint.core.fold import Folder
+    from touchpoint.generate import generate
+
+    docs = [e for e in generate(customers=150, days=120, seed=seed) if e["event_id"].startswith("ev-")]
+    random.Random(seed).shuffle(docs)
+    lines = [json.dumps(e) for e in docs]
+    folder = Folder(secret=SECRET, keep_decisions=False, log_clock_check=False)
+    folder.history = lambda positions: [folder.event_of_line(lines[p]) for p in positions]
+    for position, line in enumerate(lines):
+        folder.position = position
+        folder.add_json(line)
+    assert folder.refolds, "the arrival order makes identity resolve a component again"
+    owned: dict[str, int] = defaultdict(int)
+    for customer_id, entry in folder.drain_entries():
+        owned[folder.state.canonical(customer_id)] += entry.points
+    balances = {cid: sum(e.points for e in view.loyalty.entries.values()) for cid, view in folder.views.items()}
+    assert {cid: owned.get(cid, 0) for cid in balances} == balances
+    assert set(owned) <= set(balances)

@@ -709,7 +709,8 @@ class Folder:
     def reset_view(self, customer_id: str, now_id: str | None, cause: str) -> None:
         """Take out the view of an id of a component identity resolved again, to be folded anew from its events.
 
-        Every ledger entry it holds is withdrawn by an ``adjustment`` entry (``<entry id>~<cause>``): the
+        Every ledger entry it holds is withdrawn by an ``adjustment`` entry (``<entry id>~<cause>``, from the
+        customer it was issued to): the
         views folded anew issue their own, with ids ending ``@<cause>`` (their ledgers' generation). An
         id not live any more (``now_id``: the live id it resolves to) is retired into that customer, its
         open alert episodes resolved ``merged``; a live id keeps its alert episodes for its view folded
@@ -721,7 +722,7 @@ class Folder:
         ms = self.latest_ms or 0
         if not self.keep_decisions:
             self.new_entries += [
-                (customer_id, LedgerEntry(
+                (view.issued_to.get(entry.id, customer_id), LedgerEntry(
                     f"{entry.id}~{cause}", "adjustment", -entry.points, ms, cause, entry.transaction_id,
                     entry.rule_version, entry.rule_id, entry.multiplier,
                     f"resolved again in event time ({cause}): {entry.id} withdrawn, the events scored anew"))

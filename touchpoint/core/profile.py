@@ -144,6 +144,7 @@ class CustomerView:
         "customer_id",
         "held",
         "identifiers",
+        "issued_to",
         "keys",
         "last_contact",
         "loyalty",
@@ -180,6 +181,9 @@ class CustomerView:
         self.person: dict[str, tuple[int, str, str]] = {}  # profile field -> (ms, event_id, latest value)
         self.reasons = ReasonFacts()  # what likely call reasons are judged from
         self.loyalty = LoyaltyState()  # ledger, purchase lots, campaign invitations (the Folder scores)
+        # entry id -> the customer it was issued to, for the entries a merge brought (the others were issued
+        # to this customer): a view folded anew withdraws each entry from the customer that holds it
+        self.issued_to: dict[str, str] = {}
         # kind -> (episode state, its latest transition); the Folder decides them on ticks
         self.alerts: dict[str, tuple[AlertState, Alert | None]] = {}
         # refund_id -> (ms, event_id, event, identifiers attributed, deadline ms, source): refunds of a
@@ -188,7 +192,7 @@ class CustomerView:
 
     def __setstate__(self, state: Any) -> None:
         # a view pickled before held refunds or profile events (a hand-in on the log)
-        restore_slots(self, state, {"held": dict, "person": dict})
+        restore_slots(self, state, {"held": dict, "person": dict, "issued_to": dict})
 
 
 def _latest(facts: dict[Any, Any], key: Any, value: tuple[Any, ...]) -> None:
@@ -398,6 +402,10 @@ def merge_views(survivor: CustomerView, merged: CustomerView) -> None:
         for key, value in getattr(merged, name).items():
             _latest(into_facts, key, value)
     merge_facts(survivor.reasons, merged.reasons)
+    mine = survivor.loyalty.entries
+    for entry_id in merged.loyalty.entries:
+        if entry_id not in mine:
+            survivor.issued_to[entry_id] = merged.issued_to.get(entry_id, merged.customer_id)
     merge_loyalty(survivor.loyalty, merged.loyalty)
 
 
