@@ -337,3 +337,7 @@ def test_the_ledger_as_published_sums_per_customer_to_each_cards_balance_in_any_
     balances = {cid: sum(e.points for e in view.loyalty.entries.values()) for cid, view in folder.views.items()}
     assert {cid: owned.get(cid, 0) for cid in balances} == balances
     assert set(owned) <= set(balances)
+    # Every customer is a changed card for the worker, also one merged away and live again since (its merge
+    # and its card both go out, the card after).
+    touched, _ = folder.drain_changes()
+    assert set(folder.views) <= touched

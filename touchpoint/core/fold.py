@@ -461,7 +461,8 @@ class Folder:
         self.touched, self.merged_into = set(), {}
         self._merged_by = {}
         for alias in merged:
-            touched.discard(alias)
+            if alias not in self.views:  # one with a view is live again (a component folded anew since)
+                touched.discard(alias)
         return touched, merged
 
     def identify(self, event: Event) -> tuple[str, tuple[Decision, ...], tuple[Identifier, ...], int]:
