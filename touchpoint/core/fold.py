@@ -85,6 +85,7 @@ from touchpoint.core.identity import (
     Decision,
     IdentityConfig,
     IdentityState,
+    Linked,
     Merged,
     Minted,
     Refolded,
@@ -360,6 +361,9 @@ class Folder:
         self._latest_at: dict[str, tuple[int, str]] = {}
         self._refused_keys: dict[str, set[str]] = {}
         self._refusers: dict[str, set[str]] = {}
+        # Customers that were refused a key or hold a key someone was refused: only theirs have a component
+        # beyond themselves (marks are never taken back; a stale one costs a look, not a wrong answer).
+        self._marked: set[str] = set()
         self._refold: Refold | None = None
         # Alert episodes of ids taken out by reset_view, for their views folded anew.
         self._kept_alerts: dict[str, dict[str, Any]] = {}
@@ -541,6 +545,10 @@ class Folder:
                 keys = refused_keys.pop(merged, None)
                 if keys:
                     refused_keys.setdefault(survivor, set()).update(keys)
+                if merged in self._marked:
+                    self._marked.add(survivor)
+            elif isinstance(decision, (Linked, Minted)) and decision.key in self._refusers:
+                self._marked.add(canonical(decision.customer_id))
         self._note_refused(customer_id, identifiers, attributed)
         component = self._component(customer_id)
         late = any(latest_at.get(c, at) > at for c in component)
@@ -563,6 +571,10 @@ class Folder:
             if ident.key not in kept and ident.key not in shared:
                 self._refused_keys.setdefault(customer_id, set()).add(ident.key)
                 self._refusers.setdefault(ident.key, set()).add(customer_id)
+                self._marked.add(customer_id)
+                holder = self.state.owner.get(ident.key)
+                if holder is not None:
+                    self._marked.add(self.state.canonical(holder))
 
     def _forget_refused(self, customers: Iterable[str]) -> None:
         """Drop what :meth:`_note_refused` noted for these live customers (and ids merged into them)."""
@@ -583,6 +595,8 @@ class Folder:
     def _component(self, customer_id: str) -> list[str]:
         """The live customers connected to ``customer_id`` through guardrail refusals (itself included):
         the holders of keys it was refused, and the customers refused keys it holds."""
+        if customer_id not in self._marked:
+            return [customer_id]
         state, refused_keys, refusers = self.state, self._refused_keys, self._refusers
         seen = {customer_id}
         todo = [customer_id]

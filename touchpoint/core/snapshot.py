@@ -293,6 +293,9 @@ def restore(folder: Folder, records: Mapping[str, bytes]) -> Checkpoint:
             folder._refused_keys.setdefault(customer_id, set()).add(key)
             folder._refusers.setdefault(key, set()).add(customer_id)
         folder._linked_at.update(doc["linked_at"])
+    # Who may have a component beyond themselves (Folder._component): recomputed, not stored.
+    folder._marked.update(folder._refused_keys)
+    folder._marked.update(state.canonical(state.owner[key]) for key in folder._refusers if key in state.owner)
     if sorted(seq.values()) != list(range(len(seq))):
         raise SnapshotError("the state table's mint positions have gaps: records are missing")
     # Mint order decides merges: the restored map must iterate in the order it was built.
