@@ -341,3 +341,28 @@ def test_the_ledger_as_published_sums_per_customer_to_each_cards_balance_in_any_
     # and its card both go out, the card after).
     touched, _ = folder.drain_changes()
     assert set(folder.views) <= touched
+
+
+@pytest.mark.parametrize("seed", [7, 33, 17])
+def test_the_aliases_a_card_lists_are_the_merges_a_worker_publishes_in_any_arrival_order(seed: int) -> None:
+    # The read model records an alias from the merge record a worker publishes, and a card lists its aliases: the
+    # two must agree, also for a component folded anew whose late event had minted a customer of its own in
+    # arrival order (an id no event ever resolved to: no card, no merge record, so no alias either).
+    from touchpoint.core.fold import Folder
+    from touchpoint.generate import generate
+
+    docs = [e for e in generate(customers=150, days=120, seed=seed) if e["event_id"].startswith("ev-")]
+    random.Random(seed).shuffle(docs)
+    lines = [json.dumps(e) for e in docs]
+    folder = Folder(secret=SECRET, keep_decisions=False, log_clock_check=False)
+    folder.history = lambda positions: [folder.event_of_line(lines[p]) for p in positions]
+    published: set[str] = set()
+    for position, line in enumerate(lines):
+        folder.position = position
+        folder.add_json(line)
+        if position % 50 == 49:  # a worker's batch
+            published |= folder.drain_changes()[1].keys()
+    published |= folder.drain_changes()[1].keys()
+    assert folder.refolds
+    listed = {alias for view in folder.views.values() for alias in view.aliases}
+    assert listed == published - folder.views.keys()

@@ -670,10 +670,11 @@ class Folder:
                         | {c for c in live_before if state.canonical(c) in component})
         self._forget_refused(component)
         resolved = replace_component(state, component, scratch, moved_to)
-        # The customer a live id's view is made for carries the ids now resolving to it, as a merge would.
+        # The customer a live id's view is made for carries the ids now resolving to it, as a merge would;
+        # not one the late event minted for itself in arrival order (no event was ever resolved to it).
         aliases_of: dict[str, list[str]] = {}
         for old, now_id in resolved.items():
-            if old not in scratch.seq:
+            if old not in scratch.seq and (old not in named or old in live_before):
                 aliases_of.setdefault(now_id, []).append(old)
         for i, step in enumerate(steps):
             for decision in step.decisions:
