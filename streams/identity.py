@@ -157,6 +157,7 @@ class IdentityStage:
             if at is None:
                 return Fed(reason='not a tick: expected {"tick": "<ISO-8601 instant with zone>"}')
             return Fed(records=self.log.tick(offset, at))
+        self.history.keep(offset, value)
         who = who_of(headers)
         try:
             if who is not None:
