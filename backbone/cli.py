@@ -37,6 +37,8 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(projections_app, name="projections")
 privacy_app = typer.Typer(help="Erasure by crypto-shredding and subject-access exports.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
+value_app = typer.Typer(help="Customer value: BG/NBD and Gamma-Gamma fitted on the log.", no_args_is_help=True)
+app.add_typer(value_app, name="value")
 
 
 def _settings() -> Settings:
@@ -255,6 +257,50 @@ def loyalty_simulate(
     report = simulate(lines, current_rules, proposed, secret=settings.identifier_key.get_secret_value().encode(),
                       config=_fold_config(settings, config, None), movers=movers)
     sys.stdout.write((json.dumps(report, indent=2) if as_json else format_report(report)) + "\n")
+
+
+@value_app.command("fit")
+def value_fit(
+    events: Annotated[str, typer.Argument(help="history: events in the contract's JSON form, one per line")],
+    calibration_end: Annotated[str, typer.Option("--calibration-end", help="the last day (YYYY-MM-DD, UTC) whose "
+                                                                           "purchases count")],
+    unit: Annotated[str, typer.Option("--unit", help="time unit of t_x and T: week or day")] = "week",
+    config: Annotated[str | None, typer.Option("--config", help="fold config JSON (identity, segments)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the fit as one JSON object")] = False,
+) -> None:
+    """Fit BG/NBD (repeat purchases, P(alive)) and Gamma-Gamma (spend) on the customers the history folds into."""
+    from datetime import date
+
+    from touchpoint.core.fold import folded
+    from touchpoint.core.value import UNITS, fit, summaries_of
+    from touchpoint.errors import ConfigError
+
+    try:
+        end = date.fromisoformat(calibration_end)
+    except ValueError as exc:
+        raise ConfigError(f"--calibration-end: {calibration_end!r} is not a date like 1997-09-30") from exc
+    if unit not in UNITS:
+        raise ConfigError(f"--unit: {unit!r} is not one of {', '.join(UNITS)}")
+    settings = _settings()
+    with open(events, "rb") as fh:
+        folder = folded(list(fh), config=_fold_config(settings, config, None),
+                        secret=settings.identifier_key.get_secret_value().encode())
+    try:
+        fitted = fit(summaries_of(folder.views, end, unit).values(), end, unit)
+    except ValueError as exc:
+        raise ConfigError(f"value fit: {exc}") from exc
+    doc = fitted.to_json()
+    if as_json:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        return
+    bg, gg, ll = doc["bg_nbd"], doc["gamma_gamma"], doc["log_likelihood"]
+    sys.stdout.write(
+        f"{doc['customers']:,} customers with a purchase by {end} ({doc['repeat_customers']:,} with repeat purchases), "
+        f"time in {unit}s\n"
+        f"BG/NBD:      r = {bg['r']:.4g}, alpha = {bg['alpha']:.4g}, a = {bg['a']:.4g}, b = {bg['b']:.4g} "
+        f"(log-likelihood {ll['bg_nbd']:,.1f})\n"
+        f"Gamma-Gamma: p = {gg['p']:.4g}, q = {gg['q']:.4g}, v = {gg['v']:.4g} "
+        f"(log-likelihood {ll['gamma_gamma']:,.1f})\n")
 
 
 @app.command("fold")

@@ -1143,6 +1143,17 @@ def fold(
     :param secret: the identifier key.
     :param now_for_validation: judge event times against this instant.
     """
+    return folded(events_json_lines, as_of, config, secret, now_for_validation).result(as_of)
+
+
+def folded(
+    events_json_lines: Iterable[str | bytes],
+    as_of: datetime | None = None,
+    config: FoldConfig | None = None,
+    secret: bytes = b"",
+    now_for_validation: datetime | None = None,
+) -> Folder:
+    """The Folder that :func:`fold` renders (its views, decisions and rejections), ticked to ``as_of`` if given."""
     if not secret:
         raise ConfigError("the fold needs the identifier key (secret) to key identifiers")
     for instant in (as_of, now_for_validation):
@@ -1165,7 +1176,7 @@ def fold(
                 folder.lines += 1
         if as_of is not None:
             folder.tick(as_of)  # time passes to as_of: dormancy, churn windows, expiries
-        return folder.result(as_of)
+        return folder
     finally:
         if collecting:
             gc.enable()

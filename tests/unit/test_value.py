@@ -1,0 +1,192 @@
+"""Customer value: the summaries, the two models' likelihoods and formulas, and the papers' own CDNOW fit."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, date, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.integrate import quad
+from typer.testing import CliRunner
+
+from backbone.cli import app
+from bench.cdnow import CALIBRATION_END, events, sample_path
+from touchpoint.core.fold import folded
+from touchpoint.core.value import (
+    BgNbd,
+    GammaGamma,
+    Summary,
+    bgnbd_log_likelihood,
+    expected_purchases,
+    expected_purchases_new,
+    expected_spend,
+    fit,
+    gamma_gamma_log_likelihood,
+    p_alive,
+    summaries_of,
+    summarise,
+)
+
+END = date(2025, 3, 31)
+
+
+def ms(day: str, hour: int = 12) -> int:
+    return int(datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC).timestamp() * 1000)
+
+
+# -- summaries -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("purchases", "refunds", "unit", "expected"), [
+    # one purchase: no repeat; T counts whole days from its day to the calibration day
+    ({"t1": (ms("2025-03-03"), 1000)}, {}, "day", Summary(0, 0.0, 28.0, 0.0)),
+    # same-day purchases count once, their spend summed; the first day is not a repeat
+    ({"t1": (ms("2025-03-03"), 1000), "t2": (ms("2025-03-10", 9), 500), "t3": (ms("2025-03-10", 18), 700)}, {},
+     "day", Summary(1, 7.0, 28.0, 12.0)),
+    # weeks: whole days divided by 7; a purchase after the calibration day does not count, one on it does
+    ({"t1": (ms("2025-03-03"), 1000), "t2": (ms("2025-03-31", 23), 2000), "t3": (ms("2025-04-01"), 9999)}, {},
+     "week", Summary(1, 4.0, 4.0, 20.0)),
+    # a refund takes its amount off its purchase; one refunded whole is no purchase
+    ({"t1": (ms("2025-03-03"), 1000), "t2": (ms("2025-03-10"), 3000), "t3": (ms("2025-03-17"), 800)},
+     {"r1": (ms("2025-03-11"), 1000, "t2"), "r2": (ms("2025-03-18"), 800, "t3")}, "day", Summary(1, 7.0, 28.0, 20.0)),
+    # a purchase of no amount is still a purchase (CDNOW has some)
+    ({"t1": (ms("2025-03-03"), 0), "t2": (ms("2025-03-05"), 0)}, {}, "day", Summary(1, 2.0, 28.0, 0.0)),
+    # nothing bought by the calibration day: not a customer yet
+    ({"t1": (ms("2025-04-02"), 1000)}, {}, "week", None),
+])
+def test_a_customers_summary_counts_purchase_days(purchases: dict[str, tuple[int, int]],
+                                                  refunds: dict[str, tuple[int, int, str]], unit: str,
+                                                  expected: Summary | None) -> None:
+    assert summarise(purchases, refunds, END, unit) == expected
+
+
+def test_an_unknown_time_unit_is_refused() -> None:
+    with pytest.raises(ValueError, match="month"):
+        summarise({"t1": (ms("2025-03-03"), 1000)}, {}, END, "month")
+
+
+# -- likelihoods, against the papers' formulas written out independently --------------------------------------------
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def bgnbd_likelihood_by_hand(r: float, alpha: float, a: float, b: float, x: int, t_x: float, T: float) -> float:
+    """BG/NBD's equation (6) as printed: two terms, each a beta ratio times a gamma-Poisson term."""
+    gamma_term = math.lgamma(r + x) - math.lgamma(r) + r * math.log(alpha)
+    first = math.exp(_log_beta(a, b + x) - _log_beta(a, b) + gamma_term - (r + x) * math.log(alpha + T))
+    if x == 0:
+        return first
+    second = math.exp(_log_beta(a + 1, b + x - 1) - _log_beta(a, b) + gamma_term - (r + x) * math.log(alpha + t_x))
+    return first + second
+
+
+@pytest.mark.parametrize(("x", "t_x", "T"), [(0, 0.0, 4.0), (0, 0.0, 38.86), (1, 2.0, 10.0), (2, 30.43, 38.86),
+                                              (7, 29.43, 38.86), (40, 50.0, 52.0)])
+def test_the_bgnbd_log_likelihood_is_the_papers_equation(x: int, t_x: float, T: float) -> None:
+    params = BgNbd(0.243, 4.414, 0.793, 2.426)
+    ours = bgnbd_log_likelihood(params, np.array([x], float), np.array([t_x]), np.array([T]))[0]
+    assert ours == pytest.approx(math.log(bgnbd_likelihood_by_hand(0.243, 4.414, 0.793, 2.426, x, t_x, T)), rel=1e-12)
+
+
+def test_a_customer_without_repeats_has_the_likelihood_of_never_buying_again() -> None:
+    # x = 0: (alpha / (alpha + T)) ** r, whatever a and b are
+    ours = bgnbd_log_likelihood(BgNbd(0.5, 2.0, 0.9, 3.1), np.zeros(1), np.zeros(1), np.array([4.0]))[0]
+    assert ours == pytest.approx(0.5 * math.log(2.0 / 6.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("x", [1, 2, 5, 20])
+def test_the_gamma_gamma_likelihood_is_a_density_of_the_mean_spend(x: int) -> None:
+    # Integrated over every mean spend, the density of m_x given x is 1.
+    params = GammaGamma(6.25, 3.74, 15.44)
+
+    def density(m: float) -> float:
+        return float(np.exp(gamma_gamma_log_likelihood(params, np.array([float(x)]), np.array([m]))[0]))
+
+    total, _ = quad(density, 0, np.inf, limit=200)
+    assert total == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_expected_spend_shrinks_a_customers_mean_towards_the_populations() -> None:
+    params = GammaGamma(6.25, 3.74, 15.44)
+    population = params.p * params.v / (params.q - 1)
+    spend = expected_spend(params, np.array([0.0, 1.0, 10.0, 1000.0]), np.array([0.0, 100.0, 100.0, 100.0]))
+    assert spend[0] == pytest.approx(population)
+    assert population < spend[1] < spend[2] < spend[3] < 100.0
+    assert spend[3] == pytest.approx(100.0, rel=1e-2)
+
+
+# -- per-customer formulas -------------------------------------------------------------------------------------------
+
+PARAMS = BgNbd(0.243, 4.414, 0.793, 2.426)
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.integers(0, 60), t_x=st.floats(0, 80), later=st.floats(0, 80), more=st.floats(0.01, 80))
+def test_p_alive_is_a_probability_one_without_repeats_and_never_rises_with_age(x: int, t_x: float, later: float,
+                                                                            more: float) -> None:
+    t_x = 0.0 if x == 0 else t_x
+    T = t_x + later
+    now, older = (p_alive(PARAMS, np.array([float(x)]), np.array([t_x]), np.array([age]))[0] for age in (T, T + more))
+    assert 0.0 <= older <= now <= 1.0
+    if x == 0:
+        assert now == older == 1.0
+
+
+def test_a_new_customer_expects_what_the_unconditional_formula_gives() -> None:
+    # Right after their first purchase (x = 0, T = 0), equation (10) is equation (7).
+    for horizon in (1.0, 13.0, 39.0, 78.0):
+        conditional = expected_purchases(PARAMS, horizon, np.zeros(1), np.zeros(1), np.zeros(1))[0]
+        assert conditional == pytest.approx(float(expected_purchases_new(PARAMS, horizon)), rel=1e-9)
+
+
+def test_a_frequent_recent_buyer_expects_more_than_a_lapsed_one() -> None:
+    x, t_x, T = np.array([10.0, 10.0, 1.0]), np.array([38.0, 10.0, 2.0]), np.array([39.0, 39.0, 39.0])
+    recent, lapsed, once = expected_purchases(PARAMS, 39.0, x, t_x, T)
+    assert recent > lapsed and recent > once
+
+
+# -- the papers' own fit ----------------------------------------------------------------------------------------------
+
+PUBLISHED = {"bg_nbd": {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
+             "gamma_gamma": {"p": 6.25, "q": 3.74, "v": 15.44}}
+
+
+def three_digits(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
+def test_the_cdnow_sample_fits_to_the_papers_estimates_through_the_command(tmp_path: Any) -> None:
+    # The 2,357 customers of the CDNOW 1/10 sample, folded as purchase events; the 39-week calibration period.
+    path = tmp_path / "cdnow.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in events()))
+    result = CliRunner().invoke(app, ["value", "fit", str(path), "--calibration-end", "1997-09-30", "--unit", "week",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert (doc["customers"], doc["repeat_customers"]) == (2357, 946)
+    for model, published in PUBLISHED.items():
+        for name, value in published.items():
+            assert three_digits(doc[model][name]) == three_digits(value), (model, name, doc[model][name])
+            # and within the published figure's rounding (half a unit of its last digit)
+            half_unit = 0.5 * 10 ** -len(repr(value).partition(".")[2])
+            assert abs(doc[model][name] - value) <= half_unit, (model, name, doc[model][name])
+    assert doc["log_likelihood"]["bg_nbd"] == pytest.approx(-9582.4, abs=0.05)  # the paper's figure
+
+
+def test_the_fit_is_the_same_through_the_fold_and_from_the_file_directly() -> None:
+    # The fold's views (one customer per customer number) give the summaries the raw file gives.
+    view_summaries = summaries_of(folded([json.dumps(e) for e in events()], secret=b"k" * 32).views, CALIBRATION_END)
+    by_customer: dict[str, dict[str, tuple[int, int]]] = {}
+    for n, line in enumerate(sample_path().read_text(encoding="ascii").splitlines()):
+        _, customer, day, _, dollars = line.split()
+        at = datetime.strptime(day, "%Y%m%d").replace(hour=12, tzinfo=UTC)
+        by_customer.setdefault(customer, {})[str(n)] = (int(at.timestamp() * 1000), round(float(dollars) * 100))
+    direct = [summarise(p, {}, CALIBRATION_END) for p in by_customer.values()]
+    assert sorted(view_summaries.values(), key=repr) == sorted((s for s in direct if s), key=repr)
+    fitted = fit(view_summaries.values(), CALIBRATION_END)
+    assert three_digits(fitted.bgnbd.alpha) == 4.41
