@@ -267,12 +267,16 @@ def value_fit(
     unit: Annotated[str, typer.Option("--unit", help="time unit of t_x and T: week or day")] = "week",
     config: Annotated[str | None, typer.Option("--config", help="fold config JSON (identity, segments)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the fit as one JSON object")] = False,
+    out: Annotated[str | None, typer.Option("--out", help="write the value model (the fit, with the settings' "
+                                                          "margin, discount and horizons) to this file, for "
+                                                          "`touchpoint fold --value-model`")] = None,
 ) -> None:
     """Fit BG/NBD (repeat purchases, P(alive)) and Gamma-Gamma (spend) on the customers the history folds into."""
     from datetime import date
+    from pathlib import Path
 
     from touchpoint.core.fold import folded
-    from touchpoint.core.value import UNITS, fit, summaries_of
+    from touchpoint.core.value import UNITS, ValueModel, fit, summaries_of
     from touchpoint.errors import ConfigError
 
     try:
@@ -290,6 +294,11 @@ def value_fit(
     except ValueError as exc:
         raise ConfigError(f"value fit: {exc}") from exc
     doc = fitted.to_json()
+    if out:
+        model = ValueModel(fitted, settings.value_margin, settings.value_annual_discount, settings.value_horizon_months,
+                           settings.value_expected_days)
+        Path(out).write_text(json.dumps(model.to_json(), indent=2) + "\n", encoding="utf-8")
+        doc["model_version"] = model.version
     if as_json:
         sys.stdout.write(json.dumps(doc) + "\n")
         return
@@ -300,7 +309,8 @@ def value_fit(
         f"BG/NBD:      r = {bg['r']:.4g}, alpha = {bg['alpha']:.4g}, a = {bg['a']:.4g}, b = {bg['b']:.4g} "
         f"(log-likelihood {ll['bg_nbd']:,.1f})\n"
         f"Gamma-Gamma: p = {gg['p']:.4g}, q = {gg['q']:.4g}, v = {gg['v']:.4g} "
-        f"(log-likelihood {ll['gamma_gamma']:,.1f})\n")
+        f"(log-likelihood {ll['gamma_gamma']:,.1f})\n"
+        + (f"value model {doc['model_version']} written to {out}\n" if out else ""))
 
 
 @app.command("fold")
@@ -313,6 +323,9 @@ def fold_cmd(
                                                                "else TOUCHPOINT_LOYALTY_RULES, else shipped)")] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", min=1, help="processes to fold in (default: one per "
                                                                    "core; the output is the same)")] = None,
+    value_model: Annotated[str | None, typer.Option("--value-model", help="a value model file (`touchpoint value "
+                                                                           "fit --out`): every customer gets its "
+                                                                           "value")] = None,
 ) -> None:
     """Fold events through the pure core offline (the workers' code) and print the views as JSON."""
     from datetime import datetime
@@ -324,6 +337,16 @@ def fold_cmd(
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)  # on stderr: why a fold ran in one process
     fold_config = _fold_config(settings, config, rules)
+    if value_model:
+        from pathlib import Path
+
+        from touchpoint.core.value import ValueModel
+
+        try:
+            ValueModel.load(value_model)  # checked here once, before the fold's processes each read it
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        fold_config = fold_config.model_copy(update={"value_model": Path(value_model)})
     instant = None
     if as_of:
         try:

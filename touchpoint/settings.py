@@ -157,6 +157,13 @@ class Settings(BaseSettings):
     # yet waits for the purchase (a late purchase, or a merge that brings it) before it is dead-lettered.
     refund_hold_days: int = Field(default=30, ge=0)
 
+    # Customer value (docs/value.md), written into a value model by `touchpoint value fit --out`: the share of
+    # spend that is margin, CLV's yearly discount rate and horizon, and the horizon of expected purchases.
+    value_margin: float = Field(default=0.3, ge=0, le=1)
+    value_annual_discount: float = Field(default=0.1, ge=0)
+    value_horizon_months: int = Field(default=12, ge=1)
+    value_expected_days: int = Field(default=90, ge=1)
+
     # Most messages a stream stage (ingest, identity, profile) takes at once; a full batch means a backlog
     # (streams/batch.py). 1,000 -> 4,000 made the profile alone 7,157 -> 8,685 events/s.
     stage_batch_size: int = Field(default=4000, ge=1)

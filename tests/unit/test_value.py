@@ -31,6 +31,7 @@ from touchpoint.core.value import (
     summaries_of,
     summarise,
 )
+from touchpoint.errors import ConfigError
 
 END = date(2025, 3, 31)
 
@@ -190,3 +191,90 @@ def test_the_fit_is_the_same_through_the_fold_and_from_the_file_directly() -> No
     assert sorted(view_summaries.values(), key=repr) == sorted((s for s in direct if s), key=repr)
     fitted = fit(view_summaries.values(), CALIBRATION_END)
     assert three_digits(fitted.bgnbd.alpha) == 4.41
+
+
+# -- the value model: versioned data, scored in the fold ---------------------------------------------------------------
+
+def cdnow_model(**changes: Any) -> Any:
+    from touchpoint.core.value import ValueModel
+
+    fitted = fit(summaries_of(folded([json.dumps(e) for e in events()], secret=b"k" * 32).views, CALIBRATION_END)
+                 .values(), CALIBRATION_END)
+    return ValueModel(fitted, **{"margin": 0.3, "annual_discount": 0.1, "horizon_months": 12, "expected_days": 90,
+                                 **changes})
+
+
+def test_a_value_model_round_trips_and_its_version_names_its_content() -> None:
+    from touchpoint.core.value import ValueModel
+
+    model = cdnow_model()
+    assert ValueModel.from_json(json.loads(json.dumps(model.to_json()))) == model
+    assert model.version.startswith("vm-") and cdnow_model(margin=0.25).version != model.version
+    edited = {**model.to_json(), "margin": 0.5}
+    with pytest.raises(ValueError, match="does not match its content"):
+        ValueModel.from_json(edited)
+    for bad, why in (({"margin": 1.5}, "margin"), ({"gamma_gamma": {"p": 6.25, "q": 0.5, "v": 15.44}}, "q above 1"),
+                     ({"unit": "month"}, "unit"), ({"bg_nbd": {"r": 0.2}}, "not a value model")):
+        doc = {k: v for k, v in {**model.to_json(), **bad}.items() if k != "version"}
+        with pytest.raises(ValueError, match=why):
+            ValueModel.from_json(doc)
+
+
+def test_a_score_is_the_models_formulas_for_one_customer() -> None:
+    from touchpoint.core.value import clv, score
+
+    model = cdnow_model()
+    bg, gg = model.fitted.bgnbd, model.fitted.gamma_gamma
+    one = Summary(x=3, t_x=30.0, T=38.0, m_x=25.0)
+    got = score(model, one)
+    x, t_x, T, m_x = (np.array([v], float) for v in (3, 30.0, 38.0, 25.0))
+    assert got == {"model_version": model.version, "p_alive": round(float(p_alive(bg, x, t_x, T)[0]), 4),
+                   "expected_purchases": round(float(expected_purchases(bg, 90 / 7, x, t_x, T)[0]), 3),
+                   "expected_spend": round(float(expected_spend(gg, x, m_x)[0]), 2),
+                   "clv": round(float(clv(bg, gg, x, t_x, T, m_x, margin=0.3, annual_discount=0.1,
+                                          horizon_months=12)[0]), 2)}
+    assert 0 < got["clv"] < 0.3 * got["expected_spend"] * 12  # fewer than a purchase a month is expected
+    assert score(model, None) == {"model_version": model.version, "p_alive": None, "expected_purchases": None,
+                                  "expected_spend": None, "clv": None}
+
+
+def test_a_fold_with_a_value_model_gives_every_customer_its_value(tmp_path: Any) -> None:
+    from touchpoint.generate import generate
+
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps(e) + "\n" for e in generate(customers=300, days=200, seed=5)
+                               if e["event_id"].startswith("ev-")))
+    model_file = tmp_path / "model.json"
+    runner = CliRunner()
+    fitted = runner.invoke(app, ["value", "fit", str(history), "--calibration-end", "2025-06-30", "--out",
+                                 str(model_file), "--json"])
+    assert fitted.exit_code == 0, fitted.output
+    version = json.loads(fitted.output)["model_version"]
+    assert json.loads(model_file.read_text())["version"] == version
+    result = runner.invoke(app, ["fold", str(history), "--value-model", str(model_file), "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    customers = json.loads(result.output)["customers"]
+    assert customers and all(c["value"]["model_version"] == version for c in customers)
+    buyers = [c["value"] for c in customers if c["value"]["p_alive"] is not None]
+    assert buyers and all(0 <= v["p_alive"] <= 1 and v["clv"] >= 0 and v["expected_spend"] > 0 for v in buyers)
+    assert len({v["clv"] for v in buyers}) > len(buyers) // 2, "customers differ in value"
+
+
+def test_a_fold_refuses_a_value_model_that_is_not_one(tmp_path: Any) -> None:
+    bad = tmp_path / "model.json"
+    bad.write_text('{"version": "vm-0"}')
+    history = tmp_path / "history.jsonl"
+    history.write_text("")
+    result = CliRunner().invoke(app, ["fold", str(history), "--value-model", str(bad)])
+    assert isinstance(result.exception, ConfigError) and "not a value model" in str(result.exception)
+
+
+def test_the_fit_recovers_the_parameters_of_the_process_that_made_the_data() -> None:
+    # 50,000 customers drawn from known processes (bench.value.drawn): the estimates land near the truth.
+    from bench.value import drawn
+
+    truth_bg, truth_gg = BgNbd(0.5, 6.0, 1.2, 3.5), GammaGamma(5.0, 4.0, 20.0)
+    fitted = fit(drawn(50_000, truth_bg, truth_gg, seed=3), CALIBRATION_END)
+    for got, want in ((fitted.bgnbd.r, 0.5), (fitted.bgnbd.alpha, 6.0), (fitted.bgnbd.a, 1.2), (fitted.bgnbd.b, 3.5),
+                      (fitted.gamma_gamma.p, 5.0), (fitted.gamma_gamma.q, 4.0), (fitted.gamma_gamma.v, 20.0)):
+        assert got == pytest.approx(want, rel=0.15)

@@ -61,7 +61,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, Self, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -124,6 +124,9 @@ from touchpoint.core.profile import (
 from touchpoint.errors import ConfigError
 from touchpoint.jsontext import printable
 
+if TYPE_CHECKING:
+    from touchpoint.core.value import ValueModel
+
 __all__ = ["FoldConfig", "Folder", "Handover", "Refold", "Rejected", "Step", "fold", "fold_to_json"]
 
 _DAY_MS = 86_400_000
@@ -148,6 +151,8 @@ class FoldConfig(BaseModel):
     :param alerts: dormancy and churn thresholds.
     :param loyalty_rules: a loyalty rules file (YAML or JSON, see
         :func:`~touchpoint.core.loyalty.load_rules`); default the shipped rules.
+    :param value_model: a value model file (``touchpoint value fit --out``): the
+        rendered customers carry their ``value`` scored with it.
     :param refund_hold_days: how long a refund of a purchase its customer does
         not hold waits for it (in log time, from the later of its event time and
         the log's clock when it arrived) before it is rejected.
@@ -162,6 +167,7 @@ class FoldConfig(BaseModel):
     region: str = "GB"
     max_ahead_days: int = Field(default=30, ge=1)
     loyalty_rules: Path | None = None
+    value_model: Path | None = None
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     refund_hold_days: int = Field(default=30, ge=0)
 
@@ -301,6 +307,15 @@ class Folder:
         if rules is None:
             rules = load_rules(config.loyalty_rules) if config.loyalty_rules else default_rules()
         self.rules = rules
+        #: Scores each customer's ``value`` when the fold renders (None: no value model given).
+        self.value_model: ValueModel | None = None
+        if config.value_model is not None:
+            from touchpoint.core.value import ValueModel  # numpy and scipy load only for a fold that scores value
+
+            try:
+                self.value_model = ValueModel.load(config.value_model)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         # A long-running worker publishes decisions and ledger entries as they happen
         # instead of keeping them all.
         self.keep_decisions = keep_decisions
@@ -1118,6 +1133,13 @@ class Folder:
             rules = self.rules
             # The whole ledger: the fold is the oracle a ledger is checked against.
             customers = [render(self.views[c], as_of, segment, rules, entries=None) for c in sorted(self.views)]
+            if self.value_model is not None:
+                from touchpoint.core.value import score, summarise
+
+                model, day = self.value_model, as_of.astimezone(UTC).date()
+                for customer in customers:
+                    view = self.views[customer["customer_id"]]
+                    customer["value"] = score(model, summarise(view.purchases, view.refunds, day, model.fitted.unit))
         return {
             "customers": customers,
             "identity_decisions": [d.to_json() for d in self.decisions],

@@ -29,9 +29,12 @@ functions are :mod:`scipy.special`'s. Everything here is a pure function over pl
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -298,3 +301,95 @@ def fit(summaries: Iterable[Summary], calibration_end: date, unit: str = "week")
     gamma_gamma, gamma_gamma_ll = fit_gamma_gamma(x, m_x)
     return Fitted(bgnbd, gamma_gamma, bgnbd_ll, gamma_gamma_ll, customers=len(x), repeat_customers=int((x > 0).sum()),
                   calibration_end=calibration_end, unit=unit)
+
+
+# --- the value model: versioned data the fold and the stream score customers with ------------------------------
+
+
+@dataclass(frozen=True)
+class ValueModel:
+    """Fitted parameters and how value is counted: the data a customer's ``value`` is scored with.
+
+    ``version`` is a digest of everything else, so two folds that print one version scored with the same model.
+    """
+
+    fitted: Fitted
+    margin: float  # the share of spend that is margin
+    annual_discount: float  # the yearly discount rate of CLV's months
+    horizon_months: int  # CLV's horizon
+    expected_days: int  # the horizon of expected_purchases, in days
+
+    @property
+    def version(self) -> str:
+        body = json.dumps(self._body(), sort_keys=True, separators=(",", ":")).encode()
+        return "vm-" + hashlib.sha256(body).hexdigest()[:12]
+
+    def _body(self) -> dict[str, Any]:
+        return {**self.fitted.to_json(), "margin": self.margin, "annual_discount": self.annual_discount,
+                "horizon_months": self.horizon_months, "expected_days": self.expected_days}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, **self._body()}
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str = "value model") -> ValueModel:
+        """A model from :meth:`to_json`'s form.
+
+        :raises ValueError: a field is missing or out of range, or the version does not match the content.
+        """
+        try:
+            bg, gg = doc["bg_nbd"], doc["gamma_gamma"]
+            fitted = Fitted(BgNbd(*(float(bg[k]) for k in ("r", "alpha", "a", "b"))),
+                            GammaGamma(*(float(gg[k]) for k in ("p", "q", "v"))),
+                            float(doc["log_likelihood"]["bg_nbd"]), float(doc["log_likelihood"]["gamma_gamma"]),
+                            int(doc["customers"]), int(doc["repeat_customers"]),
+                            date.fromisoformat(doc["calibration_end"]), str(doc["unit"]))
+            model = cls(fitted, float(doc["margin"]), float(doc["annual_discount"]), int(doc["horizon_months"]),
+                        int(doc["expected_days"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: not a value model ({type(exc).__name__}: {exc})") from exc
+        problems = [name for name, value in (*vars(fitted.bgnbd).items(), *vars(fitted.gamma_gamma).items())
+                    if not value > 0]
+        if fitted.gamma_gamma.q <= 1:
+            problems.append("q above 1 (a new customer's expected spend is finite)")
+        if fitted.unit not in UNITS:
+            problems.append(f"unit one of {', '.join(UNITS)}")
+        if not 0 <= model.margin <= 1 or model.annual_discount < 0 or model.horizon_months < 1 \
+                or model.expected_days < 1:
+            problems.append("margin in [0, 1], annual_discount >= 0, horizon_months and expected_days >= 1")
+        if problems:
+            raise ValueError(f"{source}: out of range: {', '.join(problems)}")
+        if "version" in doc and doc["version"] != model.version:
+            raise ValueError(f"{source}: version {doc['version']} does not match its content ({model.version}): "
+                             "edited by hand? fit it again")
+        return model
+
+    @classmethod
+    def load(cls, path: str | Path) -> ValueModel:
+        """Read a model file written by ``touchpoint value fit --out``.
+
+        :raises ValueError: the file cannot be read, is not JSON, or is not a valid model.
+        """
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the value model: {exc}") from exc
+        return cls.from_json(doc, str(path))
+
+
+def score(model: ValueModel, summary: Summary | None) -> dict[str, Any]:
+    """A customer's ``value`` under ``model``: P(alive), repeat purchases expected in the next ``expected_days``,
+    expected spend per purchase, CLV (figures rounded for display; None for someone who bought nothing yet)."""
+    if summary is None:
+        return {"model_version": model.version, "p_alive": None, "expected_purchases": None, "expected_spend": None,
+                "clv": None}
+    fitted = model.fitted
+    x, t_x, T, m_x = (np.array([v], dtype=np.float64) for v in (summary.x, summary.t_x, summary.T, summary.m_x))
+    horizon = model.expected_days / UNITS[fitted.unit]
+    value = clv(fitted.bgnbd, fitted.gamma_gamma, x, t_x, T, m_x, margin=model.margin,
+                annual_discount=model.annual_discount, horizon_months=model.horizon_months, unit=fitted.unit)
+    return {"model_version": model.version,
+            "p_alive": round(float(p_alive(fitted.bgnbd, x, t_x, T)[0]), 4),
+            "expected_purchases": round(float(expected_purchases(fitted.bgnbd, horizon, x, t_x, T)[0]), 3),
+            "expected_spend": round(float(expected_spend(fitted.gamma_gamma, x, m_x)[0]), 2),
+            "clv": round(float(value[0]), 2)}
