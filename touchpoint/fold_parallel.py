@@ -57,7 +57,6 @@ from touchpoint.core.fold import FoldConfig, Folder, fold_to_json, tick_of
 from touchpoint.core.identifiers import IDENTIFIER_KINDS
 from touchpoint.core.instants import any_zone_ms, epoch_ms
 from touchpoint.core.normalise import InvalidIdentifier, normalise
-from touchpoint.core.profile import render
 from touchpoint.core.pseudonym import PREFIX as PSEUDONYM_PREFIX
 from touchpoint.errors import ConfigError
 
@@ -368,9 +367,7 @@ def _fold_part(part: int, path: Path, owner: bytearray, latest_before: array[int
         if render_as_of is None:
             conn.send([])
             return
-        segment, rules = folder.config.segment, folder.rules
-        conn.send([(customer_id, orjson.dumps(render(folder.views[customer_id], render_as_of, segment, rules,
-                                                     entries=None), option=orjson.OPT_SORT_KEYS))
+        conn.send([(customer_id, orjson.dumps(folder.rendered(customer_id, render_as_of), option=orjson.OPT_SORT_KEYS))
                    for customer_id in sorted(folder.views)])
     except BaseException as exc:  # the parent folds in one process instead; say why
         conn.send(exc)

@@ -258,6 +258,10 @@ def test_a_fold_with_a_value_model_gives_every_customer_its_value(tmp_path: Any)
     buyers = [c["value"] for c in customers if c["value"]["p_alive"] is not None]
     assert buyers and all(0 <= v["p_alive"] <= 1 and v["clv"] >= 0 and v["expected_spend"] > 0 for v in buyers)
     assert len({v["clv"] for v in buyers}) > len(buyers) // 2, "customers differ in value"
+    # The parallel fold renders its parts the same way: the same document, values included.
+    parallel = runner.invoke(app, ["fold", str(history), "--value-model", str(model_file), "--jobs", "2"])
+    assert parallel.exit_code == 0, parallel.output
+    assert parallel.output == result.output
 
 
 def test_a_fold_refuses_a_value_model_that_is_not_one(tmp_path: Any) -> None:

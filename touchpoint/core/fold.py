@@ -1117,6 +1117,18 @@ class Folder:
 
     # -- output ---------------------------------------------------------------
 
+    def rendered(self, customer_id: str, as_of: datetime) -> dict[str, Any]:
+        """A customer as the fold prints it: the card as of ``as_of`` with the whole ledger, and its ``value``
+        when the fold scores with a value model."""
+        customer = render(self.views[customer_id], as_of, self.config.segment, self.rules, entries=None)
+        if self.value_model is not None:
+            from touchpoint.core.value import score, summarise  # numpy and scipy only when value is scored
+
+            model, view = self.value_model, self.views[customer_id]
+            customer["value"] = score(model, summarise(view.purchases, view.refunds, as_of.astimezone(UTC).date(),
+                                                       model.fitted.unit))
+        return customer
+
     def result(self, as_of: datetime | None = None) -> dict[str, Any]:
         """The fold's document (see the module docstring).
 
@@ -1129,17 +1141,7 @@ class Folder:
             else:
                 as_of = datetime.fromtimestamp(0, tz=UTC) + timedelta(milliseconds=self.latest_ms)
         if as_of is not None:
-            segment = self.config.segment
-            rules = self.rules
-            # The whole ledger: the fold is the oracle a ledger is checked against.
-            customers = [render(self.views[c], as_of, segment, rules, entries=None) for c in sorted(self.views)]
-            if self.value_model is not None:
-                from touchpoint.core.value import score, summarise
-
-                model, day = self.value_model, as_of.astimezone(UTC).date()
-                for customer in customers:
-                    view = self.views[customer["customer_id"]]
-                    customer["value"] = score(model, summarise(view.purchases, view.refunds, day, model.fitted.unit))
+            customers = [self.rendered(c, as_of) for c in sorted(self.views)]
         return {
             "customers": customers,
             "identity_decisions": [d.to_json() for d in self.decisions],
