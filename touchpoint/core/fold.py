@@ -96,6 +96,7 @@ from touchpoint.core.identity import (
     resolve,
 )
 from touchpoint.core.instants import any_zone_ms, epoch_ms
+from touchpoint.core.lifecycle import StageRules, lifecycle, spend_by_day
 from touchpoint.core.loyalty import (
     LedgerEntry,
     LoyaltyRules,
@@ -153,6 +154,8 @@ class FoldConfig(BaseModel):
         :func:`~touchpoint.core.loyalty.load_rules`); default the shipped rules.
     :param value_model: a value model file (``touchpoint value fit --out``): the
         rendered customers carry their ``value`` scored with it.
+    :param stages: the day counts of the life-cycle stages
+        (:mod:`touchpoint.core.lifecycle`).
     :param refund_hold_days: how long a refund of a purchase its customer does
         not hold waits for it (in log time, from the later of its event time and
         the log's clock when it arrived) before it is rejected.
@@ -168,6 +171,7 @@ class FoldConfig(BaseModel):
     max_ahead_days: int = Field(default=30, ge=1)
     loyalty_rules: Path | None = None
     value_model: Path | None = None
+    stages: StageRules = Field(default_factory=StageRules)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     refund_hold_days: int = Field(default=30, ge=0)
 
@@ -1118,15 +1122,17 @@ class Folder:
     # -- output ---------------------------------------------------------------
 
     def rendered(self, customer_id: str, as_of: datetime) -> dict[str, Any]:
-        """A customer as the fold prints it: the card as of ``as_of`` with the whole ledger, and its ``value``
-        when the fold scores with a value model."""
-        customer = render(self.views[customer_id], as_of, self.config.segment, self.rules, entries=None)
+        """A customer as the fold prints it: the card as of ``as_of`` with the whole ledger, its ``lifecycle``
+        (stage and transitions), and its ``value`` when the fold scores with a value model."""
+        view = self.views[customer_id]
+        customer = render(view, as_of, self.config.segment, self.rules, entries=None)
+        day = as_of.astimezone(UTC).date()
+        customer["lifecycle"] = lifecycle(spend_by_day(view.purchases, view.refunds, day), day, self.config.stages)
         if self.value_model is not None:
             from touchpoint.core.value import score, summarise  # numpy and scipy only when value is scored
 
-            model, view = self.value_model, self.views[customer_id]
-            customer["value"] = score(model, summarise(view.purchases, view.refunds, as_of.astimezone(UTC).date(),
-                                                       model.fitted.unit))
+            model = self.value_model
+            customer["value"] = score(model, summarise(view.purchases, view.refunds, day, model.fitted.unit))
         return customer
 
     def result(self, as_of: datetime | None = None) -> dict[str, Any]:

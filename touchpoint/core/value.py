@@ -33,7 +33,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
+
+from touchpoint.core.lifecycle import spend_by_day as purchase_spend
 
 Floats = npt.NDArray[np.float64]
 """One figure per customer."""
@@ -67,15 +69,7 @@ def summarise(purchases: Mapping[str, tuple[int, int]], refunds: Mapping[str, tu
     :raises ValueError: an unknown ``unit``.
     """
     days_per_unit = _days_per_unit(unit)
-    refunded: dict[str, int] = {}
-    for _, amount, transaction_id in refunds.values():
-        refunded[transaction_id] = refunded.get(transaction_id, 0) + amount
-    spend_by_day: dict[date, int] = {}
-    for transaction_id, (ms, total) in purchases.items():
-        back = refunded.get(transaction_id, 0)
-        day = datetime.fromtimestamp(ms / 1000, UTC).date()
-        if (not back or back < total) and day <= calibration_end:
-            spend_by_day[day] = spend_by_day.get(day, 0) + total - back
+    spend_by_day = purchase_spend(purchases, refunds, calibration_end)
     if not spend_by_day:
         return None
     days = sorted(spend_by_day)
