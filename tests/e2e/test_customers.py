@@ -18,12 +18,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from connectors.intake.producer import Delivered, EventProducer
 from connectors.operations.clock import publish_tick
 from tests.e2e.oracle import assert_equals_oracle, committed, drained, end_offset
 from tests.e2e.test_pipeline import wait_until
 from tests.fix_stack import scoped, spawn_touchpoint, stop_process
+from touchpoint.core.snapshot import CHECKPOINT_KEY, unseal
 from touchpoint.generate import generate
 from touchpoint.settings import Settings
 
@@ -35,6 +37,24 @@ def settings(settings: Settings) -> Iterator[Settings]:
     """Topics and a database of this test's own: the state tables' first writes must be this test's worker's."""
     with scoped(settings, f"{settings.pg_database}_customers", f"{settings.topic_prefix}-customers") as own:
         yield own
+
+
+def identity_checkpoint(settings: Settings) -> int:
+    """The offset of ``accepted`` the identity state table's latest committed checkpoint reflects (-1: none)."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, isolation_level="read_committed",
+                             enable_auto_commit=False, consumer_timeout_ms=1000)
+    try:
+        tp = TopicPartition(settings.topic("identity-state"), 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        found = -1
+        for message in consumer:
+            if message.key == CHECKPOINT_KEY.encode() and message.value is not None:
+                secret = settings.identifier_key.get_secret_value().encode()
+                found = int(unseal(secret, CHECKPOINT_KEY, message.value)["next_offset"])
+        return found
+    finally:
+        consumer.close()
 
 
 def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_path: Path) -> None:
@@ -53,10 +73,12 @@ def test_worker_equals_fold_of_its_log_across_a_kill(settings: Settings, tmp_pat
             publish_tick(settings, mid_tick)
             # The worker holds the first half in memory only; kill it without a chance to leave.
             wait_until(lambda: committed(settings) >= accepted_before + half + 1, 90, "the first half", (worker,))
-            # ... and in its state table, so the restart exercises restoring it (not only the log).
-            wait_until(lambda: end_offset(settings, settings.topic("identity-state"))[0] > 0
+            # ... and in its state table, so the restart exercises restoring it (not only the log): identity's
+            # checkpoint past the first half (a first write after the first few batches is not enough: the
+            # restart then replays most of the log).
+            wait_until(lambda: identity_checkpoint(settings) >= accepted_before + half
                        and sum(end_offset(settings, settings.topic("profile-state")).values()) > 60, 30,
-                       "the state table's first write", (worker,))
+                       "the state table's write of the first half", (worker,))
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
             killed_at = committed(settings)
