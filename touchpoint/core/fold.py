@@ -50,7 +50,8 @@ A rejected event is listed with its reason. The result is
 ``{"customers": [...], "identity_decisions": [...], "loyalty_unscored": [...],
 "rejected": [...]}``,
 customers sorted by id and rendered ``as_of`` (default: the latest event time
-accepted); :func:`fold_to_json` writes it with sorted keys and no white space,
+accepted), each card with its life-cycle stage and, given a value model, its
+value (:meth:`Folder.rendered`); :func:`fold_to_json` writes it with sorted keys and no white space,
 so two folds of one file are byte-identical.
 """
 
@@ -1125,6 +1126,7 @@ class Folder:
         """A customer as the fold prints it: the card as of ``as_of`` with the whole ledger, its ``lifecycle``
         (stage and transitions), and its ``value`` when the fold scores with a value model."""
         view = self.views[customer_id]
+        # The whole ledger: the fold is the oracle a ledger is checked against.
         customer = render(view, as_of, self.config.segment, self.rules, entries=None)
         day = as_of.astimezone(UTC).date()
         customer["lifecycle"] = lifecycle(spend_by_day(view.purchases, view.refunds, day), day, self.config.stages)
