@@ -313,6 +313,59 @@ def value_fit(
         + (f"value model {doc['model_version']} written to {out}\n" if out else ""))
 
 
+@value_app.command("report")
+def value_report(
+    events: Annotated[str, typer.Argument(help="history: events in the contract's JSON form, one per line")],
+    value_model: Annotated[str, typer.Option("--value-model", help="the value model file (`touchpoint value fit "
+                                                                   "--out`)")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="score as of this ISO-8601 instant (default: the "
+                                                               "latest event)")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="fold config JSON (identity, segments, "
+                                                                 "stages)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
+) -> None:
+    """CLV and P(alive) by value segment and by life-cycle stage, over the customers the history folds into."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from touchpoint.core.fold import folded
+    from touchpoint.core.value import ValueModel, report
+    from touchpoint.errors import ConfigError
+
+    try:
+        ValueModel.load(value_model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    instant = None
+    if as_of:
+        try:
+            instant = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ConfigError(f"--as-of: {as_of!r} is not an ISO-8601 instant") from exc
+        if instant.tzinfo is None:
+            raise ConfigError("--as-of: give a time zone, e.g. 2026-01-31T00:00:00Z")
+    settings = _settings()
+    fold_config = _fold_config(settings, config, None).model_copy(update={"value_model": Path(value_model)})
+    secret = settings.identifier_key.get_secret_value().encode()
+    with open(events, "rb") as fh:
+        doc = folded(list(fh), instant, fold_config, secret).result(instant)
+    found = report(doc["customers"])
+    if as_json:
+        sys.stdout.write(json.dumps(found) + "\n")
+        return
+    lines = [f"value model {', '.join(found['model_versions'])}; {found['all']['customers']:,} customers, "
+             f"{found['all']['buyers']:,} with a purchase"]
+    for by in ("segment", "stage"):
+        lines.append(f"by {by}:")
+        for key, figures in found[f"by_{by}"].items():
+            clv, alive = figures.get("clv"), figures.get("p_alive")
+            lines.append(f"  {key:<10} {figures['customers']:>8,} customers {figures['buyers']:>8,} buyers"
+                         + (f"  CLV total {clv['total']:>12,.2f} mean {clv['mean']:>9,.2f} "
+                            f"median {clv['median']:>9,.2f}  P(alive) mean {alive['mean']:.3f} "
+                            f"median {alive['median']:.3f}" if clv else ""))
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
 @app.command("fold")
 def fold_cmd(
     events: Annotated[str, typer.Argument(help="events in the contract's JSON form, one per line")],

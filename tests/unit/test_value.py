@@ -282,3 +282,41 @@ def test_the_fit_recovers_the_parameters_of_the_process_that_made_the_data() -> 
     for got, want in ((fitted.bgnbd.r, 0.5), (fitted.bgnbd.alpha, 6.0), (fitted.bgnbd.a, 1.2), (fitted.bgnbd.b, 3.5),
                       (fitted.gamma_gamma.p, 5.0), (fitted.gamma_gamma.q, 4.0), (fitted.gamma_gamma.v, 20.0)):
         assert got == pytest.approx(want, rel=0.15)
+
+
+def test_a_report_groups_value_by_segment_and_stage() -> None:
+    from touchpoint.core.value import report
+
+    def customer(segment: str, stage: str | None, clv: float | None, p: float | None) -> dict[str, Any]:
+        return {"value_segment": segment, "lifecycle": {"stage": stage},
+                "value": {"model_version": "vm-1", "clv": clv, "p_alive": p, "expected_purchases": None,
+                          "expected_spend": None}}
+
+    found = report([customer("gold", "active", 100.0, 0.9), customer("gold", "at_risk", 20.0, 0.5),
+                    customer("lead", "active", 40.0, 0.8), customer("lead", None, None, None)])
+    assert found["model_versions"] == ["vm-1"]
+    assert found["all"]["customers"] == 4 and found["all"]["buyers"] == 3
+    assert found["all"]["clv"]["total"] == 160.0 and found["all"]["clv"]["median"] == 40.0
+    gold = found["by_segment"]["gold"]
+    assert (gold["customers"], gold["clv"]["mean"], gold["p_alive"]["mean"]) == (2, 60.0, 0.7)
+    assert found["by_stage"]["none"] == {"customers": 1, "buyers": 0}
+    assert found["by_stage"]["active"]["clv"] == {"total": 140.0, "mean": 70.0, "p25": 55.0, "median": 70.0,
+                                                  "p75": 85.0}
+
+
+def test_the_report_command_prints_the_groups(tmp_path: Any) -> None:
+    from touchpoint.generate import generate
+
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps(e) + "\n" for e in generate(customers=200, days=200, seed=8)
+                               if e["event_id"].startswith("ev-")))
+    model_file = tmp_path / "model.json"
+    runner = CliRunner()
+    assert runner.invoke(app, ["value", "fit", str(history), "--calibration-end", "2025-06-30", "--out",
+                               str(model_file)]).exit_code == 0
+    result = runner.invoke(app, ["value", "report", str(history), "--value-model", str(model_file), "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert found["model_versions"] == [json.loads(model_file.read_text())["version"]]
+    assert sum(g["customers"] for g in found["by_stage"].values()) == found["all"]["customers"] > 0
+    assert sum(g["buyers"] for g in found["by_segment"].values()) == found["all"]["buyers"] > 0

@@ -387,3 +387,42 @@ def score(model: ValueModel, summary: Summary | None) -> dict[str, Any]:
             "expected_purchases": round(float(expected_purchases(fitted.bgnbd, horizon, x, t_x, T)[0]), 3),
             "expected_spend": round(float(expected_spend(fitted.gamma_gamma, x, m_x)[0]), 2),
             "clv": round(float(value[0]), 2)}
+
+
+def report(customers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """CLV and P(alive) by value segment and by life-cycle stage, from customers as the fold prints them with a value
+    model (``value_segment``, ``lifecycle.stage``, ``value``): per group the customers, those with a purchase, and
+    the total, mean and quartiles of CLV and of P(alive) over the latter (stage ``none``: no purchase yet)."""
+
+    def figures(values: list[Mapping[str, Any]], count: int) -> dict[str, Any]:
+        clvs = np.array([v["clv"] for v in values], dtype=np.float64)
+        alive = np.array([v["p_alive"] for v in values], dtype=np.float64)
+        found: dict[str, Any] = {"customers": count, "buyers": len(values)}
+        if len(values):
+            found["clv"] = {"total": round(float(clvs.sum()), 2), "mean": round(float(clvs.mean()), 2),
+                            **{q: round(float(np.quantile(clvs, p)), 2) for q, p in _QUARTILES}}
+            found["p_alive"] = {"mean": round(float(alive.mean()), 4),
+                                **{q: round(float(np.quantile(alive, p)), 4) for q, p in _QUARTILES}}
+        return found
+
+    groups: dict[str, dict[str, tuple[list[Mapping[str, Any]], list[int]]]] = {"segment": {}, "stage": {}}
+    everyone: tuple[list[Mapping[str, Any]], list[int]] = ([], [0])
+    versions = set()
+    for customer in customers:
+        value = customer["value"]
+        versions.add(value["model_version"])
+        keys = {"segment": str(customer.get("value_segment")), "stage": customer["lifecycle"]["stage"] or "none"}
+        for by, key in keys.items():
+            values, count = groups[by].setdefault(key, ([], [0]))
+            count[0] += 1
+            if value["clv"] is not None:
+                values.append(value)
+        everyone[1][0] += 1
+        if value["clv"] is not None:
+            everyone[0].append(value)
+    return {"model_versions": sorted(versions), "all": figures(everyone[0], everyone[1][0]),
+            **{f"by_{by}": {key: figures(values, count[0]) for key, (values, count) in sorted(found.items())}
+               for by, found in groups.items()}}
+
+
+_QUARTILES = (("p25", 0.25), ("median", 0.5), ("p75", 0.75))
