@@ -258,6 +258,13 @@ def test_a_fold_with_a_value_model_gives_every_customer_its_value(tmp_path: Any)
     buyers = [c["value"] for c in customers if c["value"]["p_alive"] is not None]
     assert buyers and all(0 <= v["p_alive"] <= 1 and v["clv"] >= 0 and v["expected_spend"] > 0 for v in buyers)
     assert len({v["clv"] for v in buyers}) > len(buyers) // 2, "customers differ in value"
+    # Potential value is the model's CLV (200.00 by default), current value the spend's.
+    for c in customers:
+        if c["value"]["clv"] is not None:
+            current, potential = c["rfm"]["monetary_minor"] >= 100_000, c["value"]["clv"] >= 200
+            assert c["value_segment"] == {(True, True): "platinum", (True, False): "gold", (False, True): "iron",
+                                          (False, False): "lead"}[(current, potential)]
+    assert {c["value_segment"] for c in customers if c["value"]["clv"] is not None} >= {"lead", "iron"}
     # The parallel fold renders its parts the same way: the same document, values included.
     parallel = runner.invoke(app, ["fold", str(history), "--value-model", str(model_file), "--jobs", "2"])
     assert parallel.exit_code == 0, parallel.output
@@ -320,3 +327,13 @@ def test_the_report_command_prints_the_groups(tmp_path: Any) -> None:
     assert found["model_versions"] == [json.loads(model_file.read_text())["version"]]
     assert sum(g["customers"] for g in found["by_stage"].values()) == found["all"]["customers"] > 0
     assert sum(g["buyers"] for g in found["by_segment"].values()) == found["all"]["buyers"] > 0
+
+
+@pytest.mark.parametrize(("monetary", "clv", "segment"), [
+    (150_000, 250.0, "platinum"), (150_000, 150.0, "gold"), (50_000, 200.0, "iron"), (50_000, 199.99, "lead"),
+    (50_000, None, "lead"),  # no CLV: the frequency-and-recency rule (one purchase is not frequent)
+])
+def test_with_a_clv_potential_value_is_the_clvs(monetary: int, clv: float | None, segment: str) -> None:
+    from touchpoint.core.profile import SegmentConfig, segment_of
+
+    assert segment_of(5, 1, monetary, SegmentConfig(), clv=clv) == segment

@@ -122,6 +122,7 @@ from touchpoint.core.profile import (
     merge_views,
     note_identifiers,
     render,
+    segment_of,
 )
 from touchpoint.errors import ConfigError
 from touchpoint.jsontext import printable
@@ -1124,7 +1125,8 @@ class Folder:
 
     def rendered(self, customer_id: str, as_of: datetime) -> dict[str, Any]:
         """A customer as the fold prints it: the card as of ``as_of`` with the whole ledger, its ``lifecycle``
-        (stage and transitions), and its ``value`` when the fold scores with a value model."""
+        (stage and transitions), and its ``value`` when the fold scores with a value model (whose CLV is then the
+        potential value of its ``value_segment``)."""
         view = self.views[customer_id]
         # The whole ledger: the fold is the oracle a ledger is checked against.
         customer = render(view, as_of, self.config.segment, self.rules, entries=None)
@@ -1134,7 +1136,11 @@ class Folder:
             from touchpoint.core.value import score, summarise  # numpy and scipy only when value is scored
 
             model = self.value_model
-            customer["value"] = score(model, summarise(view.purchases, view.refunds, day, model.fitted.unit))
+            value = customer["value"] = score(model, summarise(view.purchases, view.refunds, day, model.fitted.unit))
+            if value["clv"] is not None:  # potential value is the model's (current value stays the spend's)
+                rfm = customer["rfm"]
+                customer["value_segment"] = segment_of(rfm["recency_days"], rfm["frequency"], rfm["monetary_minor"],
+                                                       self.config.segment, clv=value["clv"])
         return customer
 
     def result(self, as_of: datetime | None = None) -> dict[str, Any]:

@@ -115,15 +115,21 @@ class SegmentConfig:
         potential value may be high (12: monthly or more often).
     :param high_potential_recency_days: and the last purchase at most this
         many days before ``as_of`` (60).
+    :param high_potential_clv_minor: where a value model scores the customer
+        (``touchpoint fold --value-model``), potential value is high from this
+        CLV instead (20000 minor units: 200.00 of margin over the model's
+        horizon), and frequency and recency no longer decide it.
     """
 
     window_days: int = 365
     high_current_minor: int = 100_000
     high_potential_frequency: int = 12
     high_potential_recency_days: int = 60
+    high_potential_clv_minor: int = 20_000
 
     def __post_init__(self) -> None:
-        for name in ("window_days", "high_current_minor", "high_potential_frequency", "high_potential_recency_days"):
+        for name in ("window_days", "high_current_minor", "high_potential_frequency", "high_potential_recency_days",
+                     "high_potential_clv_minor"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -464,14 +470,19 @@ def contactable(view: CustomerView) -> dict[str, bool]:
             if purpose == "marketing"}
 
 
-def segment_of(recency: int | None, frequency: int, monetary: int, config: SegmentConfig) -> str:
-    """``platinum`` / ``gold`` / ``iron`` / ``lead`` from RFM (see the module docstring)."""
+def segment_of(recency: int | None, frequency: int, monetary: int, config: SegmentConfig,
+               clv: float | None = None) -> str:
+    """``platinum`` / ``gold`` / ``iron`` / ``lead`` from RFM (see the module docstring); given a customer's
+    CLV (in the currency's major unit, from a value model), potential value is that CLV's."""
     current = monetary >= config.high_current_minor
-    potential = (
-        recency is not None
-        and frequency >= config.high_potential_frequency
-        and recency <= config.high_potential_recency_days
-    )
+    if clv is not None:
+        potential = round(clv * 100) >= config.high_potential_clv_minor
+    else:
+        potential = (
+            recency is not None
+            and frequency >= config.high_potential_frequency
+            and recency <= config.high_potential_recency_days
+        )
     if current:
         return "platinum" if potential else "gold"
     return "iron" if potential else "lead"
