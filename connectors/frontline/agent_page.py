@@ -300,7 +300,7 @@ def card_page(name: str, role: str, customer_id: str, as_of: str, card: dict[str
         f'<div>Language<b id="language">{_e(_language(person["language"]) if person.get("language") else "—")}</b>'
         f'</div><div>Prefers<b id="preferred-channel">{_e(_title(prefers) if prefers else "—")}</b></div>'
         f'<div>Points balance<b id="balance">{_e(f"{balance:,}" if isinstance(balance, int) else "—")}</b></div>'
-        f'<div>Tier<b id="tier">{_e(_title(loyalty.get("tier", "—")))}</b></div>'
+        f'<div>Tier<b id="tier">{_e(_title(loyalty.get("tier") or "—"))}</b></div>'
         f'<div>Contacts<b>{_e((card.get("counts") or {}).get("total", 0))}</b></div>'
         '</div>'
         f'<p class="muted">Customer <span id="customer-id">{_e(customer_id)}</span> · card as of '

@@ -337,3 +337,23 @@ def test_with_a_clv_potential_value_is_the_clvs(monetary: int, clv: float | None
     from touchpoint.core.profile import SegmentConfig, segment_of
 
     assert segment_of(5, 1, monetary, SegmentConfig(), clv=clv) == segment
+
+
+def test_history_from_before_the_loyalty_programme_folds_with_no_tier_and_its_value(tmp_path: Any) -> None:
+    # CDNOW's 1997 is before the first loyalty rules version: the cards have no tier (nothing was scored then),
+    # and the fold gives every customer its value as of the calibration end.
+    history = tmp_path / "cdnow.jsonl"
+    history.write_text("".join(json.dumps(event) + "\n" for event in events()))
+    model_file = tmp_path / "model.json"
+    model_file.write_text(json.dumps(cdnow_model().to_json()))
+    result = CliRunner().invoke(app, ["fold", str(history), "--value-model", str(model_file), "--as-of",
+                                      "1997-09-30T23:59:59Z", "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    customers = json.loads(result.output)["customers"]
+    assert len(customers) == 2357
+    assert {c["loyalty"]["tier"] for c in customers} == {None}
+    values = [c["value"] for c in customers]
+    assert all(v["p_alive"] is not None and 0 <= v["p_alive"] <= 1 for v in values)
+    # BG/NBD gives P(alive) 1 to a customer without repeats, less to one who bought again and then stopped.
+    alive = [v["p_alive"] for v in values]
+    assert max(alive) == 1.0 and min(alive) < 0.5

@@ -127,7 +127,7 @@ rewritten. Bound: a purchase whose points expired keeps them.
 
 :func:`summary` renders ``{"balance", "tier", "earned_12m", "entry_count",
 "entries"}`` as of an instant, including the expiries due by then computed
-without touching the state; :func:`score` is the scoring on its own, for
+without touching the state (tier null before the first rules version); :func:`score` is the scoring on its own, for
 the simulator.
 """
 
@@ -1218,9 +1218,13 @@ def earned_12m(state: LoyaltyState, as_of_ms: int, window_months: int = 12) -> i
     return total
 
 
-def tier_at(state: LoyaltyState, as_of_ms: int, rules: LoyaltyRules) -> tuple[str, int]:
-    """``(tier name, earned_12m)`` as of ``as_of_ms`` under the version in force then."""
-    version = rules.version_at(as_of_ms)
+def tier_at(state: LoyaltyState, as_of_ms: int, rules: LoyaltyRules) -> tuple[str | None, int]:
+    """``(tier name, earned_12m)`` as of ``as_of_ms`` under the version in force then; ``(None, 0)`` before the first
+    version (no programme yet: a history backfilled from before it scored nothing then)."""
+    try:
+        version = rules.version_at(as_of_ms)
+    except NoRulesInForce:
+        return None, 0
     earned = earned_12m(state, as_of_ms, version.tier_window_months)
     name = version.tiers[0].name
     for tier in version.tiers:
