@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from datetime import date, timedelta
 
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from touchpoint.core.fold import FoldConfig, fold
-from touchpoint.core.lifecycle import StageRules, stage_on, transitions
+from touchpoint.core.lifecycle import Alive, StageRules, stage_on, transitions
 
 RULES = StageRules()
 D0 = date(2025, 1, 1)
@@ -101,3 +102,54 @@ def test_the_fold_gives_each_customer_its_stage_and_transitions_whatever_the_arr
     assert found == lifecycles(shuffled)
     assert found["C1"]["stage"] == "won_back" and found["C1"]["rules_version"] == RULES.version
     assert [t["to"] for t in found["C2"]["transitions"]] == ["new", "at_risk"]
+
+
+# -- with a value model: P(alive) in the stages --------------------------------------------------------------------
+
+ALIVE = Alive(r=0.243, alpha=4.414, a=0.793, b=2.426, unit_days=7)  # CDNOW's BG/NBD, in weeks
+
+
+def test_p_alive_for_the_stages_is_the_value_models() -> None:
+    import numpy as np
+
+    from touchpoint.core.value import BgNbd, p_alive
+
+    for x, t_x, T in ((0, 0, 30), (1, 14, 20), (3, 100, 200), (8, 250, 400)):
+        expected = p_alive(BgNbd(0.243, 4.414, 0.793, 2.426), np.array([float(x)]), np.array([t_x / 7]),
+                           np.array([T / 7]))[0]
+        assert ALIVE.p(x, t_x, T) == pytest.approx(float(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize(("x", "t_x"), [(1, 10), (3, 100), (12, 300)])
+@pytest.mark.parametrize("threshold", [0.5, 0.1])
+def test_p_alive_falls_to_a_threshold_on_the_day_found(x: int, t_x: int, threshold: float) -> None:
+    below = ALIVE.days_below(x, t_x, threshold)
+    assert below is not None and below >= t_x
+    assert ALIVE.p(x, t_x, math.floor(below)) >= threshold - 1e-9
+    assert ALIVE.p(x, t_x, math.floor(below) + 1) < threshold
+    assert ALIVE.days_below(0, 0, threshold) is None  # without repeats P(alive) stays 1
+
+
+def test_a_frequent_buyer_who_stops_is_at_risk_before_the_recency_rule_says_so() -> None:
+    # Weekly purchases for 20 weeks, then nothing: by the recency rules at risk after 90 days; P(alive) says earlier.
+    days = [day(7 * n) for n in range(21)]
+    found = transitions(days, day(140 + 365), RULES, ALIVE)
+    at_risk = next(t for t in found if t.after == "at_risk")
+    assert (at_risk.day - day(140)).days < 90 and at_risk.why.startswith("P(alive)")
+    assert "x 20, t_x 140 days" in at_risk.why
+    assert found[-1].after == "lost"
+    assert [t.after for t in transitions(days, day(140 + 365), RULES)][-1] == "lost"  # lost either way, later without
+
+
+@settings(max_examples=150, deadline=None)
+@given(purchases=st.lists(st.integers(0, 700), min_size=1, max_size=15), until=st.integers(0, 900))
+def test_transitions_with_p_alive_agree_with_the_stage_of_every_day(purchases: list[int], until: int) -> None:
+    days = sorted({day(n) for n in purchases})
+    found = transitions(days, day(until), RULES, ALIVE)
+    expected, stage = [], None
+    for n in range(until + 1):
+        now = stage_on(days, day(n), RULES, ALIVE)[0]
+        if now != stage:
+            expected.append((day(n), now))
+            stage = now
+    assert [(t.day, t.after) for t in found] == expected

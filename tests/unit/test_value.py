@@ -258,6 +258,9 @@ def test_a_fold_with_a_value_model_gives_every_customer_its_value(tmp_path: Any)
     buyers = [c["value"] for c in customers if c["value"]["p_alive"] is not None]
     assert buyers and all(0 <= v["p_alive"] <= 1 and v["clv"] >= 0 and v["expected_spend"] > 0 for v in buyers)
     assert len({v["clv"] for v in buyers}) > len(buyers) // 2, "customers differ in value"
+    # The stages take P(alive) in: some customers are at risk or lost by it, with its evidence.
+    assert any(t["why"].startswith("P(alive)") and "(x " in t["why"]
+               for c in customers for t in c["lifecycle"]["transitions"])
     # Potential value is the model's CLV (200.00 by default), current value the spend's.
     for c in customers:
         if c["value"]["clv"] is not None:

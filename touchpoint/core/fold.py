@@ -1131,7 +1131,9 @@ class Folder:
         # The whole ledger: the fold is the oracle a ledger is checked against.
         customer = render(view, as_of, self.config.segment, self.rules, entries=None)
         day = as_of.astimezone(UTC).date()
-        customer["lifecycle"] = lifecycle(spend_by_day(view.purchases, view.refunds, day), day, self.config.stages)
+        alive = self.value_model.alive() if self.value_model is not None else None
+        customer["lifecycle"] = lifecycle(spend_by_day(view.purchases, view.refunds, day), day, self.config.stages,
+                                          alive)
         if self.value_model is not None:
             from touchpoint.core.value import score, summarise  # numpy and scipy only when value is scored
 

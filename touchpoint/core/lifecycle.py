@@ -27,6 +27,7 @@ out, so :func:`transitions` checks just those days.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -61,12 +62,48 @@ class StageRules:
     dormant_days: int = 180
     lost_days: int = 365
     won_back_days: int = 90
+    at_risk_p_alive: float = 0.5  # with a value model: P(alive) below this is at risk at least
+    lost_p_alive: float = 0.1  # and below this, lost
 
     def __post_init__(self) -> None:
         if not 0 < self.active_days <= self.dormant_days <= self.lost_days:
             raise ValueError("stage rules: 0 < active_days <= dormant_days <= lost_days")
         if self.new_days < 1 or self.won_back_days < 1:
             raise ValueError("stage rules: new_days and won_back_days are at least 1")
+        if not 0 <= self.lost_p_alive <= self.at_risk_p_alive <= 1:
+            raise ValueError("stage rules: 0 <= lost_p_alive <= at_risk_p_alive <= 1")
+
+
+@dataclass(frozen=True)
+class Alive:
+    """BG/NBD's P(alive) for the stages (the value model's parameters; time in days, ``unit_days`` a model unit)."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+    unit_days: int
+
+    def p(self, x: int, t_x_days: int, T_days: int) -> float:
+        """P(alive) with ``x`` repeat purchase days, the last ``t_x_days`` and now ``T_days`` after the first."""
+        if x == 0:
+            return 1.0
+        t_x, T = t_x_days / self.unit_days, T_days / self.unit_days
+        growth = float(((self.alpha + T) / (self.alpha + t_x)) ** (self.r + x))
+        return 1.0 / (1.0 + self.a / (self.b + x - 1) * growth)
+
+    def days_below(self, x: int, t_x_days: int, threshold: float) -> float | None:
+        """How many days after the first purchase P(alive) falls to ``threshold`` if nothing is bought after the
+        last (None: never, as without repeats)."""
+        if x == 0 or threshold <= 0:
+            return None
+        if threshold >= 1:
+            return float(t_x_days)
+        ratio = (1 / threshold - 1) * (self.b + x - 1) / self.a  # ((alpha + T) / (alpha + t_x)) ** (r + x) then
+        if ratio <= 1:
+            return float(t_x_days)
+        t_x = t_x_days / self.unit_days
+        return float(((self.alpha + t_x) * ratio ** (1 / (self.r + x)) - self.alpha) * self.unit_days)
 
 
 @dataclass(frozen=True)
@@ -82,11 +119,26 @@ class Transition:
         return {"at": self.day.isoformat(), "from": self.before, "to": self.after, "why": self.why}
 
 
-def stage_on(days: list[date], day: date, rules: StageRules) -> tuple[str | None, str]:
-    """The stage on ``day`` given the sorted, distinct purchase ``days``, and why."""
+def stage_on(days: list[date], day: date, rules: StageRules, alive: Alive | None = None) -> tuple[str | None, str]:
+    """The stage on ``day`` given the sorted, distinct purchase ``days``, and why; with ``alive``, a P(alive) below
+    the rules' thresholds makes a customer lost, or at risk at least."""
     upto = bisect_right(days, day)
     if not upto:
         return None, "no purchase yet"
+    stage, why = _by_recency(days, upto, day, rules)
+    if alive is not None and stage != "lost":
+        first, last = days[0], days[upto - 1]
+        x, t_x, T = upto - 1, (last - first).days, (day - first).days
+        p = alive.p(x, t_x, T)
+        evidence = f"(x {x}, t_x {t_x} days, T {T} days)"
+        if p < rules.lost_p_alive:
+            return "lost", f"P(alive) {p:.3f} below {rules.lost_p_alive} {evidence}"
+        if p < rules.at_risk_p_alive and stage in ("new", "active", "won_back"):
+            return "at_risk", f"P(alive) {p:.3f} below {rules.at_risk_p_alive} {evidence}"
+    return stage, why
+
+
+def _by_recency(days: list[date], upto: int, day: date, rules: StageRules) -> tuple[str, str]:
     first, last = days[0], days[upto - 1]
     quiet = (day - last).days
     if quiet >= rules.lost_days:
@@ -106,19 +158,27 @@ def stage_on(days: list[date], day: date, rules: StageRules) -> tuple[str | None
     return "active", f"bought on {last}"
 
 
-def transitions(purchase_days: Iterable[date], until: date, rules: StageRules) -> list[Transition]:
+def transitions(purchase_days: Iterable[date], until: date, rules: StageRules,
+                alive: Alive | None = None) -> list[Transition]:
     """Every change of stage from the first purchase day to ``until`` (included), in order."""
     days = sorted(set(d for d in purchase_days if d <= until))
     if not days:
         return []
     counts = (0, rules.new_days, rules.active_days, rules.dormant_days, rules.lost_days, rules.won_back_days)
-    candidates = sorted({d + timedelta(days=n) for d in days for n in counts})
+    candidates = {d + timedelta(days=n) for d in days for n in counts}
+    if alive is not None:  # and the days P(alive) falls below a threshold, after each purchase day
+        for x, last in enumerate(days):
+            for threshold in (rules.at_risk_p_alive, rules.lost_p_alive):
+                below = alive.days_below(x, (last - days[0]).days, threshold)
+                if below is not None and below < (until - days[0]).days + 1:
+                    at = days[0] + timedelta(days=math.floor(below))
+                    candidates |= {at, at + timedelta(days=1)}
     found: list[Transition] = []
     stage: str | None = None
-    for day in candidates:
+    for day in sorted(candidates):
         if day > until:
             break
-        now, why = stage_on(days, day, rules)
+        now, why = stage_on(days, day, rules, alive)
         if now != stage:
             assert now is not None  # every candidate is on or after the first purchase day
             found.append(Transition(day, stage, now, why))
@@ -126,8 +186,9 @@ def transitions(purchase_days: Iterable[date], until: date, rules: StageRules) -
     return found
 
 
-def lifecycle(purchase_days: Iterable[date], until: date, rules: StageRules) -> dict[str, object]:
+def lifecycle(purchase_days: Iterable[date], until: date, rules: StageRules,
+              alive: Alive | None = None) -> dict[str, object]:
     """A customer's stage on ``until``, since when, and the transitions that led there (for a card or the fold)."""
-    found = transitions(purchase_days, until, rules)
+    found = transitions(purchase_days, until, rules, alive)
     return {"stage": found[-1].after if found else None, "since": found[-1].day.isoformat() if found else None,
             "rules_version": rules.version, "transitions": [t.to_json() for t in found]}

@@ -42,6 +42,7 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 from scipy.special import gammaln, hyp2f1
 
+from touchpoint.core.lifecycle import Alive
 from touchpoint.core.lifecycle import spend_by_day as purchase_spend
 
 Floats = npt.NDArray[np.float64]
@@ -324,6 +325,11 @@ class ValueModel:
 
     def to_json(self) -> dict[str, Any]:
         return {"version": self.version, **self._body()}
+
+    def alive(self) -> Alive:
+        """P(alive) for the life-cycle stages."""
+        bg = self.fitted.bgnbd
+        return Alive(bg.r, bg.alpha, bg.a, bg.b, UNITS[self.fitted.unit])
 
     @classmethod
     def from_json(cls, doc: Any, source: str = "value model") -> ValueModel:
