@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -122,40 +122,53 @@ class Transition:
 def stage_on(days: list[date], day: date, rules: StageRules, alive: Alive | None = None) -> tuple[str | None, str]:
     """The stage on ``day`` given the sorted, distinct purchase ``days``, and why; with ``alive``, a P(alive) below
     the rules' thresholds makes a customer lost, or at risk at least."""
+    stage, why = _judged(days, _comebacks(days, rules), day, rules, alive)
+    return stage, why()
+
+
+def _comebacks(days: list[date], rules: StageRules) -> list[tuple[date, int]]:
+    """The purchase days that ended a gap of ``lost_days`` or more, with the gap."""
+    return [(days[i], gap) for i in range(1, len(days)) if (gap := (days[i] - days[i - 1]).days) >= rules.lost_days]
+
+
+def _judged(days: list[date], comebacks: list[tuple[date, int]], day: date, rules: StageRules,
+            alive: Alive | None) -> tuple[str | None, Callable[[], str]]:
+    """:func:`stage_on` with the reason left to be written (most days checked change nothing)."""
     upto = bisect_right(days, day)
     if not upto:
-        return None, "no purchase yet"
-    stage, why = _by_recency(days, upto, day, rules)
+        return None, lambda: "no purchase yet"
+    stage, why = _by_recency(days, comebacks, upto, day, rules)
     if alive is not None and stage != "lost":
         first, last = days[0], days[upto - 1]
         x, t_x, T = upto - 1, (last - first).days, (day - first).days
         p = alive.p(x, t_x, T)
         evidence = f"(x {x}, t_x {t_x} days, T {T} days)"
         if p < rules.lost_p_alive:
-            return "lost", f"P(alive) {p:.3f} below {rules.lost_p_alive} {evidence}"
+            return "lost", lambda: f"P(alive) {p:.3f} below {rules.lost_p_alive} {evidence}"
         if p < rules.at_risk_p_alive and stage in ("new", "active", "won_back"):
-            return "at_risk", f"P(alive) {p:.3f} below {rules.at_risk_p_alive} {evidence}"
+            return "at_risk", lambda: f"P(alive) {p:.3f} below {rules.at_risk_p_alive} {evidence}"
     return stage, why
 
 
-def _by_recency(days: list[date], upto: int, day: date, rules: StageRules) -> tuple[str, str]:
+def _by_recency(days: list[date], comebacks: list[tuple[date, int]], upto: int, day: date,
+                rules: StageRules) -> tuple[str, Callable[[], str]]:
     first, last = days[0], days[upto - 1]
     quiet = (day - last).days
     if quiet >= rules.lost_days:
-        return "lost", f"no purchase for {quiet} days (the last on {last}; lost from {rules.lost_days})"
+        return "lost", lambda: f"no purchase for {quiet} days (the last on {last}; lost from {rules.lost_days})"
     if quiet >= rules.dormant_days:
-        return "dormant", f"no purchase for {quiet} days (the last on {last}; dormant from {rules.dormant_days})"
+        return "dormant", lambda: (f"no purchase for {quiet} days (the last on {last}; dormant from "
+                                   f"{rules.dormant_days})")
     if quiet >= rules.active_days:
-        return "at_risk", f"no purchase for {quiet} days (the last on {last}; at risk from {rules.active_days})"
+        return "at_risk", lambda: (f"no purchase for {quiet} days (the last on {last}; at risk from "
+                                   f"{rules.active_days})")
     if (day - first).days < rules.new_days:
-        return "new", f"first purchase on {first}"
-    for i in range(upto - 1, 0, -1):  # a recent purchase that ended a gap of lost_days or more
-        if (day - days[i]).days >= rules.won_back_days:
-            break
-        gap = (days[i] - days[i - 1]).days
-        if gap >= rules.lost_days:
-            return "won_back", f"bought on {days[i]} after {gap} days without a purchase"
-    return "active", f"bought on {last}"
+        return "new", lambda: f"first purchase on {first}"
+    latest = bisect_right(comebacks, (day, 1 << 30))  # the latest purchase on or before day that ended a long gap
+    if latest and (day - comebacks[latest - 1][0]).days < rules.won_back_days:
+        back, gap = comebacks[latest - 1]
+        return "won_back", lambda: f"bought on {back} after {gap} days without a purchase"
+    return "active", lambda: f"bought on {last}"
 
 
 def transitions(purchase_days: Iterable[date], until: date, rules: StageRules,
@@ -164,24 +177,33 @@ def transitions(purchase_days: Iterable[date], until: date, rules: StageRules,
     days = sorted(set(d for d in purchase_days if d <= until))
     if not days:
         return []
-    counts = (0, rules.new_days, rules.active_days, rules.dormant_days, rules.lost_days, rules.won_back_days)
-    candidates = {d + timedelta(days=n) for d in days for n in counts}
-    if alive is not None:  # and the days P(alive) falls below a threshold, after each purchase day
-        for x, last in enumerate(days):
+    # The days a stage can change: each purchase day, the first's new_days, and after each purchase day the days a
+    # quiet count runs out (or P(alive) falls to a threshold) before the next purchase resets them, and the end of
+    # a won-back spell; checking only those makes a long history cost a few checks per purchase day.
+    first = days[0]
+    candidates = {*days, first + timedelta(days=rules.new_days)}
+    quiet = (rules.active_days, rules.dormant_days, rules.lost_days)
+    for x, (last, following) in enumerate(zip(days, [*days[1:], None], strict=True)):
+        end = following if following is not None else until + timedelta(days=1)
+        candidates |= {at for at in (last + timedelta(days=n) for n in quiet) if at < end}
+        if x and (last - days[x - 1]).days >= rules.lost_days:
+            candidates.add(last + timedelta(days=rules.won_back_days))
+        if alive is not None:
             for threshold in (rules.at_risk_p_alive, rules.lost_p_alive):
-                below = alive.days_below(x, (last - days[0]).days, threshold)
-                if below is not None and below < (until - days[0]).days + 1:
-                    at = days[0] + timedelta(days=math.floor(below))
-                    candidates |= {at, at + timedelta(days=1)}
+                below = alive.days_below(x, (last - first).days, threshold)
+                if below is not None:
+                    at = first + timedelta(days=math.floor(below))
+                    candidates |= {d for d in (at, at + timedelta(days=1)) if d < end}
+    comebacks = _comebacks(days, rules)
     found: list[Transition] = []
     stage: str | None = None
     for day in sorted(candidates):
         if day > until:
             break
-        now, why = stage_on(days, day, rules, alive)
+        now, why = _judged(days, comebacks, day, rules, alive)
         if now != stage:
             assert now is not None  # every candidate is on or after the first purchase day
-            found.append(Transition(day, stage, now, why))
+            found.append(Transition(day, stage, now, why()))
             stage = now
     return found
 
