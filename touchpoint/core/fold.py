@@ -1183,7 +1183,13 @@ def fold(
     :param secret: the identifier key.
     :param now_for_validation: judge event times against this instant.
     """
-    return folded(events_json_lines, as_of, config, secret, now_for_validation).result(as_of)
+    collecting = gc.isenabled()
+    gc.disable()  # rendering too makes long-lived objects the cyclic collector would re-walk (see folded)
+    try:
+        return folded(events_json_lines, as_of, config, secret, now_for_validation).result(as_of)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def folded(
