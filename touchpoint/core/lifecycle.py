@@ -21,8 +21,13 @@ dormant     the last purchase ``dormant_days`` or more ago
 lost        the last purchase ``lost_days`` or more ago
 ==========  ====================================================================
 
-A stage changes only on a purchase day or when one of those counts runs
-out, so :func:`transitions` checks just those days.
+Scored with a value model (:class:`Alive`: BG/NBD's P(alive)), a P(alive)
+below ``at_risk_p_alive`` makes a new, active or won-back customer at risk,
+and below ``lost_p_alive`` any customer lost.
+
+A stage changes only on a purchase day, when one of those counts runs out,
+or when P(alive) falls to a threshold (a closed form), so
+:func:`transitions` checks just those days.
 """
 
 from __future__ import annotations
