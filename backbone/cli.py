@@ -19,6 +19,8 @@ from touchpoint.errors import TouchpointError
 from touchpoint.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from touchpoint.core.fold import FoldConfig
 
 app = typer.Typer(help="Touchpoint: omnichannel customer-interaction backbone.", no_args_is_help=True,
@@ -231,6 +233,44 @@ def _fold_config(settings: Settings, config: str | None, rules: str | None) -> F
     return fold_config
 
 
+def _instant(option: str, text: str | None) -> datetime | None:
+    """An ISO-8601 instant with its zone from an option (None when not given).
+
+    :raises ConfigError: not an instant, or no zone.
+    """
+    from datetime import datetime
+
+    from touchpoint.errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {text!r} is not an ISO-8601 instant") from exc
+    if instant.tzinfo is None:
+        raise ConfigError(f"{option}: give a time zone, e.g. 2026-01-31T00:00:00Z")
+    return instant
+
+
+def _with_value_model(fold_config: FoldConfig, path: str) -> FoldConfig:
+    """The fold config scoring with the value model at ``path``, checked here once (before a fold's processes
+    each read it).
+
+    :raises ConfigError: not a value model.
+    """
+    from pathlib import Path
+
+    from touchpoint.core.value import ValueModel
+    from touchpoint.errors import ConfigError
+
+    try:
+        ValueModel.load(path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return fold_config.model_copy(update={"value_model": Path(path)})
+
+
 @loyalty_app.command("simulate")
 def loyalty_simulate(
     events: Annotated[str, typer.Argument(help="history: events in the contract's JSON form, one per line")],
@@ -325,30 +365,14 @@ def value_report(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON object")] = False,
 ) -> None:
     """CLV and P(alive) by value segment and by life-cycle stage, over the customers the history folds into."""
-    from datetime import datetime
-    from pathlib import Path
+    from touchpoint.core.fold import fold
+    from touchpoint.core.value import report
 
-    from touchpoint.core.fold import folded
-    from touchpoint.core.value import ValueModel, report
-    from touchpoint.errors import ConfigError
-
-    try:
-        ValueModel.load(value_model)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    instant = None
-    if as_of:
-        try:
-            instant = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ConfigError(f"--as-of: {as_of!r} is not an ISO-8601 instant") from exc
-        if instant.tzinfo is None:
-            raise ConfigError("--as-of: give a time zone, e.g. 2026-01-31T00:00:00Z")
+    instant = _instant("--as-of", as_of)
     settings = _settings()
-    fold_config = _fold_config(settings, config, None).model_copy(update={"value_model": Path(value_model)})
-    secret = settings.identifier_key.get_secret_value().encode()
+    fold_config = _with_value_model(_fold_config(settings, config, None), value_model)
     with open(events, "rb") as fh:
-        doc = folded(list(fh), instant, fold_config, secret).result(instant)
+        doc = fold(list(fh), instant, fold_config, settings.identifier_key.get_secret_value().encode())
     found = report(doc["customers"])
     if as_json:
         sys.stdout.write(json.dumps(found) + "\n")
@@ -381,9 +405,6 @@ def fold_cmd(
                                                                            "value")] = None,
 ) -> None:
     """Fold events through the pure core offline (the workers' code) and print the views as JSON."""
-    from datetime import datetime
-
-    from touchpoint.errors import ConfigError
     from touchpoint.fold_parallel import default_jobs, fold_file_to_json
     from touchpoint.logs import configure_logging
 
@@ -391,23 +412,8 @@ def fold_cmd(
     configure_logging(settings.log_level, settings.log_json)  # on stderr: why a fold ran in one process
     fold_config = _fold_config(settings, config, rules)
     if value_model:
-        from pathlib import Path
-
-        from touchpoint.core.value import ValueModel
-
-        try:
-            ValueModel.load(value_model)  # checked here once, before the fold's processes each read it
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        fold_config = fold_config.model_copy(update={"value_model": Path(value_model)})
-    instant = None
-    if as_of:
-        try:
-            instant = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ConfigError(f"--as-of: {as_of!r} is not an ISO-8601 instant") from exc
-        if instant.tzinfo is None:
-            raise ConfigError("--as-of: give a time zone, e.g. 2026-01-31T00:00:00Z")
+        fold_config = _with_value_model(fold_config, value_model)
+    instant = _instant("--as-of", as_of)
     out = fold_file_to_json(events, jobs=jobs or default_jobs(), as_of=instant, config=fold_config,
                             secret=settings.identifier_key.get_secret_value().encode())
     sys.stdout.flush()
@@ -498,20 +504,12 @@ def clock(
 
     from connectors.operations.clock import publish_tick, run_clock, tick_topic
     from touchpoint.core.instants import epoch_ms, iso_ms
-    from touchpoint.errors import ConfigError
     from touchpoint.logs import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
     if at is not None or once:
-        instant = datetime.now(UTC)
-        if at is not None:
-            try:
-                instant = datetime.fromisoformat(at)
-            except ValueError as exc:
-                raise ConfigError(f"--at: {at!r} is not an ISO-8601 instant") from exc
-            if instant.tzinfo is None:
-                raise ConfigError("--at: give a time zone, e.g. 2026-01-31T00:00:00Z")
+        instant = _instant("--at", at) or datetime.now(UTC)
         offset = publish_tick(settings, instant)
         print(f"tick {iso_ms(epoch_ms(instant))} published to {tick_topic(settings)} at offset {offset}")
         return

@@ -33,7 +33,7 @@ _TIMEOUT_S = 30.0
 KEPT_BYTES = 64 << 20
 """The bytes of the latest messages kept in memory: a component that becomes contested is mostly made of
 recent events (bench.pipeline at 50,000 events: the events read again lay a median of 8,300 offsets back,
-at most 37,000; ~600 bytes a message)."""
+at most 37,000)."""
 
 
 class LogHistory:

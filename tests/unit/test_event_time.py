@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from touchpoint.core.fold import FoldConfig, fold
+from touchpoint.core.fold import FoldConfig, Folder, fold
 
 SECRET = b"event-time"
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -314,12 +314,8 @@ def test_a_late_event_resolves_the_dormancy_episode_it_would_have_prevented_with
     assert reason.evidence["event_ids"] == ["w100"]
 
 
-@pytest.mark.parametrize("seed", [7, 33])
-def test_the_ledger_as_published_sums_per_customer_to_each_cards_balance_in_any_arrival_order(seed: int) -> None:
-    # A generated population in a random arrival order: components folded anew withdraw each entry from the
-    # customer it was issued to (a merge brought some into the view) and issue their own, so the entries a
-    # worker publishes, summed per customer they resolve to now, are each view's balance.
-    from touchpoint.core.fold import Folder
+def shuffled_worker(seed: int) -> tuple[Folder, list[str]]:
+    """A generated population in a random arrival order, and a Folder as a worker runs it (reading them again)."""
     from touchpoint.generate import generate
 
     docs = [e for e in generate(customers=150, days=120, seed=seed) if e["event_id"].startswith("ev-")]
@@ -327,6 +323,15 @@ def test_the_ledger_as_published_sums_per_customer_to_each_cards_balance_in_any_
     lines = [json.dumps(e) for e in docs]
     folder = Folder(secret=SECRET, keep_decisions=False, log_clock_check=False)
     folder.history = lambda positions: [folder.event_of_line(lines[p]) for p in positions]
+    return folder, lines
+
+
+@pytest.mark.parametrize("seed", [7, 33])
+def test_the_ledger_as_published_sums_per_customer_to_each_cards_balance_in_any_arrival_order(seed: int) -> None:
+    # A generated population in a random arrival order: components folded anew withdraw each entry from the
+    # customer it was issued to (a merge brought some into the view) and issue their own, so the entries a
+    # worker publishes, summed per customer they resolve to now, are each view's balance.
+    folder, lines = shuffled_worker(seed)
     for position, line in enumerate(lines):
         folder.position = position
         folder.add_json(line)
@@ -348,14 +353,7 @@ def test_the_aliases_a_card_lists_are_the_merges_a_worker_publishes_in_any_arriv
     # The read model records an alias from the merge record a worker publishes, and a card lists its aliases: the
     # two must agree, also for a component folded anew whose late event had minted a customer of its own in
     # arrival order (an id no event ever resolved to: no card, no merge record, so no alias either).
-    from touchpoint.core.fold import Folder
-    from touchpoint.generate import generate
-
-    docs = [e for e in generate(customers=150, days=120, seed=seed) if e["event_id"].startswith("ev-")]
-    random.Random(seed).shuffle(docs)
-    lines = [json.dumps(e) for e in docs]
-    folder = Folder(secret=SECRET, keep_decisions=False, log_clock_check=False)
-    folder.history = lambda positions: [folder.event_of_line(lines[p]) for p in positions]
+    folder, lines = shuffled_worker(seed)
     published: set[str] = set()
     for position, line in enumerate(lines):
         folder.position = position

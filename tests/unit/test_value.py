@@ -238,18 +238,25 @@ def test_a_score_is_the_models_formulas_for_one_customer() -> None:
                                   "expected_spend": None, "clv": None}
 
 
-def test_a_fold_with_a_value_model_gives_every_customer_its_value(tmp_path: Any) -> None:
+def fitted_history(tmp_path: Any, customers: int, seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    """A generated history of 200 days, and its value model written by ``touchpoint value fit --out``: (history
+    file, model file, the fit's JSON)."""
     from touchpoint.generate import generate
 
     history = tmp_path / "history.jsonl"
-    history.write_text("".join(json.dumps(e) + "\n" for e in generate(customers=300, days=200, seed=5)
+    history.write_text("".join(json.dumps(e) + "\n" for e in generate(customers=customers, days=200, seed=seed)
                                if e["event_id"].startswith("ev-")))
     model_file = tmp_path / "model.json"
-    runner = CliRunner()
-    fitted = runner.invoke(app, ["value", "fit", str(history), "--calibration-end", "2025-06-30", "--out",
-                                 str(model_file), "--json"])
+    fitted = CliRunner().invoke(app, ["value", "fit", str(history), "--calibration-end", "2025-06-30", "--out",
+                                      str(model_file), "--json"])
     assert fitted.exit_code == 0, fitted.output
-    version = json.loads(fitted.output)["model_version"]
+    return history, model_file, json.loads(fitted.output)
+
+
+def test_a_fold_with_a_value_model_gives_every_customer_its_value(tmp_path: Any) -> None:
+    history, model_file, fitted = fitted_history(tmp_path, customers=300, seed=5)
+    runner = CliRunner()
+    version = fitted["model_version"]
     assert json.loads(model_file.read_text())["version"] == version
     result = runner.invoke(app, ["fold", str(history), "--value-model", str(model_file), "--jobs", "1"])
     assert result.exit_code == 0, result.output
@@ -315,15 +322,8 @@ def test_a_report_groups_value_by_segment_and_stage() -> None:
 
 
 def test_the_report_command_prints_the_groups(tmp_path: Any) -> None:
-    from touchpoint.generate import generate
-
-    history = tmp_path / "history.jsonl"
-    history.write_text("".join(json.dumps(e) + "\n" for e in generate(customers=200, days=200, seed=8)
-                               if e["event_id"].startswith("ev-")))
-    model_file = tmp_path / "model.json"
+    history, model_file, _ = fitted_history(tmp_path, customers=200, seed=8)
     runner = CliRunner()
-    assert runner.invoke(app, ["value", "fit", str(history), "--calibration-end", "2025-06-30", "--out",
-                               str(model_file)]).exit_code == 0
     result = runner.invoke(app, ["value", "report", str(history), "--value-model", str(model_file), "--json"])
     assert result.exit_code == 0, result.output
     found = json.loads(result.output)

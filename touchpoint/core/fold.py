@@ -59,7 +59,8 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Self, cast
@@ -1183,10 +1184,18 @@ def fold(
     :param secret: the identifier key.
     :param now_for_validation: judge event times against this instant.
     """
-    collecting = gc.isenabled()
-    gc.disable()  # rendering too makes long-lived objects the cyclic collector would re-walk (see folded)
-    try:
+    with collector_paused():  # rendering too makes long-lived objects
         return folded(events_json_lines, as_of, config, secret, now_for_validation).result(as_of)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector off meanwhile (as it was if already off): the fold builds millions of long-lived,
+    acyclic objects, which it would re-walk over and over for nothing (~15 % of the fold's time)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if collecting:
             gc.enable()
@@ -1209,11 +1218,7 @@ def folded(
     lines = events_json_lines if isinstance(events_json_lines, list) else list(events_json_lines)
     folder.history = lambda positions: [folder.event_of_line(lines[p]) for p in positions]
     add = folder.add_json
-    # The fold builds millions of long-lived, acyclic objects; the cyclic collector
-    # would re-walk them over and over for nothing (~15 % of the fold's time).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_paused():
         for position, line in enumerate(lines):
             if line and not line.isspace():  # as ``line.strip()``, without copying the line
                 folder.position = position
@@ -1222,10 +1227,7 @@ def folded(
                 folder.lines += 1
         if as_of is not None:
             folder.tick(as_of)  # time passes to as_of: dormancy, churn windows, expiries
-        return folder
-    finally:
-        if collecting:
-            gc.enable()
+    return folder
 
 
 def fold_to_json(
